@@ -1,0 +1,52 @@
+# Two commands for a new user: `make run` and `make test`. Both set up .venv first if needed.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Offline by default: nothing is fetched from a model hub at run time.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export KEDRO_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+unexport MLFLOW_ALLOW_FILE_STORE
+
+.PHONY: setup run data test test-fast lint typecheck ui clean
+
+setup: $(STAMP)
+
+# torch first: the pinned CPU wheel lies on local disk; any other torch would pull GBs of CUDA.
+# uv then resolves the rest in one go (about 4x faster than pip here); pip is the fallback.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[dev]" \
+	  || $(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/dvc config --local core.analytics false 2>/dev/null || true
+	touch $(STAMP)
+
+data: setup  ## regenerate the DVC-tracked demo datasets (a no-op when nothing changed)
+	$(BIN)/dvc repro
+
+run: data  ## train, evaluate, merge and register every recipe in pipelines/
+	$(BIN)/kedro run
+
+test: setup  ## the whole suite, slow tests included
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
+
+typecheck: setup
+	$(BIN)/mypy
+
+ui: setup  ## browse runs and registered adapters
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean:
+	rm -rf data/0*/[!.]* mlflow.db mlartifacts

