@@ -85,9 +85,12 @@ def _describe(err: dict[str, Any], data: dict[str, Any]) -> tuple[tuple[str | in
         return user_loc, f"{key}: required key is missing. Fix: add '{user_loc[-1]}:' to the recipe"
     if kind == "union_tag_invalid":
         expected = err.get("ctx", {}).get("expected_tags", "")
-        return user_loc + ("type",), f"{key}.type: unknown type {err['ctx'].get('tag')!r}. Fix: use one of {expected}"
+        return (*user_loc, "type"), f"{key}.type: unknown type {err['ctx'].get('tag')!r}. Fix: use one of {expected}"
     if kind == "union_tag_not_found":
-        return user_loc, f"{key}: missing 'type'. Fix: add 'type:' ({err.get('ctx', {}).get('discriminator', '')})"
+        return (
+            user_loc,
+            f"{key}: missing 'type'. Fix: add 'type:' ({err.get('ctx', {}).get('discriminator', '')})",
+        )
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     msg = err["msg"].removeprefix("Value error, ")

@@ -12,17 +12,14 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from adapter_registry.recipes.base import Closed
+from adapter_registry.recipes.methods import MethodSpec
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 OFFLINE_BASES = ("smollm2-135m-instruct", "all-minilm-l6-v2")
 TASKS = ("causal_lm_sft", "sequence_classification")
-
-
-class Closed(BaseModel):
-    """A block of a recipe: unknown keys are errors, values are checked on assignment too."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
 # --------------------------------------------------------------------------------------------- base model
@@ -108,7 +105,9 @@ class DataSpec(Closed):
         None, description="validation split; when absent, carved (stratified) from train"
     )
     test: str = Field(description="held-out split, used once for the final report")
-    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of train carved off as validation")
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="share of train carved off as validation"
+    )
     text_column: str = Field("text", description="classification: the column holding the text")
     label_column: str = Field("label", description="classification: the column holding the label")
 
@@ -122,38 +121,6 @@ class ExpectationsSpec(Closed):
     max_duplicate_share: float = Field(0.02, ge=0, le=1, description="share of exact duplicate rows allowed")
     allow_split_overlap: bool = Field(False, description="allow the same text in train and test (leakage)")
     labels: list[str] | None = Field(None, description="allowed labels; default: the labels seen in train")
-
-
-# --------------------------------------------------------------------------------------------- methods
-class LoraMethod(Closed):
-    """LoRA: low-rank updates B·A added to the targeted linear layers."""
-
-    type: Literal["lora"]
-    r: int = Field(16, ge=1, le=1024, description="rank; higher: more capacity, more memory")
-    alpha: float = Field(32, gt=0, description="scaling numerator (update scaled by alpha/r)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="module names to adapt, or all-linear"
-    )
-    use_dora: bool = Field(False, description="DoRA: decompose into magnitude and direction")
-    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha/sqrt(r)")
-    rank_pattern: dict[str, int] = Field(default_factory=dict, description="per-module rank overrides")
-    alpha_pattern: dict[str, float] = Field(default_factory=dict, description="per-module alpha overrides")
-
-    family: Literal["reparameterisation"] = Field("reparameterisation", exclude=True)
-    mergeable: bool = Field(True, exclude=True)
-
-
-class QLoraMethod(LoraMethod):
-    """QLoRA: LoRA on a base quantised by bitsandbytes (4-bit NF4/FP4 or 8-bit)."""
-
-    type: Literal["qlora"]  # type: ignore[assignment]
-    bits: Literal[4, 8] = Field(4, description="4 (NF4/FP4) or 8 (LLM.int8) bit base")
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type")
-    double_quant: bool = Field(True, description="quantise the quantisation constants too")
-
-
-MethodSpec = Annotated[LoraMethod | QLoraMethod, Field(discriminator="type")]
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -189,7 +156,11 @@ class TrainingSpec(Closed):
 # --------------------------------------------------------------------------------------------- evaluation
 _GATE = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(>=|<=|>|<|==)\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)\s*$")
 _OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
 }
 METRICS = ("accuracy", "macro_f1", "exact_match", "loss")
 
@@ -269,7 +240,9 @@ class RegistrationSpec(Closed):
 class Recipe(Closed):
     """One adapter, declared: base, task, data, method, training, evaluation, merge and registration."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="lower_snake_case; equals the file name and namespace")
+    name: str = Field(
+        pattern=NAME_PATTERN, description="lower_snake_case; equals the file name and namespace"
+    )
     description: str = Field("", description="what this adapter is for")
     base: BaseModelSpec
     task: TaskSpec
@@ -289,13 +262,17 @@ class Recipe(Closed):
             raise ValueError(f"task sequence_classification needs data.format: classification (got {fmt!r})")
         if task == "causal_lm_sft" and fmt == "classification":
             raise ValueError("task causal_lm_sft needs an SFT format (alpaca, chat, completion or text)")
-        allowed = {"sequence_classification": {"accuracy", "macro_f1", "loss"},
-                   "causal_lm_sft": {"exact_match", "loss"}}[task]
+        allowed = {
+            "sequence_classification": {"accuracy", "macro_f1", "loss"},
+            "causal_lm_sft": {"exact_match", "loss"},
+        }[task]
         wrong = [m for m in self.evaluation.metrics if m not in allowed]
         if wrong:
             raise ValueError(f"evaluation.metrics {wrong} do not apply to {task}; use {sorted(allowed)}")
         if self.merge.enabled and not self.method.mergeable:
-            raise ValueError(f"method {self.method.type!r} adds no weights that can be merged; set merge.enabled: false")
+            raise ValueError(
+                f"method {self.method.type!r} adds no weights that can be merged; set merge.enabled: false"
+            )
         if task == "sequence_classification" and self.method.type == "qlora":
             raise ValueError("qlora is for causal LMs here; use type: lora for sequence_classification")
         return self
