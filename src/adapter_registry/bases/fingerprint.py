@@ -40,7 +40,9 @@ def weights_digest(folder: Path | str) -> str:
     """sha256 over ``name:sha256`` of every weight file: changes when any weight byte changes."""
     files = weight_files(folder)
     if not files:
-        raise FileNotFoundError(f"{folder} holds no weight files ({', '.join(WEIGHT_SUFFIXES)}): not a model folder")
+        raise FileNotFoundError(
+            f"{folder} holds no weight files ({', '.join(WEIGHT_SUFFIXES)}): not a model folder"
+        )
     lines = "".join(f"{p.name}:{sha256_file(p)}\n" for p in files)
     return hashlib.sha256(lines.encode()).hexdigest()
 

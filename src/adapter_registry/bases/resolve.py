@@ -55,7 +55,9 @@ def read_config(path: Path) -> dict[str, Any]:
     return dict(json.loads(config.read_text()))
 
 
-def describe_folder(path: Path | str, identity: str | None = None, revision: str = "", source: str = "path") -> ResolvedBase:
+def describe_folder(
+    path: Path | str, identity: str | None = None, revision: str = "", source: str = "path"
+) -> ResolvedBase:
     """Identity, architecture and shapes of a local model folder."""
     path = Path(path)
     if not path.is_dir():
@@ -73,8 +75,13 @@ def describe_folder(path: Path | str, identity: str | None = None, revision: str
     }
     architectures = config.get("architectures") or [config.get("model_type", "unknown")]
     return ResolvedBase(
-        identity=identity or str(path), revision=revision, path=path, fingerprint=fingerprint,
-        architecture=str(architectures[0]), shapes=shapes, source=source,
+        identity=identity or str(path),
+        revision=revision,
+        path=path,
+        fingerprint=fingerprint,
+        architecture=str(architectures[0]),
+        shapes=shapes,
+        source=source,
     )
 
 
