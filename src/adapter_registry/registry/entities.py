@@ -6,6 +6,12 @@ defined here, so the pipeline that writes them and the CLI that reads them canno
 
 from __future__ import annotations
 
+import datetime as _dt
+import json as _json
+from dataclasses import asdict as _asdict
+from dataclasses import dataclass, field
+from typing import Any
+
 PREFIX = "ar."
 
 
@@ -13,30 +19,30 @@ class Tag:
     """Model-version tag keys (values are strings; JSON where noted)."""
 
     RECIPE_NAME = "ar.recipe.name"
-    RECIPE_HASH = "ar.recipe.hash"            # sha256 of the resolved recipe (recipes.load.recipe_hash)
-    TASK = "ar.task"                          # causal_lm_sft | sequence_classification
-    METHOD = "ar.method"                      # lora, qlora, ...
-    METHOD_FAMILY = "ar.method.family"        # additive | selective | reparameterisation | hybrid
-    PEFT_CONFIG = "ar.peft_config"            # JSON of the saved adapter_config.json
+    RECIPE_HASH = "ar.recipe.hash"  # sha256 of the resolved recipe (recipes.load.recipe_hash)
+    TASK = "ar.task"  # causal_lm_sft | sequence_classification
+    METHOD = "ar.method"  # lora, qlora, ...
+    METHOD_FAMILY = "ar.method.family"  # additive | selective | reparameterisation | hybrid
+    PEFT_CONFIG = "ar.peft_config"  # JSON of the saved adapter_config.json
     TRAINABLE_PARAMS = "ar.params.trainable"
     TOTAL_PARAMS = "ar.params.total"
     TRAINABLE_SHARE = "ar.params.trainable_share"  # trainable / total, a float
-    TRAINING = "ar.training"                  # JSON of the recipe's training block
-    BASE_ID = "ar.base.id"                    # offline name, hub id or local path
-    BASE_REVISION = "ar.base.revision"        # hub revision, or "" for local/offline
+    TRAINING = "ar.training"  # JSON of the recipe's training block
+    BASE_ID = "ar.base.id"  # offline name, hub id or local path
+    BASE_REVISION = "ar.base.revision"  # hub revision, or "" for local/offline
     BASE_FINGERPRINT = "ar.base.fingerprint"  # sha256 identity of the base weights (bases.fingerprint)
     BASE_ARCHITECTURE = "ar.base.architecture"  # e.g. LlamaForCausalLM, BertModel
-    BASE_SHAPES = "ar.base.shapes"            # JSON: vocab_size, hidden_size, num_layers, model_type
+    BASE_SHAPES = "ar.base.shapes"  # JSON: vocab_size, hidden_size, num_layers, model_type
     GIT_COMMIT = "ar.git.commit"
-    GIT_DIRTY = "ar.git.dirty"                # "true" | "false"
-    DATA_VALIDATION = "ar.data.validation"    # JSON: success, statistics, failed expectations
-    STAGE = "ar.stage"                        # candidate | staging | production | archived
-    GATES = "ar.gates"                        # JSON list of gate strings, e.g. ["accuracy >= 0.8"]
-    MERGED_URI = "ar.merge.uri"               # where the merged weights were written
-    MERGE_PARITY = "ar.merge.max_abs_diff"    # max |logits(merged) - logits(adapter)|
-    MERGE_VS_BASE = "ar.merge.diff_vs_base"   # max |logits(merged) - logits(base)| (> 0: it changed something)
-    WARNINGS = "ar.warnings"                  # JSON list of warnings recorded at training time
-    PARENTS = "ar.parents"                    # JSON list of {"version": "NAME/VERSION", "weight": w}
+    GIT_DIRTY = "ar.git.dirty"  # "true" | "false"
+    DATA_VALIDATION = "ar.data.validation"  # JSON: success, statistics, failed expectations
+    STAGE = "ar.stage"  # candidate | staging | production | archived
+    GATES = "ar.gates"  # JSON list of gate strings, e.g. ["accuracy >= 0.8"]
+    MERGED_URI = "ar.merge.uri"  # where the merged weights were written
+    MERGE_PARITY = "ar.merge.max_abs_diff"  # max |logits(merged) - logits(adapter)|
+    MERGE_VS_BASE = "ar.merge.diff_vs_base"  # max |logits(merged) - logits(base)| (> 0: it changed something)
+    WARNINGS = "ar.warnings"  # JSON list of warnings recorded at training time
+    PARENTS = "ar.parents"  # JSON list of {"version": "NAME/VERSION", "weight": w}
     RUN_ID = "ar.run_id"
 
     @staticmethod
@@ -74,3 +80,209 @@ class Tag:
 
 STAGES = ("candidate", "staging", "production", "archived")
 ADAPTER_ARTIFACT = "adapter"  # artifact folder in the run holding the adapter files
+
+
+# ------------------------------------------------------------------------------------------------ entities
+# What the store hands out. Plain dataclasses: the CLI, the pipeline and the tests never see MLflow objects.
+
+PROMOTION_STAGES = ("staging", "production")  # stages a version can be promoted to
+AUDIT_EXPERIMENT = "adapter-registry-audit"  # one run per stage change, never edited
+DEFAULT_EXPERIMENT = "adapter-registry"  # where register_adapter starts a run when none is given
+
+
+class AuditTag:
+    """Tags of an audit-event run (one run per stage change in the AUDIT_EXPERIMENT)."""
+
+    MODEL = "ar.audit.model"
+    VERSION = "ar.audit.version"
+    SEQ = "ar.audit.seq"  # 1, 2, 3 ... per registered model
+    EVENT = "ar.audit.event"  # JSON of the whole StageChange
+    PREVIOUS_HASH = "ar.audit.prev_hash"  # hash of the previous event of this model ("" for the first)
+    HASH = "ar.audit.hash"  # sha256(prev_hash + event JSON): the chain that makes a rewrite visible
+
+
+class RegistryError(Exception):
+    """The one error type of the registry; ``code`` says what kind of failure, the message what was wrong."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _json_or_none(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return _json.loads(text)
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """One registered adapter version with every tag recorded on it (lineage included)."""
+
+    name: str
+    version: int
+    stage: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    run_id: str
+    source: str
+    created: _dt.datetime
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    @property
+    def base_id(self) -> str:
+        return self.tags.get(Tag.BASE_ID, "")
+
+    @property
+    def base_fingerprint(self) -> str:
+        return self.tags.get(Tag.BASE_FINGERPRINT, "")
+
+    @property
+    def method(self) -> str:
+        return self.tags.get(Tag.METHOD, "")
+
+    @property
+    def task(self) -> str:
+        return self.tags.get(Tag.TASK, "")
+
+    @property
+    def gates(self) -> list[str]:
+        value = _json_or_none(self.tags.get(Tag.GATES))
+        return list(value) if isinstance(value, list) else []
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        """Relative file path -> sha256, as registered."""
+        prefix = Tag.sha256("")
+        return {k[len(prefix) :]: v for k, v in self.tags.items() if k.startswith(prefix)}
+
+    @property
+    def key_metric(self) -> tuple[str, float] | None:
+        """The first adapter metric that is not an interval bound, a base score or beats_base."""
+        for name in ("exact_match", "accuracy", "macro_f1", "loss"):
+            if name in self.metrics:
+                return name, self.metrics[name]
+        own = [k for k in self.metrics if not k.startswith("base.") and k != "beats_base"]
+        return (own[0], self.metrics[own[0]]) if own else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = _asdict(self)
+        data["created"] = self.created.isoformat()
+        data["aliases"] = list(self.aliases)
+        return data
+
+    @staticmethod
+    def metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
+        prefix = Tag.metric("")
+        out: dict[str, float] = {}
+        for key, value in tags.items():
+            if key.startswith(prefix):
+                try:
+                    out[key[len(prefix) :]] = float(value)
+                except ValueError:
+                    continue
+        return out
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One promotion gate and whether it passed, with the value it saw."""
+
+    gate: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return _asdict(self)
+
+
+@dataclass(frozen=True)
+class StageChange:
+    """One audited event: a version moved (or was refused a move) between stages."""
+
+    model: str
+    version: int
+    from_stage: str
+    to_stage: str
+    who: str
+    when: _dt.datetime
+    reason: str = ""
+    forced: bool = False
+    action: str = "promote"  # promote | rollback | archive | refused
+    gates: tuple[GateResult, ...] = ()
+    replaced_version: int | None = None  # the version that held to_stage before and was archived
+    seq: int = 0
+    verified: bool = True  # False when the audit chain does not check out at this event
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "version": self.version, "from_stage": self.from_stage,
+            "to_stage": self.to_stage, "who": self.who, "when": self.when.isoformat(),
+            "reason": self.reason, "forced": self.forced, "action": self.action,
+            "gates": [g.to_dict() for g in self.gates], "replaced_version": self.replaced_version,
+            "seq": self.seq, "verified": self.verified,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageChange:
+        return cls(
+            model=data["model"], version=int(data["version"]), from_stage=data["from_stage"],
+            to_stage=data["to_stage"], who=data["who"], when=_dt.datetime.fromisoformat(data["when"]),
+            reason=data.get("reason", ""), forced=bool(data.get("forced", False)),
+            action=data.get("action", "promote"),
+            gates=tuple(GateResult(**g) for g in data.get("gates", [])),
+            replaced_version=data.get("replaced_version"), seq=int(data.get("seq", 0)),
+            verified=bool(data.get("verified", True)),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """One data split an adapter was trained or scored on."""
+
+    split: str
+    path: str
+    md5: str
+    commit: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return _asdict(self)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where one adapter version came from, and what happened to it since."""
+
+    version: AdapterVersion
+    datasets: tuple[DatasetRef, ...]
+    data_validation: Any
+    code_commit: str
+    code_dirty: str
+    recipe: dict[str, str]
+    base: dict[str, str]
+    peft_config: Any
+    training: Any
+    parents: Any
+    history: tuple[StageChange, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version.ref, "stage": self.version.stage, "run_id": self.version.run_id,
+            "datasets": [d.to_dict() for d in self.datasets], "data_validation": self.data_validation,
+            "code": {"commit": self.code_commit, "dirty": self.code_dirty}, "recipe": self.recipe,
+            "base": self.base, "peft_config": self.peft_config, "training": self.training,
+            "parents": self.parents, "metrics": self.version.metrics,
+            "history": [h.to_dict() for h in self.history],
+        }  # fmt: skip

@@ -1,0 +1,174 @@
+"""Fixtures of the registry tests: a tiny random Llama base, a LoRA adapter on it, sqlite stores, servers.
+
+No mocks: the adapter is a real peft save, the store a real sqlite MLflow database in tmp_path, and the
+server fixture runs a real ``mlflow server`` subprocess on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapter_registry.registry.entities import Tag
+from adapter_registry.registry.store import AdapterStore
+
+TINY_LLAMA = dict(
+    vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+)  # fmt: skip
+
+
+def build_base(folder: Path, seed: int = 0, **overrides: int) -> Path:
+    """A tiny random Llama saved as a Hugging Face folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, **overrides}))
+    model.save_pretrained(folder)
+    return folder
+
+
+def build_adapter(base: Path, folder: Path, seed: int = 1) -> Path:
+    """LoRA on q_proj/v_proj with non-zero B matrices, so the adapter changes the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    peft_model.save_pretrained(folder)
+    (folder / "README.md").write_text("# tiny adapter\nA model card.\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_base(tmp_path_factory.mktemp("base") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_src(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_adapter(tiny_base, tmp_path_factory.mktemp("adapter") / "lora")
+
+
+@pytest.fixture
+def adapter_dir(tiny_adapter_src: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny adapter (tests may break it)."""
+    return Path(shutil.copytree(tiny_adapter_src, tmp_path / "adapter"))
+
+
+def lineage_tags(
+    base: Path | str = "tiny-llama", fingerprint: str = "f" * 64, **extra: str
+) -> dict[str, str]:
+    """Realistic lineage tags, as the pipeline writes them."""
+    tags = {
+        Tag.RECIPE_NAME: "support_sft_lora",
+        Tag.RECIPE_HASH: "ab" * 32,
+        Tag.TASK: "causal_lm_sft",
+        Tag.METHOD: "lora",
+        Tag.METHOD_FAMILY: "reparameterisation",
+        Tag.PEFT_CONFIG: json.dumps({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}),
+        Tag.TRAINING: json.dumps({"epochs": 1, "learning_rate": 2e-4}),
+        Tag.BASE_ID: str(base),
+        Tag.BASE_REVISION: "",
+        Tag.BASE_FINGERPRINT: fingerprint,
+        Tag.BASE_ARCHITECTURE: "LlamaForCausalLM",
+        Tag.BASE_SHAPES: json.dumps(
+            {"vocab_size": 128, "hidden_size": 32, "num_layers": 2, "model_type": "llama"}
+        ),
+        Tag.GIT_COMMIT: "0123456789abcdef0123456789abcdef01234567",
+        Tag.GIT_DIRTY: "false",
+        Tag.DATA_VALIDATION: json.dumps({"success": True, "statistics": {"evaluated_expectations": 5}}),
+        Tag.GATES: json.dumps(["exact_match >= 0.8"]),
+        Tag.data_path("train"): "data/01_raw/support/train.jsonl",
+        Tag.data_md5("train"): "d41d8cd98f00b204e9800998ecf8427e",
+        Tag.data_commit("train"): "89abcdef0123456789abcdef0123456789abcdef",
+        Tag.data_path("test"): "data/01_raw/support/test.jsonl",
+        Tag.data_md5("test"): "0cc175b9c0f1b6a831c399e269772661",
+        Tag.data_commit("test"): "89abcdef0123456789abcdef0123456789abcdef",
+    }
+    tags.update(extra)
+    return tags
+
+
+GOOD_METRICS = {
+    "exact_match": 0.91, "exact_match_ci_low": 0.86, "exact_match_ci_high": 0.95, "loss": 0.4,
+    "beats_base": 1.0, "base.exact_match": 0.0, "base.loss": 3.1,
+}  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AdapterStore:
+    """A fresh sqlite registry; run artifacts land in tmp_path/mlruns (MLflow's default, under the cwd)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return AdapterStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+# ------------------------------------------------------------------------------------------------ servers
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(workdir: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``mlflow server`` on a free 127.0.0.1 port until the generator is closed."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
+        "--artifacts-destination", str(workdir / "artifacts"), "--workers", "1", *extra,
+    ]  # fmt: skip
+    log = (workdir / "server.log").open("w")
+    process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})})  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        deadline = time.time() + 90
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(workdir / 'server.log').read_text()[-2000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(
+                    f"mlflow server not up in 90 s: {(workdir / 'server.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A plain ``mlflow server`` (no auth) on 127.0.0.1, shared by the server tests."""
+    yield from start_server(tmp_path_factory.mktemp("server"))
