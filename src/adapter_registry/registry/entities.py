@@ -38,6 +38,7 @@ class Tag:
     DATA_VALIDATION = "ar.data.validation"  # JSON: success, statistics, failed expectations
     STAGE = "ar.stage"  # candidate | staging | production | archived
     GATES = "ar.gates"  # JSON list of gate strings, e.g. ["accuracy >= 0.8"]
+    MUST_BEAT_BASE = "ar.gates.must_beat_base"  # "false" when the recipe sets must_beat_base: false
     MERGED_URI = "ar.merge.uri"  # where the merged weights were written
     MERGE_PARITY = "ar.merge.max_abs_diff"  # max |logits(merged) - logits(adapter)|
     MERGE_VS_BASE = "ar.merge.diff_vs_base"  # max |logits(merged) - logits(base)| (> 0: it changed something)

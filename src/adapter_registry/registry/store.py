@@ -532,6 +532,36 @@ class AdapterStore:
                 )
             )
 
+    def pull(self, ref: str, dest: Path) -> AdapterVersion:
+        """Download ``ref``'s adapter into ``dest`` after checking every file against the registered sha256.
+
+        The files are downloaded beside ``dest`` first; on any mismatch nothing is left in ``dest``.
+        """
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise RegistryError(
+                "INVALID_INPUT", f"destination {str(dest)!r} exists and is not an empty folder"
+            )
+        version = self.resolve(ref)
+        expected = version.checksums
+        if not expected:
+            raise RegistryError(
+                "CORRUPTED", f"{version.ref} has no registered checksums; refusing to pull it"
+            )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pull-", dir=dest.parent))
+        try:
+            folder = self.download_adapter(version, staging)
+            problem = checksum_problem(sha256_folder(folder), expected)
+            if problem:
+                raise RegistryError("CORRUPTED", f"pull of {version.ref} refused: {problem}")
+            dest.mkdir(exist_ok=True)
+            for item in folder.iterdir():
+                shutil.move(str(item), dest / item.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return version
+
     def run_info(self, run_id: str) -> dict[str, Any]:
         """Status, experiment, params and metrics of a run (for lineage)."""
         with self._mlflow(f"run {run_id!r}"):

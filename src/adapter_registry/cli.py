@@ -1,0 +1,357 @@
+"""``adapter-registry``: promote, audit, trace and check registered PEFT adapters.
+
+Heavy libraries (mlflow, peft, torch) are imported inside the commands, so ``--help`` answers at once. Every
+command takes ``--json``; a failure prints one line ``error: ...`` on stderr and exits non-zero (1; ``compat``
+exits 3 for "retrain recommended" and 4 for "incompatible").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from adapter_registry.registry.entities import AdapterVersion, StageChange
+    from adapter_registry.registry.store import AdapterStore
+
+app = typer.Typer(
+    name="adapter-registry",
+    help="Promote, audit, trace and check PEFT adapters registered in MLflow. "
+    "Address a version as NAME/VERSION or NAME@STAGE.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state: dict[str, Any] = {"tracking_uri": None}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+RefArg = Annotated[str, typer.Argument(help="NAME/VERSION or NAME@STAGE")]
+PolicyOpt = Annotated[
+    Path | None,
+    typer.Option("--policy", help="promotion policy YAML (default conf/base/promotion_policy.yml)"),
+]
+
+
+@app.callback()
+def _root(
+    tracking_uri: Annotated[
+        Optional[str],  # noqa: UP045 (typer reads the annotation)
+        typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="default: sqlite:///./mlflow.db"),
+    ] = None,
+) -> None:
+    _state["tracking_uri"] = tracking_uri
+
+
+def _store() -> AdapterStore:
+    from adapter_registry.registry.store import AdapterStore
+
+    uri = _state["tracking_uri"]
+    return AdapterStore(uri) if uri else AdapterStore.from_env()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """One line on stderr and exit 1 for every registry (or input) error."""
+    from adapter_registry.registry.entities import RegistryError
+
+    try:
+        yield
+    except RegistryError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _emit(as_json: bool, data: Any, render: Callable[[], None]) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render()
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(width=160)
+
+
+def _versions_table(versions: list[AdapterVersion], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("version", "stage", "base model", "method", "key metric", "created"):
+        table.add_column(column)
+    for v in versions:
+        metric = v.key_metric
+        table.add_row(
+            v.ref, v.stage, v.base_id or "?", v.method or "?",
+            f"{metric[0]}={metric[1]:.4g}" if metric else "-", f"{v.created:%Y-%m-%d %H:%M}",
+        )  # fmt: skip
+    _console().print(table)
+
+
+def _events_table(events: list[StageChange] | tuple[StageChange, ...], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in (
+        "#",
+        "when (UTC)",
+        "who",
+        "action",
+        "version",
+        "from → to",
+        "forced",
+        "gates",
+        "reason",
+        "ok",
+    ):
+        table.add_column(column)
+    for e in events:
+        gates = ", ".join(f"{'✓' if g.passed else '✗'} {g.gate}" for g in e.gates) or "-"
+        table.add_row(
+            str(e.seq), f"{e.when:%Y-%m-%d %H:%M:%S}", e.who, e.action, str(e.version),
+            f"{e.from_stage} → {e.to_stage}", "yes" if e.forced else "", gates, e.reason, "" if e.verified else "✗",
+        )  # fmt: skip
+    _console().print(table)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+@app.command("list")
+def list_(
+    stage: Annotated[Optional[str], typer.Option(help="candidate, staging, production or archived")] = None,  # noqa: UP045
+    base_model: Annotated[Optional[str], typer.Option("--base-model", help="base id or fingerprint")] = None,  # noqa: UP045
+    method: Annotated[Optional[str], typer.Option(help="PEFT method, e.g. lora")] = None,  # noqa: UP045
+    as_json: JsonOpt = False,
+) -> None:
+    """Adapters and versions with stage, base model, method, key metric, created."""
+    with _errors():
+        versions = _store().list_versions(stage=stage, base_model=base_model, method=method)
+    _emit(
+        as_json,
+        [v.to_dict() for v in versions],
+        lambda: _versions_table(versions, f"{len(versions)} versions"),
+    )
+
+
+@app.command()
+def show(ref: RefArg, as_json: JsonOpt = False) -> None:
+    """Everything recorded about one version."""
+    with _errors():
+        version = _store().resolve(ref)
+
+    def render() -> None:
+        from rich.table import Table
+
+        table = Table(title=f"{version.ref} ({version.stage})", show_header=False)
+        for key, value in [("run", version.run_id), ("source", version.source), ("created", str(version.created)),
+                           ("aliases", ", ".join(version.aliases)), ("description", version.description),
+                           *sorted(version.tags.items())]:  # fmt: skip
+            table.add_row(key, value)
+        _console().print(table)
+
+    _emit(as_json, version.to_dict(), render)
+
+
+@app.command()
+def promote(
+    ref: RefArg,
+    to: Annotated[str, typer.Option("--to", help="staging or production")],
+    reason: Annotated[str, typer.Option(help="why; required with --force")] = "",
+    force: Annotated[bool, typer.Option("--force", help="override failing gates (audited)")] = False,
+    policy: PolicyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a version to staging or production after its gates pass; the replaced version is archived."""
+    from adapter_registry.registry import promotion
+    from adapter_registry.registry.policy import load_policy
+
+    with _errors():
+        event = promotion.promote(_store(), ref, to, reason=reason, force=force, policy=load_policy(policy))
+    _emit(
+        as_json,
+        event.to_dict(),
+        lambda: _events_table([event], f"promoted {event.model}/{event.version} to {to}"),
+    )
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="adapter name")],
+    stage: Annotated[str, typer.Option(help="the stage to give back to its previous holder")] = "production",
+    reason: Annotated[str, typer.Option(help="why")] = "",
+    policy: PolicyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a stage back to the version that held it before (audited)."""
+    from adapter_registry.registry import promotion
+    from adapter_registry.registry.policy import load_policy
+
+    with _errors():
+        event = promotion.rollback(_store(), name, stage, reason=reason, policy=load_policy(policy))
+    _emit(
+        as_json,
+        event.to_dict(),
+        lambda: _events_table([event], f"{name}@{stage} rolled back to {event.version}"),
+    )
+
+
+@app.command()
+def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: JsonOpt = False) -> None:
+    """The append-only history of stage changes; exits 1 when the history was tampered with."""
+    from adapter_registry.registry.audit import AuditLog
+
+    with _errors():
+        store = _store()
+        if not store.model_exists(name):
+            from adapter_registry.registry.entities import RegistryError
+
+            raise RegistryError("NOT_FOUND", f"adapter {name!r} is not registered")
+        trail = AuditLog(store).read(name)
+    data = {"model": name, "intact": trail.intact, "problems": list(trail.problems),
+            "events": [e.to_dict() for e in trail.events]}  # fmt: skip
+    _emit(as_json, data, lambda: _events_table(trail.events, f"audit trail of {name}"))
+    if not trail.intact:
+        typer.echo(
+            f"error: audit trail of {name!r} does not check out: {'; '.join(trail.problems)}", err=True
+        )
+        raise typer.Exit(1)
+
+
+@app.command()
+def lineage(
+    ref: Annotated[Optional[str], typer.Argument(help="NAME/VERSION or NAME@STAGE")] = None,  # noqa: UP045
+    dataset: Annotated[str | None, typer.Option(help="reverse: versions built from PATH or PATH@MD5")] = None,
+    md5: Annotated[
+        str | None, typer.Option(help="reverse: versions built from data with this DVC md5")
+    ] = None,
+    base_model: Annotated[
+        str | None, typer.Option("--base-model", help="reverse: base id or fingerprint")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, mermaid, dot or html")] = "table",
+    output: Annotated[Path | None, typer.Option(help="write mermaid/dot/html here instead of stdout")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where a version came from; or, with --dataset/--md5/--base-model, every version built from it."""
+    from adapter_registry.registry import lineage as lin
+    from adapter_registry.registry.entities import RegistryError
+
+    with _errors():
+        asked = [x for x in (ref, dataset, md5, base_model) if x]
+        if len(asked) != 1:
+            raise RegistryError(
+                "INVALID_INPUT", "give exactly one of NAME/VERSION, --dataset, --md5 or --base-model"
+            )
+        if fmt not in ("table", "mermaid", "dot", "html"):
+            raise RegistryError("INVALID_INPUT", f"--format {fmt!r} is not one of table, mermaid, dot, html")
+        store = _store()
+        if ref is None:
+            if dataset:
+                versions, what = lin.versions_from_dataset(store, dataset), f"dataset {dataset}"
+            elif md5:
+                versions, what = lin.versions_from_md5(store, md5), f"data md5 {md5}"
+            else:
+                assert base_model is not None
+                versions, what = lin.versions_from_base(store, base_model), f"base {base_model}"
+            _emit(as_json, [v.to_dict() for v in versions],
+                  lambda: _versions_table(versions, f"{len(versions)} versions built from {what}"))  # fmt: skip
+            return
+        graph = lin.lineage_of(store, ref)
+    if fmt != "table" and not as_json:
+        text = {"mermaid": lin.to_mermaid, "dot": lin.to_dot, "html": lin.to_html}[fmt](graph)
+        if output:
+            output.write_text(text)
+            typer.echo(f"wrote {output}")
+        else:
+            typer.echo(text, nl=False)
+        return
+
+    def render() -> None:
+        from rich.tree import Tree
+
+        v = graph.version
+        tree = Tree(f"[bold]{v.ref}[/] ({v.stage}) run {v.run_id}")
+        data = tree.add("data")
+        for d in graph.datasets:
+            data.add(f"{d.split}: {d.path} md5={d.md5} git={d.commit}")
+        data.add(f"validation: {json.dumps(graph.data_validation)}")
+        tree.add(f"code: {graph.code_commit} dirty={graph.code_dirty}")
+        tree.add(f"recipe: {graph.recipe['name']} {graph.recipe['hash']}")
+        tree.add(f"base: {graph.base['id']} {graph.base['fingerprint']} {graph.base['architecture']}")
+        tree.add(f"peft config: {json.dumps(graph.peft_config)}")
+        tree.add(f"training: {json.dumps(graph.training)}")
+        tree.add("metrics: " + ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items())))
+        history = tree.add("history")
+        for e in graph.history:
+            history.add(
+                f"{e.when:%Y-%m-%d %H:%M} {e.who} {e.action} v{e.version} {e.from_stage}→{e.to_stage}"
+            )
+        _console().print(tree)
+
+    _emit(as_json, graph.to_dict(), render)
+
+
+@app.command()
+def compat(
+    ref: RefArg,
+    base: Annotated[str, typer.Option("--base", help="base model folder or offline base name")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that an adapter fits a base; exit 0 compatible, 3 retrain recommended, 4 incompatible."""
+    import tempfile
+
+    from adapter_registry.registry.compat import check_compat
+
+    with _errors(), tempfile.TemporaryDirectory() as tmp:
+        store = _store()
+        version = store.pull(ref, Path(tmp) / "adapter")
+        report = check_compat(version, Path(tmp) / "adapter", base)
+
+    def render() -> None:
+        from rich.table import Table
+
+        table = Table(title=f"{report.version} on {report.base}: {report.outcome}")
+        for column in ("check", "ok", "detail"):
+            table.add_column(column)
+        for c in report.checks:
+            table.add_row(c.name, "✓" if c.passed else "✗", c.detail)
+        _console().print(table)
+
+    _emit(as_json, report.to_dict(), render)
+    if report.exit_code:
+        typer.echo(f"error: {report.outcome}: {report.reason}", err=True)
+        raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def pull(
+    ref: RefArg, dest: Annotated[Path, typer.Argument(help="empty or new folder")], as_json: JsonOpt = False
+) -> None:
+    """Download an adapter, verifying every file's sha256 against the registered checksums."""
+    with _errors():
+        version = _store().pull(ref, dest)
+    data = {
+        "version": version.ref,
+        "stage": version.stage,
+        "dest": str(dest),
+        "files": sorted(version.checksums),
+    }
+    _emit(
+        as_json,
+        data,
+        lambda: typer.echo(f"pulled {version.ref} ({len(version.checksums)} files verified) to {dest}"),
+    )
+
+
+def main() -> None:
+    """Console entry point."""
+    app(prog_name="adapter-registry")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Lineage both ways: what one version was built from, and which versions a dataset or base model produced.
+
+Forward lineage is read from the version's tags (written by the pipeline) and its audit trail; reverse
+lineage is a tag search (``ar.data.<split>.path/md5``, ``ar.base.id/fingerprint``) over every version. The
+renderers (mermaid, dot, a self-contained HTML/SVG picture) are pure functions of a ``Lineage``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from typing import Any
+
+from adapter_registry.registry.audit import AuditLog
+from adapter_registry.registry.entities import AdapterVersion, DatasetRef, Lineage, RegistryError, Tag
+from adapter_registry.registry.store import AdapterStore
+
+_DATA_TAG = re.compile(r"^ar\.data\.(?P<split>[\w\-]+)\.(?P<field>path|md5|commit)$")
+SPLITS = ("train", "validation", "test")
+
+
+def _json(value: str | None) -> Any:
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def datasets_of(version: AdapterVersion) -> tuple[DatasetRef, ...]:
+    found: dict[str, dict[str, str]] = {}
+    for key, value in version.tags.items():
+        match = _DATA_TAG.match(key)
+        if match:
+            found.setdefault(match["split"], {})[match["field"]] = value
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return tuple(
+        DatasetRef(split, d.get("path", ""), d.get("md5", ""), d.get("commit", ""))
+        for split, d in sorted(found.items(), key=lambda item: (order.get(item[0], 99), item[0]))
+    )
+
+
+def lineage_of(store: AdapterStore, ref: str) -> Lineage:
+    """Everything recorded about where ``ref`` came from, plus its promotion history."""
+    version = store.resolve(ref)
+    tags = version.tags
+    return Lineage(
+        version=version,
+        datasets=datasets_of(version),
+        data_validation=_json(tags.get(Tag.DATA_VALIDATION)),
+        code_commit=tags.get(Tag.GIT_COMMIT, ""),
+        code_dirty=tags.get(Tag.GIT_DIRTY, ""),
+        recipe={"name": tags.get(Tag.RECIPE_NAME, ""), "hash": tags.get(Tag.RECIPE_HASH, "")},
+        base={
+            "id": tags.get(Tag.BASE_ID, ""),
+            "revision": tags.get(Tag.BASE_REVISION, ""),
+            "fingerprint": tags.get(Tag.BASE_FINGERPRINT, ""),
+            "architecture": tags.get(Tag.BASE_ARCHITECTURE, ""),
+            "shapes": _json(tags.get(Tag.BASE_SHAPES)),
+        },
+        peft_config=_json(tags.get(Tag.PEFT_CONFIG)),
+        training=_json(tags.get(Tag.TRAINING)),
+        parents=_json(tags.get(Tag.PARENTS)),
+        history=tuple(e for e in AuditLog(store).read(version.name).events if e.version == version.version
+                      or e.replaced_version == version.version),
+    )  # fmt: skip
+
+
+def versions_from_dataset(store: AdapterStore, dataset: str) -> list[AdapterVersion]:
+    """Every version trained or scored on ``PATH`` or ``PATH@MD5`` (any split)."""
+    path, _, md5 = dataset.partition("@")
+    if not path:
+        raise RegistryError("INVALID_INPUT", f"dataset {dataset!r} is not PATH or PATH@MD5")
+    found: dict[tuple[str, int], AdapterVersion] = {}
+    for split in SPLITS:
+        filters = {Tag.data_path(split): path, **({Tag.data_md5(split): md5} if md5 else {})}
+        for version in store.list_versions(tag_equals=filters):
+            found[(version.name, version.version)] = version
+    return sorted(found.values(), key=lambda v: (v.name, -v.version))
+
+
+def versions_from_md5(store: AdapterStore, md5: str) -> list[AdapterVersion]:
+    """Every version whose data (any split) has DVC md5 ``md5``, whatever its path."""
+    found: dict[tuple[str, int], AdapterVersion] = {}
+    for split in SPLITS:
+        for version in store.list_versions(tag_equals={Tag.data_md5(split): md5}):
+            found[(version.name, version.version)] = version
+    return sorted(found.values(), key=lambda v: (v.name, -v.version))
+
+
+def versions_from_base(store: AdapterStore, base: str) -> list[AdapterVersion]:
+    """Every version built on base ``base`` (its id or its fingerprint)."""
+    return store.list_versions(base_model=base)
+
+
+# ------------------------------------------------------------------------------------------------ graphs
+def _edges(lineage: Lineage) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+    """Nodes (id -> label) and edges (from, to, label) of the lineage graph."""
+    v = lineage.version
+    nodes = {"version": f"{v.ref}\\nstage: {v.stage}"}
+    edges = []
+    for i, d in enumerate(lineage.datasets):
+        nodes[f"data{i}"] = f"{d.split}: {d.path}\\nmd5 {d.md5[:12]}\\ngit {d.commit[:8]}"
+        edges.append((f"data{i}", "run", d.split))
+    nodes["run"] = f"MLflow run {v.run_id[:12]}"
+    nodes["code"] = f"code {lineage.code_commit[:8]}{' (dirty)' if lineage.code_dirty == 'true' else ''}"
+    nodes["recipe"] = f"recipe {lineage.recipe.get('name', '')}\\n{lineage.recipe.get('hash', '')[:12]}"
+    fingerprint = str(lineage.base.get("fingerprint") or "")
+    nodes["base"] = f"base {lineage.base.get('id', '')}\\n{fingerprint[:19]}"
+    validation = lineage.data_validation
+    ok = validation.get("success") if isinstance(validation, dict) else None
+    nodes["validation"] = f"data validation: {'passed' if ok else 'failed' if ok is False else 'unknown'}"
+    edges += [
+        ("validation", "run", "gate"),
+        ("code", "run", "code"),
+        ("recipe", "run", "config"),
+        ("base", "run", "base"),
+        ("run", "version", "registered"),
+    ]
+    for i, e in enumerate(lineage.history):
+        nodes[f"event{i}"] = f"{e.action} → {e.to_stage}\\n{e.when:%Y-%m-%d %H:%M} by {e.who}"
+        edges.append(("version" if i == 0 else f"event{i - 1}", f"event{i}", "forced" if e.forced else ""))
+    return nodes, edges
+
+
+def to_mermaid(lineage: Lineage) -> str:
+    nodes, edges = _edges(lineage)
+    lines = ["flowchart LR"]
+    for node, label in nodes.items():
+        lines.append(f'    {node}["{label.replace(chr(34), "#quot;").replace(chr(92) + "n", "<br/>")}"]')
+    for src, dst, label in edges:
+        lines.append(f"    {src} -->|{label}| {dst}" if label else f"    {src} --> {dst}")
+    return "\n".join(lines) + "\n"
+
+
+def to_dot(lineage: Lineage) -> str:
+    nodes, edges = _edges(lineage)
+    lines = ["digraph lineage {", "    rankdir=LR;", '    node [shape=box, fontname="Helvetica"];']
+    for node, label in nodes.items():
+        lines.append(f'    {node} [label="{label.replace(chr(34), chr(39))}"];')
+    for src, dst, label in edges:
+        lines.append(f'    {src} -> {dst} [label="{label}"];')
+    return "\n".join(lines) + "\n}\n"
+
+
+def to_html(lineage: Lineage) -> str:
+    """A self-contained HTML page with the graph drawn as inline SVG (no JavaScript, works offline)."""
+    nodes, edges = _edges(lineage)
+    depth: dict[str, int] = dict.fromkeys(nodes, 0)
+    for _ in nodes:  # longest-path layering; the graph is a small DAG
+        for src, dst, _label in edges:
+            depth[dst] = max(depth[dst], depth[src] + 1)
+    columns: dict[int, list[str]] = {}
+    for node in nodes:
+        columns.setdefault(depth[node], []).append(node)
+    width, height, gap_x, gap_y = 230, 64, 60, 24
+    place = {
+        node: (20 + col * (width + gap_x), 20 + row * (height + gap_y))
+        for col, members in columns.items()
+        for row, node in enumerate(members)
+    }
+    svg_w = 40 + len(columns) * (width + gap_x)
+    svg_h = 40 + max(len(m) for m in columns.values()) * (height + gap_y)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{svg_w}" height="{svg_h}" font-family="sans-serif">',
+             '<defs><marker id="a" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" '
+             'orient="auto"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>']  # fmt: skip
+    for src, dst, label in edges:
+        (x1, y1), (x2, y2) = place[src], place[dst]
+        sx, sy, ex, ey = x1 + width, y1 + height / 2, x2, y2 + height / 2
+        parts.append(f'<line x1="{sx}" y1="{sy}" x2="{ex}" y2="{ey}" stroke="#555" marker-end="url(#a)"/>')
+        if label:
+            parts.append(f'<text x="{(sx + ex) / 2}" y="{(sy + ey) / 2 - 4}" font-size="10" '
+                         f'text-anchor="middle">{html.escape(label)}</text>')  # fmt: skip
+    for node, label in nodes.items():
+        x, y = place[node]
+        fill = "#dbeafe" if node == "version" else "#f3f4f6"
+        parts.append(
+            f'<rect x="{x}" y="{y}" width="{width}" height="{height}" rx="6" fill="{fill}" stroke="#333"/>'
+        )
+        for i, line in enumerate(label.split("\\n")[:3]):
+            parts.append(f'<text x="{x + 8}" y="{y + 18 + i * 16}" font-size="12">{html.escape(line)}</text>')
+    parts.append("</svg>")
+    title = html.escape(f"Lineage of {lineage.version.ref}")
+    details = html.escape(json.dumps(lineage.to_dict(), indent=2, default=str))
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"
+        f"<h1>{title}</h1>{''.join(parts)}<h2>Recorded facts</h2><pre>{details}</pre></body></html>\n"
+    )

@@ -1,0 +1,208 @@
+"""Stages and gates: ``candidate → staging → production``, ``archived`` for replaced versions, and rollback.
+
+A promotion checks the gates (each reported pass/fail), the who-may-promote policy, then moves the stage's
+alias, archives the version it replaces and appends one event to the audit trail. ``--force`` skips failing
+gates (never the policy), needs a reason and is audited as forced. Rollback replays the audit trail of the
+stage to find the version that held it before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from adapter_registry.recipes.schema import Gate
+from adapter_registry.registry.audit import AuditLog
+from adapter_registry.registry.entities import (
+    PROMOTION_STAGES,
+    AdapterVersion,
+    GateResult,
+    RegistryError,
+    StageChange,
+    Tag,
+)
+from adapter_registry.registry.policy import PromotionPolicy, load_policy
+from adapter_registry.registry.store import AdapterStore, current_user
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, and whether the tracking server authenticated that name."""
+
+    user: str
+    authenticated: bool
+
+    @classmethod
+    def of(cls, store: AdapterStore) -> Actor:
+        server_user = store.authenticated_user()
+        return cls(server_user, True) if server_user else cls(current_user(), False)
+
+
+def evaluate_gates(version: AdapterVersion, to: str, serving: AdapterVersion | None) -> list[GateResult]:
+    """Every gate of moving ``version`` into stage ``to`` whose current holder is ``serving``."""
+    results = []
+    for text in version.gates:
+        try:
+            gate = Gate.parse(text)
+        except ValueError as exc:
+            results.append(GateResult(text, False, str(exc)))
+            continue
+        value = version.metrics.get(gate.metric)
+        if value is None:
+            recorded = ", ".join(sorted(version.metrics)) or "none"
+            results.append(
+                GateResult(str(gate), False, f"metric {gate.metric!r} not recorded (recorded: {recorded})")
+            )
+        else:
+            results.append(GateResult(str(gate), gate.passes(value), f"{gate.metric} = {value:g}"))
+    if version.tags.get(Tag.MUST_BEAT_BASE, "true").lower() != "false":
+        beats = version.metrics.get("beats_base")
+        detail = (
+            "beats_base not recorded" if beats is None else f"beats_base = {beats:g} (bootstrap interval)"
+        )
+        results.append(GateResult("beats the base model", beats == 1.0, detail))
+    if serving is None or serving.version == version.version:
+        results.append(GateResult(f"serves the {to} base", True, f"no other version serves {to} yet"))
+    else:
+        same = serving.base_fingerprint == version.base_fingerprint and bool(version.base_fingerprint)
+        detail = (
+            f"{to} serves base {serving.base_id or '?'} ({serving.base_fingerprint[:12] or 'no fingerprint'}); "
+            f"this adapter was trained on {version.base_id or '?'} ({version.base_fingerprint[:12] or 'no fingerprint'})"
+        )
+        results.append(GateResult(f"serves the {to} base", same, detail))
+    if to == "production":
+        results.append(
+            GateResult(
+                "production only from staging", version.stage == "staging", f"current stage: {version.stage}"
+            )
+        )
+    return results
+
+
+def _check_policy(
+    audit: AuditLog,
+    policy: PromotionPolicy,
+    actor: Actor,
+    version: AdapterVersion,
+    to: str,
+    reason: str,
+    action: str,
+) -> None:
+    refusal = policy.refusal(to, actor.user, actor.authenticated)
+    if refusal is None:
+        return
+    audit.append(
+        StageChange(
+            model=version.name,
+            version=version.version,
+            from_stage=version.stage,
+            to_stage=to,
+            who=actor.user,
+            when=dt.datetime.now(dt.UTC),
+            reason=f"{refusal}; asked: {reason}" if reason else refusal,
+            action="refused",
+        )
+    )
+    raise RegistryError("PERMISSION_DENIED", f"{action} of {version.ref} to {to} refused: {refusal}")
+
+
+def promote(
+    store: AdapterStore,
+    ref: str,
+    to: str,
+    *,
+    reason: str = "",
+    force: bool = False,
+    policy: PromotionPolicy | None = None,
+    actor: Actor | None = None,
+) -> StageChange:
+    """Move ``ref`` (NAME/VERSION or NAME@STAGE) into stage ``to``; returns the audited event."""
+    if to not in PROMOTION_STAGES:
+        raise RegistryError(
+            "INVALID_INPUT", f"cannot promote to {to!r}; promote to one of {', '.join(PROMOTION_STAGES)}"
+        )
+    if force and not reason.strip():
+        raise RegistryError("INVALID_INPUT", "--force needs --reason: say why the gates are overridden")
+    version = store.resolve(ref)
+    if version.stage == to:
+        raise RegistryError("INVALID_STATE", f"{version.ref} already holds stage {to!r}")
+    audit = AuditLog(store)
+    actor = actor or Actor.of(store)
+    _check_policy(audit, policy or load_policy(), actor, version, to, reason, "promotion")
+    serving = store.holder(version.name, to)
+    gates = evaluate_gates(version, to, serving)
+    failed = [g for g in gates if not g.passed]
+    if failed and not force:
+        listing = "; ".join(f"{g.gate}: {g.detail}" for g in failed)
+        raise RegistryError("GATE_FAILED", f"promotion of {version.ref} to {to} refused: {listing}")
+
+    previous_alias = store.holder(version.name, version.stage) if version.stage != "archived" else None
+    store.set_stage(version.name, version.version, to)
+    if previous_alias is not None and previous_alias.version == version.version:
+        store.drop_alias(version.name, version.stage)  # it left its old stage
+    if serving is not None and serving.version != version.version:
+        store.set_stage(version.name, serving.version, "archived")
+    event = StageChange(
+        model=version.name, version=version.version, from_stage=version.stage, to_stage=to, who=actor.user,
+        when=dt.datetime.now(dt.UTC), reason=reason, forced=bool(failed) and force, action="promote",
+        gates=tuple(gates), replaced_version=serving.version if serving and serving.version != version.version else None,
+    )  # fmt: skip
+    return AuditLog(store).append(event)
+
+
+def stage_history(events: tuple[StageChange, ...] | list[StageChange], stage: str) -> list[int]:
+    """Versions that held ``stage`` in order, as the audit trail tells it (rollbacks pop the top)."""
+    stack: list[int] = []
+    for event in events:
+        if event.to_stage != stage or event.action not in ("promote", "rollback"):
+            continue
+        if event.action == "promote":
+            if not stack and event.replaced_version is not None:
+                stack.append(event.replaced_version)
+            stack.append(event.version)
+        elif stack:
+            stack.pop()
+            if not stack or stack[-1] != event.version:
+                stack.append(event.version)
+    return stack
+
+
+def rollback(
+    store: AdapterStore,
+    name: str,
+    stage: str = "production",
+    *,
+    reason: str = "",
+    policy: PromotionPolicy | None = None,
+    actor: Actor | None = None,
+) -> StageChange:
+    """Give ``stage`` back to the version that held it before the current one; the current one is archived."""
+    if stage not in PROMOTION_STAGES:
+        raise RegistryError(
+            "INVALID_INPUT", f"cannot roll back stage {stage!r}; use one of {', '.join(PROMOTION_STAGES)}"
+        )
+    current = store.holder(name, stage)  # also checks that the adapter exists
+    audit = AuditLog(store)
+    history = stage_history(audit.read(name).events, stage)
+    if current is None:
+        raise RegistryError("INVALID_STATE", f"rollback of {name}@{stage}: no version holds {stage}")
+    if len(history) < 2:
+        raise RegistryError(
+            "INVALID_STATE", f"rollback of {name}@{stage}: no earlier version in the audit history"
+        )
+    if history[-1] != current.version:
+        raise RegistryError(
+            "INVALID_STATE",
+            f"rollback of {name}@{stage}: the alias points at version {current.version} but the audit trail says "
+            f"{history[-1]} (moved outside adapter-registry); promote explicitly instead",
+        )
+    target = store.get_version(name, history[-2])
+    actor = actor or Actor.of(store)
+    _check_policy(audit, policy or load_policy(), actor, target, stage, reason, "rollback")
+    store.set_stage(name, target.version, stage)
+    store.set_stage(name, current.version, "archived")
+    event = StageChange(
+        model=name, version=target.version, from_stage=target.stage, to_stage=stage, who=actor.user,
+        when=dt.datetime.now(dt.UTC), reason=reason, action="rollback", replaced_version=current.version,
+    )  # fmt: skip
+    return audit.append(event)

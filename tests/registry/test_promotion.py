@@ -1,0 +1,172 @@
+"""Stages, gates, rollback, the audit chain and the policy, on a real sqlite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapter_registry.registry import promotion
+from adapter_registry.registry.audit import AuditLog
+from adapter_registry.registry.entities import AuditTag, RegistryError, Tag
+from adapter_registry.registry.policy import PromotionPolicy, StageRule, load_policy
+from adapter_registry.registry.promotion import Actor
+from adapter_registry.registry.store import AdapterStore
+
+from .conftest import GOOD_METRICS, lineage_tags
+
+OPEN = PromotionPolicy(enforce="never")
+ME = Actor("alice", False)
+NAME = "support_sft_lora"
+
+
+def add(store: AdapterStore, adapter_dir: Path, metrics=GOOD_METRICS, **tags: str) -> int:
+    return store.register_adapter(NAME, adapter_dir, {**lineage_tags(), **tags}, metrics).version
+
+
+def promote(store: AdapterStore, ref: str, to: str, **kw):
+    return promotion.promote(store, ref, to, policy=kw.pop("policy", OPEN), actor=kw.pop("actor", ME), **kw)
+
+
+def stages(store: AdapterStore) -> dict[int, str]:
+    return {v.version: v.stage for v in store.list_versions(name=NAME)}
+
+
+def test_promote_through_stages_archives_and_rolls_back(store: AdapterStore, adapter_dir: Path) -> None:
+    for _ in range(3):
+        add(store, adapter_dir)
+    event = promote(store, f"{NAME}/1", "staging", reason="looks good")
+    assert [g.passed for g in event.gates] == [True, True, True]
+    assert (event.seq, event.from_stage, event.to_stage, event.who) == (1, "candidate", "staging", "alice")
+    promote(store, f"{NAME}@staging", "production")
+    assert stages(store) == {1: "production", 2: "candidate", 3: "candidate"}
+    assert store.holder(NAME, "staging") is None
+    promote(store, f"{NAME}/2", "staging")
+    promote(store, f"{NAME}/2", "production")
+    promote(store, f"{NAME}/3", "staging")
+    promote(store, f"{NAME}/3", "production")
+    assert stages(store) == {1: "archived", 2: "archived", 3: "production"}
+
+    back = promotion.rollback(store, NAME, "production", reason="incident 42", policy=OPEN, actor=ME)
+    assert (back.version, back.replaced_version, back.action) == (2, 3, "rollback")
+    assert store.holder(NAME, "production").version == 2
+    promotion.rollback(store, NAME, "production", policy=OPEN, actor=ME)
+    assert stages(store) == {1: "production", 2: "archived", 3: "archived"}
+    with pytest.raises(RegistryError, match=rf"rollback of {NAME}@production: no earlier version"):
+        promotion.rollback(store, NAME, "production", policy=OPEN, actor=ME)
+
+    trail = AuditLog(store).read(NAME)
+    assert trail.intact, trail.problems
+    assert [(e.seq, e.action, e.version) for e in trail.events][-3:] == [
+        (6, "promote", 3), (7, "rollback", 2), (8, "rollback", 1),
+    ]  # fmt: skip
+
+
+def test_gates_refuse_and_force_needs_reason(store: AdapterStore, adapter_dir: Path) -> None:
+    weak = {**GOOD_METRICS, "exact_match": 0.5, "beats_base": 0.0}
+    add(store, adapter_dir, metrics=weak)
+    with pytest.raises(
+        RegistryError, match=r"refused: exact_match >= 0.8: exact_match = 0.5; beats the base"
+    ) as info:
+        promote(store, f"{NAME}/1", "staging")
+    assert info.value.code == "GATE_FAILED"
+    with pytest.raises(RegistryError, match=r"--force needs --reason"):
+        promote(store, f"{NAME}/1", "staging", force=True)
+    assert stages(store) == {1: "candidate"} and AuditLog(store).read(NAME).events == ()
+
+    event = promote(store, f"{NAME}/1", "staging", force=True, reason="demo for the board")
+    assert event.forced and [g.passed for g in event.gates] == [False, False, True]
+
+
+def test_gate_on_unrecorded_metric_and_production_only_from_staging(
+    store: AdapterStore, adapter_dir: Path
+) -> None:
+    add(store, adapter_dir, **{Tag.GATES: json.dumps(["accuracy >= 0.8"])})
+    with pytest.raises(RegistryError, match=r"metric 'accuracy' not recorded \(recorded: base.exact_match"):
+        promote(store, f"{NAME}/1", "staging")
+    add(store, adapter_dir)
+    with pytest.raises(RegistryError, match=r"production only from staging: current stage: candidate"):
+        promote(store, f"{NAME}/2", "production")
+    assert stages(store) == {1: "candidate", 2: "candidate"}
+
+
+def test_bad_stage_same_stage_and_no_history(store: AdapterStore, adapter_dir: Path) -> None:
+    add(store, adapter_dir)
+    with pytest.raises(RegistryError, match=r"cannot promote to 'prod'"):
+        promote(store, f"{NAME}/1", "prod")
+    with pytest.raises(RegistryError, match=r"cannot promote to 'candidate'"):
+        promote(store, f"{NAME}/1", "candidate")
+    promote(store, f"{NAME}/1", "staging")
+    with pytest.raises(RegistryError, match=rf"{NAME}/1 already holds stage 'staging'"):
+        promote(store, f"{NAME}/1", "staging")
+    with pytest.raises(RegistryError, match=rf"rollback of {NAME}@production: no version holds production"):
+        promotion.rollback(store, NAME, "production", policy=OPEN, actor=ME)
+    with pytest.raises(RegistryError, match=rf"rollback of {NAME}@staging: no earlier version"):
+        promotion.rollback(store, NAME, "staging", policy=OPEN, actor=ME)
+    with pytest.raises(RegistryError, match=r"adapter 'ghost' is not registered"):
+        promotion.rollback(store, "ghost", "production", policy=OPEN, actor=ME)
+
+
+def test_other_base_fails_the_serving_gate(store: AdapterStore, adapter_dir: Path) -> None:
+    add(store, adapter_dir)
+    promote(store, f"{NAME}/1", "staging")
+    add(store, adapter_dir, **{Tag.BASE_ID: "bigger-base", Tag.BASE_FINGERPRINT: "sha256:" + "9" * 64})
+    with pytest.raises(RegistryError, match=r"serves the staging base: staging serves base tiny-llama"):
+        promote(store, f"{NAME}/2", "staging")
+
+
+def test_policy_refusal_is_audited(store: AdapterStore, adapter_dir: Path) -> None:
+    add(store, adapter_dir)
+    policy = PromotionPolicy(stages={"production": StageRule(allowed_users=["admin"])})
+    promote(store, f"{NAME}/1", "staging", policy=policy, actor=Actor("bob", True))
+    with pytest.raises(
+        RegistryError, match=r"refused: user 'bob' may not promote to production: .* allows admin"
+    ):
+        promote(store, f"{NAME}/1", "production", policy=policy, actor=Actor("bob", True))
+    # not authenticated (local sqlite): auth_server policies do not apply
+    promote(store, f"{NAME}/1", "production", policy=policy, actor=Actor("bob", False))
+    actions = [(e.action, e.who, e.to_stage) for e in AuditLog(store).read(NAME).events]
+    assert actions == [
+        ("promote", "bob", "staging"),
+        ("refused", "bob", "production"),
+        ("promote", "bob", "production"),
+    ]
+
+
+def test_shipped_policy_loads_and_bad_policy_is_named(tmp_path: Path) -> None:
+    shipped = Path(__file__).parents[2] / "conf" / "base" / "promotion_policy.yml"
+    assert load_policy(shipped).stages["production"].allowed_users == ["admin"]
+    bad = tmp_path / "p.yml"
+    bad.write_text("stages:\n  production:\n    allowed: [x]\n")
+    with pytest.raises(RegistryError, match=r"promotion policy '.*p.yml' is invalid"):
+        load_policy(bad)
+
+
+def test_audit_detects_deleted_and_rewritten_events(store: AdapterStore, adapter_dir: Path) -> None:
+    add(store, adapter_dir)
+    add(store, adapter_dir)
+    promote(store, f"{NAME}/1", "staging")
+    promote(store, f"{NAME}/2", "staging")
+    promote(store, f"{NAME}/2", "production")
+    assert AuditLog(store).read(NAME).intact
+    # tamper behind our back, through MLflow itself (the CLI offers no way to do this)
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(store.tracking_uri)
+    experiment = client.get_experiment_by_name("adapter-registry-audit")
+    runs = {
+        r.data.tags[AuditTag.SEQ]: r
+        for r in client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    }
+    event = json.loads(runs["1"].data.tags[AuditTag.EVENT])
+    client.set_tag(runs["1"].info.run_id, AuditTag.EVENT, json.dumps({**event, "who": "mallory"}))
+    client.delete_run(runs["2"].info.run_id)
+    trail = AuditLog(store).read(NAME)
+    assert [e.seq for e in trail.events] == [1, 2, 3]  # the deleted event is still shown
+    assert [e.verified for e in trail.events] == [False, False, True]
+    assert trail.problems == (
+        "event 1 was rewritten or the chain before it was broken",
+        "event 2 was deleted in MLflow (kept here, marked unverified)",
+    )
