@@ -112,9 +112,9 @@ ACME = (
             "is order {order} still coming",
         ),
         (
-            "We are tracing the parcel and will email you an update today.",
-            "Your parcel is with the courier and should arrive within 3 days.",
-            "I have checked the tracking and flagged a delay with the courier.",
+            "We are tracing your parcel now.",
+            "It is with the courier, due soon.",
+            "I flagged the delay to the courier.",
         ),
     ),
     Category(
@@ -130,9 +130,9 @@ ACME = (
             "I'd like a full refund for the {item}",
         ),
         (
-            "Your refund has been issued and takes 3-5 working days.",
-            "I have started the refund to your original payment method.",
-            "The refund is approved; you will see it on your statement soon.",
+            "Refund issued; allow 3-5 days.",
+            "I have started your refund.",
+            "Refund approved to your card.",
         ),
     ),
     Category(
@@ -148,9 +148,9 @@ ACME = (
             "I changed my mind about the {item}, how to return",
         ),
         (
-            "I have emailed you a prepaid return label.",
-            "You can return it within 30 days; a label is in your inbox.",
-            "I have set up the exchange; please send the item back with the label.",
+            "A return label is in your inbox.",
+            "Returns are free within 30 days.",
+            "Exchange set up; label emailed.",
         ),
     ),
     Category(
@@ -166,9 +166,9 @@ ACME = (
             "please don't send the {item}, I cancelled",
         ),
         (
-            "Your order is cancelled and you will not be charged.",
-            "I have cancelled the order before dispatch.",
-            "The order is stopped; any payment will be returned.",
+            "Your order is cancelled.",
+            "Cancelled before dispatch.",
+            "Order stopped; no charge.",
         ),
     ),
     Category(
@@ -184,9 +184,9 @@ ACME = (
             "my {item} was smashed in delivery",
         ),
         (
-            "Sorry about that; a replacement is on its way at no cost.",
-            "Please send a photo and we will ship a replacement.",
-            "I have arranged a free replacement for the damaged item.",
+            "Sorry! A replacement is on its way.",
+            "Send a photo and we will replace it.",
+            "Free replacement arranged.",
         ),
     ),
     Category(
@@ -202,9 +202,9 @@ ACME = (
             "can I pay for the {item} in instalments",
         ),
         (
-            "I have checked the payment and removed the duplicate charge.",
-            "The pending charge will drop off within 2 days.",
-            "Please try another card; I have unlocked the checkout for you.",
+            "Duplicate charge removed.",
+            "The pending charge will drop off.",
+            "Checkout unlocked; please retry.",
         ),
     ),
     Category(
@@ -220,9 +220,9 @@ ACME = (
             "I can't sign in on {device}",
         ),
         (
-            "I have sent a fresh reset link to your email.",
-            "Your account is unlocked; please sign in again.",
-            "I have updated your login details as asked.",
+            "A reset link is in your inbox.",
+            "Your account is unlocked.",
+            "Login details updated.",
         ),
     ),
     Category(
@@ -237,9 +237,9 @@ ACME = (
             "can I send the {item} to a friend in {city}",
         ),
         (
-            "I have updated the delivery address on your order.",
-            "The courier has the new address now.",
-            "Done, the parcel will go to the new address.",
+            "Delivery address updated.",
+            "The courier has the new address.",
+            "Done, it goes to the new address.",
         ),
     ),
     Category(
@@ -255,9 +255,9 @@ ACME = (
             "can I combine {code} with the sale price",
         ),
         (
-            "I have applied the discount and refunded the difference.",
-            "That code has expired, but here is a new one: THANKS10.",
-            "Codes cannot be combined, but I have matched the better price.",
+            "Discount applied to your order.",
+            "Here is a new code: THANKS10.",
+            "I matched the better price.",
         ),
     ),
     Category(
@@ -273,9 +273,9 @@ ACME = (
             "does the {item} need batteries",
         ),
         (
-            "Yes, the details are on the product page under Specifications.",
-            "It is back in stock next week; I can notify you.",
-            "Good question: it works with most devices, see the size guide.",
+            "See Specifications on the product page.",
+            "Back in stock next week.",
+            "Yes, see the size guide.",
         ),
     ),
     Category(
@@ -290,9 +290,9 @@ ACME = (
             "my {item} died just outside warranty",
         ),
         (
-            "It is covered; I have opened a warranty repair for you.",
-            "The warranty is 2 years; I have started the claim.",
-            "Please send the serial number and I will open a claim.",
+            "Covered; warranty repair opened.",
+            "2-year warranty; claim started.",
+            "Send the serial number to claim.",
         ),
     ),
 )
@@ -328,9 +328,9 @@ GLOBEX = (
             "mobile data stopped working in {city}",
         ),
         (
-            "Known outage in your area; fix expected within 4 hours.",
-            "Engineers are on it; ETA tonight.",
-            "No outage found; restart the router and retest.",
+            "Known outage; fix within 4 hours.",
+            "Engineers on it; ETA tonight.",
+            "No outage; restart the router.",
         ),
     ),
     Category(
@@ -345,9 +345,9 @@ GLOBEX = (
             "speed test shows a tenth of my plan",
         ),
         (
-            "Line test started; results by SMS in 1 hour.",
-            "Move the router higher; we have reset your line.",
-            "Speed issue logged; an engineer will call you.",
+            "Line test started; SMS in 1 hour.",
+            "Line reset; move the router higher.",
+            "Logged; an engineer will call.",
         ),
     ),
     Category(
@@ -362,9 +362,9 @@ GLOBEX = (
             "bill shows {amount} in extras",
         ),
         (
-            "Charge reviewed; credit of the difference applied.",
-            "Bill corrected; new statement sent.",
-            "Dispute opened; collections paused meanwhile.",
+            "Charge reviewed; credit applied.",
+            "Bill corrected; statement sent.",
+            "Dispute opened; billing paused.",
         ),
     ),
     Category(
@@ -379,9 +379,9 @@ GLOBEX = (
             "is {plan} available in {city}",
         ),
         (
-            "Plan change booked from your next bill.",
-            "Upgrade done; new allowance active now.",
-            "Options sent by email; reply with your choice.",
+            "Plan change from next bill.",
+            "Upgrade done; active now.",
+            "Options sent by email.",
         ),
     ),
     Category(
@@ -395,9 +395,9 @@ GLOBEX = (
             "can I buy a travel pass for {country}",
         ),
         (
-            "Roaming enabled; EU-rate pass added.",
-            "Travel pass for that country costs 5 per day.",
-            "Restart your phone and pick a partner network.",
+            "Roaming on; travel pass added.",
+            "Travel pass: 5 per day.",
+            "Restart and pick a partner network.",
         ),
     ),
     Category(
@@ -411,9 +411,9 @@ GLOBEX = (
             "nano SIM doesn't fit my new phone",
         ),
         (
-            "New SIM posted; arrives in 2 days.",
-            "SIM blocked; replacement on its way.",
-            "eSIM QR code sent to your email.",
+            "New SIM posted; 2 days.",
+            "SIM blocked; replacement sent.",
+            "eSIM QR code emailed.",
         ),
     ),
     Category(
@@ -427,9 +427,9 @@ GLOBEX = (
             "my old number still isn't active after {days} days",
         ),
         (
-            "Port booked for the next working day.",
-            "Port retried; number active within 24 hours.",
-            "Send the PAC code and we will start the transfer.",
+            "Port booked for tomorrow.",
+            "Port retried; live in 24 hours.",
+            "Send the PAC code to start.",
         ),
     ),
     Category(
@@ -444,9 +444,9 @@ GLOBEX = (
             "need to open a port on the router",
         ),
         (
-            "Setup guide sent; start with the grey cable.",
-            "The key is on the sticker under the router.",
-            "Log in at 192.168.1.1 to change the settings.",
+            "Setup guide sent by email.",
+            "Wifi key: sticker under the router.",
+            "Change it at 192.168.1.1.",
         ),
     ),
     Category(
@@ -460,9 +460,9 @@ GLOBEX = (
             "I'm switching provider, end my contract",
         ),
         (
-            "Cancellation booked; final bill in 30 days.",
-            "Exit fee is on your account page; reply to confirm.",
-            "Before you go: we can offer 20% off for a year.",
+            "Cancellation booked; final bill sent.",
+            "Exit fee shown on your account.",
+            "Before you go: 20% off a year?",
         ),
     ),
     Category(
@@ -476,9 +476,9 @@ GLOBEX = (
             "I moved and the line isn't active",
         ),
         (
-            "Move booked; service switches on your moving day.",
-            "Install slot offered; pick a date by SMS.",
-            "Your plan moves with you at no cost.",
+            "Move booked for your moving day.",
+            "Install slots sent by SMS.",
+            "Your plan moves at no cost.",
         ),
     ),
     Category(
@@ -492,8 +492,8 @@ GLOBEX = (
             "why did I use 10 GB in {days} days",
         ),
         (
-            "Booster added: 5 GB until month end.",
-            "You have 2.3 GB left this month.",
+            "Booster added: 5 GB.",
+            "2.3 GB left this month.",
             "Usage breakdown sent by SMS.",
         ),
     ),
