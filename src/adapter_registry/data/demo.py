@@ -8,7 +8,8 @@ Three datasets, one per default recipe:
 
 Each category has many request templates with slot fills, greetings, sign-offs, typos and casing
 variants, plus a share of deliberately confusable requests whose label is decided by what the customer
-asks for (a refund vs. a return of a broken item), so the task is not trivial. The raw output also holds
+asks for (a refund vs. a return of a broken item) and of follow-ups that quote an earlier request of
+another category before the real one, so the task is not trivial. The raw output also holds
 what a real export holds (repeated rows, stray whitespace, empty requests) for the ``clean`` stage.
 
 Run: ``python -m adapter_registry.data.demo --dataset acme_support --rows 1100 --seed 7 --out data/01_raw/acme_support.jsonl``
@@ -738,17 +739,38 @@ def _raw_noise(text: str, rng: random.Random) -> str:
     return text
 
 
+PIVOTS = (
+    "that's sorted now, but",
+    "ignore that, my real issue:",
+    "old problem fixed. new one:",
+    "update: solved. now",
+    "scratch that -",
+    "never mind that one;",
+)
+
+
 def _pick(
     categories: tuple[Category, ...],
     confusable: tuple[tuple[str, str], ...],
     share: float,
+    follow_up_share: float,
     rng: random.Random,
 ) -> tuple[str, Category]:
+    """A template and its category: a plain request, a confusable one, or a follow-up.
+
+    A follow-up quotes a request of another category, then pivots to the real one: the label is the
+    request after the pivot (a bag of words mixes both; a model must read the order).
+    """
     by_name = {c.name: c for c in categories}
-    if rng.random() < share:
+    roll = rng.random()
+    if roll < share:
         template, label = rng.choice(confusable)
         return template, by_name[label]
     category = rng.choice(categories)
+    if roll < share + follow_up_share:
+        earlier = rng.choice([c for c in categories if c is not category])
+        first = rng.choice(earlier.requests).rstrip("?!.")
+        return f"{first}. {rng.choice(PIVOTS)} {rng.choice(category.requests)}", category
     return rng.choice(category.requests), category
 
 
@@ -765,6 +787,7 @@ def generate(
     seed: int,
     *,
     confusable_share: float = 0.15,
+    follow_up_share: float = 0.12,
     duplicate_share: float = 0.03,
     empty_share: float = 0.01,
 ) -> list[dict[str, str]]:
@@ -782,7 +805,7 @@ def generate(
             raise ValueError(
                 f"{dataset}: templates give only {len(seen)} distinct requests; lower rows={rows}"
             )
-        template, category = _pick(categories, confusable, confusable_share, rng)
+        template, category = _pick(categories, confusable, confusable_share, follow_up_share, rng)
         text = _dress(_fill(template, rng), rng, prefixes=prefixes)
         key = normalise_text(text)
         if key in seen:
@@ -817,9 +840,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, required=True, help="distinct requests to generate")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--confusable-share", type=float, default=0.15)
+    parser.add_argument("--follow-up-share", type=float, default=0.12)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    rows = generate(args.dataset, args.rows, args.seed, confusable_share=args.confusable_share)
+    rows = generate(
+        args.dataset,
+        args.rows,
+        args.seed,
+        confusable_share=args.confusable_share,
+        follow_up_share=args.follow_up_share,
+    )
     write_jsonl(rows, args.out)
     print(f"{args.out}: {len(rows)} raw rows")
 
