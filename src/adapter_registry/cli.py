@@ -8,6 +8,7 @@ exits 3 for "retrain recommended" and 4 for "incompatible").
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ def _root(
     ] = None,
 ) -> None:
     _state["tracking_uri"] = tracking_uri
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps to one line
 
 
 def _store() -> AdapterStore:

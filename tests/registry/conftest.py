@@ -112,11 +112,21 @@ GOOD_METRICS = {
 }  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty sqlite MLflow database with its tables migrated once (migrations take seconds)."""
+    db = tmp_path_factory.mktemp("db") / "mlflow.db"
+    AdapterStore(f"sqlite:///{db}").list_models()
+    return db
+
+
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AdapterStore:
-    """A fresh sqlite registry; run artifacts land in tmp_path/mlruns (MLflow's default, under the cwd)."""
+def store(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> AdapterStore:
+    """A fresh sqlite registry copied into tmp_path; run artifacts land in tmp_path/mlruns (the cwd)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    shutil.copyfile(empty_db, tmp_path / "mlflow.db")
     return AdapterStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 

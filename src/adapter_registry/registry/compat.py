@@ -57,6 +57,10 @@ class CompatReport:
 
 def _base_class(task: str) -> Any:
     from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # the CLI's stderr keeps to one line
+    logging.set_verbosity_error()
 
     return AutoModel if task == "sequence_classification" else AutoModelForCausalLM
 
