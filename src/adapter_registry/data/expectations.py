@@ -119,10 +119,13 @@ def _key_and_full(
 
 def _token_counts(texts: list[str | None], tokenizer: Any) -> list[float]:
     present = [t for t in texts if t is not None]
+    if not present:
+        return [math.nan] * len(texts)
     if tokenizer is None:
         lengths = iter([len(t.split()) for t in present])
     else:
-        lengths = iter([len(ids) for ids in tokenizer(present, add_special_tokens=True)["input_ids"]])
+        valid = [t.encode("utf-8", "replace").decode("utf-8") for t in present]  # lone surrogates → "?"
+        lengths = iter([len(ids) for ids in tokenizer(valid, add_special_tokens=True)["input_ids"]])
     return [float(next(lengths)) if t is not None else math.nan for t in texts]
 
 
@@ -139,8 +142,10 @@ def _frames(
     present: dict[str, list[str]] = {}
     for split in _ordered(splits):
         records = splits[split]
-        frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
-        frame = frame.astype(object).where(frame.notna(), None) if len(frame) else frame
+        columns = list(dict.fromkeys(k for r in records for k in r))
+        frame = pd.DataFrame(
+            {c: _objects([_utf8(r.get(c)) for r in records]) for c in columns}, index=range(len(records))
+        )
         present[split] = [f for f in fields if f in frame.columns]
         if fmt == "classification" and data.label_column in frame.columns:
             frame[data.label_column] = _objects(
@@ -164,6 +169,18 @@ def _frames(
                 seen_norm.setdefault(n or "", split)
         frames[split] = frame
     return frames, present
+
+
+def _utf8(value: Any) -> Any:
+    """Strings that cannot be UTF-8 (lone surrogates, e.g. from a JSON "\\ud800") get U+FFFD in their place,
+    which the UTF-8 expectation then reports (pandas and GX cannot hash such strings at all)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
 
 
 def _objects(values: list[Any]) -> Any:
@@ -266,17 +283,21 @@ def _suite_expectations(
                 )
             )
     for extra in getattr(spec, "extra", None) or ():
-        if split in getattr(extra, "splits", SPLIT_ORDER):
+        if split in (_get(extra, "splits") or SPLIT_ORDER):
             out.append(_extra_expectation(extra))
     return out
 
 
+def _get(item: Any, name: str) -> Any:
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
 def _extra_expectation(extra: Any) -> Any:
-    """A recipe-declared expectation: ``{expectation: expect_..., kwargs: {...}}`` → its GX object."""
+    """A recipe-declared expectation, ``{expectation: expect_..., kwargs: {...}, splits: [...]}`` → GX object."""
     from great_expectations.expectations.registry import get_expectation_impl
 
-    name = extra.expectation if hasattr(extra, "expectation") else extra["expectation"]
-    kwargs = dict(extra.kwargs if hasattr(extra, "kwargs") else extra.get("kwargs", {}))
+    name = _get(extra, "expectation")
+    kwargs = dict(_get(extra, "kwargs") or {})
     return get_expectation_impl(name)(**kwargs, meta={"why": f"added by the recipe: {name}"})
 
 
