@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from adapter_registry.methods import method_builder
-from tests.methods.conftest import CAUSAL, CLASSIFY, parse_method
+
+from .tiny import CAUSAL, CLASSIFY, parse_method
 
 RELOAD_ATOL = 1e-5
 MERGE_ATOL = 1e-4

@@ -36,7 +36,7 @@ def adalora_config(method: Any, task_type: TaskType, total_steps: int | None) ->
 
 def allocate_ranks(method: Any, model: PeftModel) -> Callable[[int], None]:
     """``on_step(step)``: AdaLoRA's importance update and rank re-allocation (reads the gradients)."""
-    tuner = model.base_model
+    tuner: Any = model.base_model  # an AdaLoraModel
 
     def on_step(step: int) -> None:
         tuner.update_and_allocate(step)

@@ -55,7 +55,7 @@ def lorafa_optimizer(
     created = create_lorafa_optimizer(
         model, r=method.r, lora_alpha=method.alpha, lr=lr, weight_decay=weight_decay
     )
-    optimizer = _LoraFAOptimizer(created.param_groups, lr=lr, weight_decay=weight_decay)
+    optimizer = _LoraFAOptimizer(created.param_groups, lr=lr, weight_decay=weight_decay)  # type: ignore[arg-type]
     for group in extra_groups:
         optimizer.add_param_group(group)
     return optimizer

@@ -29,8 +29,24 @@ PEFT_DOCS = "https://huggingface.co/docs/peft"
 CAUSAL_ONLY = frozenset({"causal_lm_sft"})
 ALL_TASKS = frozenset({"causal_lm_sft", "sequence_classification"})
 
+
+def _module_names(value: Any, all_linear: bool = True) -> Any:
+    """One clear message for a bad module list (instead of one per member of the type union)."""
+    if value is None or (all_linear and value == "all-linear"):
+        return value
+    if isinstance(value, list) and value and all(isinstance(n, str) and n for n in value):
+        return value
+    also = " or 'all-linear'" if all_linear else " (this method cannot take 'all-linear')"
+    hint = (
+        "; a single module is a list too: [NAME]" if isinstance(value, str) and value != "all-linear" else ""
+    )
+    raise ValueError(f"give a non-empty list of module names, e.g. [q_proj, v_proj]{also}{hint}")
+
+
+ModuleNames = Annotated[list[str], BeforeValidator(lambda v: _module_names(v, all_linear=False))]
 TargetModules = Annotated[
-    list[Annotated[str, Field(min_length=1)]] | Literal["all-linear"] | None,
+    ModuleNames | Literal["all-linear"] | None,
+    BeforeValidator(_module_names),
     Field(
         description="module names (or name suffixes) to adapt, 'all-linear', or null for peft's default "
         "for the architecture (attention query and value projections)"
@@ -67,7 +83,7 @@ class _LowRank(MethodBlock):
     r: int = Field(16, ge=1, le=1024, description="rank; higher: more capacity, more memory")
     alpha: float = Field(32, gt=0, description="scaling numerator (update scaled by alpha/r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
-    target_modules: list[str] | Literal["all-linear"] = Field(
+    target_modules: Annotated[list[str] | Literal["all-linear"], BeforeValidator(_module_names)] = Field(
         "all-linear", description="module names to adapt, or all-linear"
     )
     use_rslora: bool = Field(False, description="rank-stabilised scaling alpha/sqrt(r)")
@@ -259,12 +275,12 @@ class Ia3Method(MethodBlock):
     """IA³: learned vectors rescale the targeted activations (keys, values and the FFN input)."""
 
     type: Literal["ia3"]
-    target_modules: list[Annotated[str, Field(min_length=1)]] | None = Field(
+    target_modules: ModuleNames | None = Field(
         None,
         description="modules whose output (or, for feedforward_modules, input) is rescaled; "
         "null: peft's default for the architecture (keys, values, FFN down projection)",
     )
-    feedforward_modules: list[Annotated[str, Field(min_length=1)]] | None = Field(
+    feedforward_modules: ModuleNames | None = Field(
         None, description="the subset of target_modules whose input is rescaled (the FFN's down projection)"
     )
 
@@ -371,9 +387,28 @@ class LlamaAdapterMethod(MethodBlock):
     mergeable: Literal[False] = Field(False, exclude=True)
 
 
+class BottleneckMethod(MethodBlock):
+    """Bottleneck adapters (Houlsby, Pfeiffer): not available here; the block is an error that says why."""
+
+    type: Literal["bottleneck"]
+
+    family: Literal["additive"] = Field("additive", exclude=True)
+    mergeable: Literal[False] = Field(False, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unavailable(cls, data: Any) -> Any:
+        raise ValueError(
+            "bottleneck adapters (Houlsby/Pfeiffer) are not available: peft 0.21 has none, and the `adapters` "
+            "library (1.3.0) requires transformers ~=4.57.6, which cannot be installed beside our "
+            "transformers 5.23. Fix: use an additive method (ia3, prefix_tuning, llama_adapter) or lora; "
+            "see docs/methods.md"
+        )
+
+
 _METHODS = (
     LoraMethod | QLoraMethod | LoraFaMethod | AdaLoraMethod | LohaMethod | LokrMethod | VeraMethod | OftMethod
-    | Ia3Method | PrefixTuningMethod | PromptTuningMethod | PTuningMethod | LlamaAdapterMethod
+    | Ia3Method | PrefixTuningMethod | PromptTuningMethod | PTuningMethod | LlamaAdapterMethod | BottleneckMethod
 )  # fmt: skip
 
 
@@ -392,6 +427,6 @@ MethodSpec = Annotated[_METHODS, Field(discriminator="type"), BeforeValidator(_o
 """A recipe's ``method:`` block: exactly one of the models above, chosen by ``type``."""
 
 METHOD_TYPES: tuple[str, ...] = tuple(
-    m.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-    for m in _METHODS.__args__  # type: ignore[union-attr]
+    m.model_fields["type"].annotation.__args__[0] for m in _METHODS.__args__ if m is not BottleneckMethod
 )
+"""The method types a recipe can train (``bottleneck`` is only an explanatory error)."""
