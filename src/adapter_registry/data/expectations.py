@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from adapter_registry.data.formats import chat_problem, fill_template
 from adapter_registry.data.stages import normalise_text
@@ -83,7 +83,7 @@ class ValidationReport:
 
 
 # ------------------------------------------------------------------------------------------------ frames
-def _is_text(value: Any) -> bool:
+def _is_text(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and bool(value.strip())
 
 
@@ -107,7 +107,7 @@ def _key_and_full(
         t = record.get("text")
         return (t, t) if _is_text(t) else (None, None)
     messages = record.get("messages")
-    if chat_problem(messages) is not None:
+    if not isinstance(messages, list) or chat_problem(messages) is not None:
         return None, None
     key = "\n".join(m["content"] for m in messages if m["role"] != "assistant")
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
@@ -404,6 +404,7 @@ def validate_splits(
             if r.success:
                 continue
             config = r.expectation_config
+            assert config is not None  # GX always sets it on results of a suite run
             column = config.kwargs.get("column")
             why = (config.meta or {}).get("why", config.type)
             if r.exception_info and r.exception_info.get("raised_exception"):
