@@ -1,0 +1,189 @@
+"""Contract tests of AdapterPool on a tiny random Llama: peft parity, switching, mixed batches, hot swaps."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapter_registry.serving.pool import AdapterPool, PoolError
+
+from .conftest import build_adapter, build_base
+
+PROMPTS = ["a b c 1 2", "d e f 3 4 5 6", "x y z", "a a a", "q r 7", "m n o p 8 9"]
+
+
+@pytest.fixture
+def pool(tiny_base: Path, adapters: dict[str, Path]) -> AdapterPool:
+    loaded = AdapterPool.from_pretrained(tiny_base, fingerprint="sha256:tiny")
+    for name, folder in adapters.items():
+        loaded.add(name, folder)
+    return loaded
+
+
+@pytest.fixture
+def batch(pool: AdapterPool) -> dict[str, torch.Tensor]:
+    return dict(pool.tokenizer(PROMPTS, return_tensors="pt", padding=True))
+
+
+def peft_logits(base: Path, adapter: Path | None, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The reference: the adapter loaded alone by peft (None: the bare base)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    with torch.inference_mode():
+        return model.eval()(**batch).logits
+
+
+def logits(pool: AdapterPool, batch: dict[str, torch.Tensor], adapters: list[str | None]) -> torch.Tensor:
+    return pool.logits(batch["input_ids"], adapters, attention_mask=batch["attention_mask"])
+
+
+@pytest.mark.parametrize("name", ["alpha", "qv", "rs", None])
+def test_each_adapter_gives_pefts_logits(pool, batch, tiny_base, adapters, name):
+    expected = peft_logits(tiny_base, adapters[name] if name else None, batch)
+    got = logits(pool, batch, [name] * len(PROMPTS))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_switching_selects_the_named_adapter(pool, batch):
+    pool.activate("alpha")
+    with torch.inference_mode():
+        first = pool.model(**batch).logits
+    pool.activate("beta")
+    with torch.inference_mode():
+        beta = pool.model(**batch).logits
+    pool.activate("alpha")
+    with torch.inference_mode():
+        again = pool.model(**batch).logits
+    pool.activate(None)
+    with torch.inference_mode():
+        base = pool.model(**batch).logits
+    assert (first - beta).abs().max() > 1e-2  # the adapters really differ
+    assert (first - base).abs().max() > 1e-2
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    torch.testing.assert_close(base, logits(pool, batch, [None] * len(PROMPTS)), atol=0, rtol=0)
+
+
+def test_mixed_batch_equals_one_batch_per_adapter(pool, batch):
+    rows: list[str | None] = ["alpha", "beta", "qv", None, "rs", "alpha"]
+    mixed = logits(pool, batch, rows)
+    for i, name in enumerate(rows):
+        alone = logits(pool, batch, [name] * len(rows))[i]
+        torch.testing.assert_close(mixed[i], alone, atol=1e-4, rtol=0, msg=f"row {i} ({name})")
+
+
+def test_mixed_generation_equals_single_generation(pool):
+    rows: list[str | None] = ["alpha", "beta", None, "rs"]
+    mixed = pool.generate(PROMPTS[:4], rows, max_new_tokens=6)
+    for i, name in enumerate(rows):
+        alone = pool.generate([PROMPTS[i]], [name], max_new_tokens=6)[0]
+        assert mixed[i].text == alone.text, (i, name)
+    assert len({g.text for g in mixed}) > 1  # different adapters, different completions
+
+
+def test_replacing_an_adapter_is_atomic_for_concurrent_requests(pool, batch, adapters):
+    """While one thread serves "tenant", another replaces it back and forth between two adapters:
+    every answer equals exactly one of the two, never a mix of a half-loaded adapter."""
+    rows = ["tenant"] * len(PROMPTS)
+    pool.add("tenant", adapters["alpha"])
+    alpha = logits(pool, batch, rows)
+    pool.add("tenant", adapters["beta"])
+    beta = logits(pool, batch, rows)
+    seen: list[str] = []
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            while not stop.is_set():
+                got = logits(pool, batch, rows)
+                if torch.allclose(got, alpha, atol=1e-6):
+                    seen.append("alpha")
+                elif torch.allclose(got, beta, atol=1e-6):
+                    seen.append("beta")
+                else:
+                    raise AssertionError("a request saw neither the old nor the new adapter")
+        except BaseException as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    for i in range(12):
+        pool.add("tenant", adapters["alpha" if i % 2 else "beta"])
+    stop.set()
+    worker.join(timeout=30)
+    assert not failures, failures
+    assert seen
+    slots = {info.slot for info in pool.adapters()}
+    for layer in pool._layers.values():  # the replaced slots are gone from every layer
+        assert set(layer.adapters) <= slots
+
+
+def test_remove_frees_the_adapter(pool, batch, adapters):
+    before = pool.memory()
+    pool.remove("beta")
+    after = pool.memory()
+    assert "beta" not in pool and "beta" not in after["adapter_bytes"]
+    assert after["adapters_total_bytes"] == before["adapters_total_bytes"] - before["adapter_bytes"]["beta"]
+    with pytest.raises(PoolError, match="adapter 'beta' is not loaded"):
+        logits(pool, batch, ["alpha", "beta", None, None, None, None])
+    with pytest.raises(PoolError, match="adapter 'beta' is not loaded"):
+        pool.remove("beta")
+
+
+def test_memory_counts_base_once_and_each_adapter_exactly(pool, adapters):
+    from safetensors.torch import load_file
+
+    memory = pool.memory()
+    assert memory["base_bytes"] == sum(
+        p.nbytes for p in {p.data_ptr(): p for p in pool.model.parameters()}.values()
+    ) + sum(b.nbytes for b in pool.model.buffers())
+    for name, folder in adapters.items():
+        on_disk = sum(t.nbytes for t in load_file(folder / "adapter_model.safetensors").values())
+        assert memory["adapter_bytes"][name] == on_disk
+    assert memory["total_bytes"] == memory["base_bytes"] + sum(memory["adapter_bytes"].values())
+
+
+def test_refuses_dora(pool, tiny_base, tmp_path):
+    folder = build_adapter(tiny_base, tmp_path / "dora", seed=5, use_dora=True)
+    with pytest.raises(PoolError, match=r"use_dora=True is not served"):
+        pool.add("dora", folder)
+    assert "dora" not in pool
+
+
+def test_refuses_an_adapter_of_another_base(pool, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=48, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))  # fmt: skip
+    get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "other")
+    with pytest.raises(PoolError, match=r"do not fit a 32->32 layer: was it trained on another base"):
+        pool.add("other", tmp_path / "other")
+
+
+def test_refuses_other_peft_methods(pool, tiny_base, tmp_path):
+    from peft import IA3Config, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    config = IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"])
+    get_peft_model(model, config).save_pretrained(tmp_path / "ia3")
+    with pytest.raises(PoolError, match="peft_type 'IA3' is not served; the pool serves LORA"):
+        pool.add("ia3", tmp_path / "ia3")
+    with pytest.raises(PoolError, match=r"has no adapter_config\.json"):
+        pool.add("nothing", tmp_path)
+
+
+def test_base_with_its_own_tokenizer_pads_left(tmp_path):
+    pool = AdapterPool.from_pretrained(build_base(tmp_path / "base", seed=3))
+    assert pool.tokenizer.padding_side == "left"
+    assert pool.tokenizer.pad_token_id is not None
+    with pytest.raises(PoolError, match="2 prompts but 1 adapter names"):
+        pool.generate(["a", "b"], [None])
