@@ -48,6 +48,7 @@ def _root(
 ) -> None:
     _state["tracking_uri"] = tracking_uri
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps to one line
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout keeps to --json
 
 
 def _store() -> AdapterStore:

@@ -8,6 +8,7 @@ stage to find the version that held it before.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
@@ -137,17 +138,39 @@ def promote(
         raise RegistryError("GATE_FAILED", f"promotion of {version.ref} to {to} refused: {listing}")
 
     previous_alias = store.holder(version.name, version.stage) if version.stage != "archived" else None
-    store.set_stage(version.name, version.version, to)
-    if previous_alias is not None and previous_alias.version == version.version:
-        store.drop_alias(version.name, version.stage)  # it left its old stage
-    if serving is not None and serving.version != version.version:
-        store.set_stage(version.name, serving.version, "archived")
+    left_alias = previous_alias is not None and previous_alias.version == version.version
+    try:
+        store.set_stage(version.name, version.version, to)
+        if left_alias:
+            store.drop_alias(version.name, version.stage)  # it left its old stage
+        if serving is not None and serving.version != version.version:
+            store.set_stage(version.name, serving.version, "archived")
+    except RegistryError:
+        _restore(store, version, to, serving, left_alias)
+        raise
     event = StageChange(
         model=version.name, version=version.version, from_stage=version.stage, to_stage=to, who=actor.user,
         when=dt.datetime.now(dt.UTC), reason=reason, forced=bool(failed) and force, action="promote",
         gates=tuple(gates), replaced_version=serving.version if serving and serving.version != version.version else None,
     )  # fmt: skip
     return AuditLog(store).append(event)
+
+
+def _restore(
+    store: AdapterStore, version: AdapterVersion, to: str, serving: AdapterVersion | None, left_alias: bool
+) -> None:
+    """Best-effort undo of a half-done move, so a refused step (e.g. HTTP 403) leaves the stages as they were."""
+    steps = [lambda: store.set_stage(version.name, version.version, version.stage) if version.stage != "archived"
+             else store.set_version_tag(version.name, version.version, Tag.STAGE, "archived")]  # fmt: skip
+    if serving is not None:
+        steps.append(lambda: store.set_stage(version.name, serving.version, to))
+    else:
+        steps.append(lambda: store.drop_alias(version.name, to))
+    if left_alias:
+        steps.append(lambda: store.set_stage(version.name, version.version, version.stage))
+    for step in steps:
+        with contextlib.suppress(RegistryError):
+            step()
 
 
 def stage_history(events: tuple[StageChange, ...] | list[StageChange], stage: str) -> list[int]:
