@@ -77,3 +77,13 @@ def adapters(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         "qv": build_adapter(tiny_base, root / "qv", seed=3, r=2, target_modules=["q_proj", "v_proj"]),
         "rs": build_adapter(tiny_base, root / "rs", seed=4, r=8, use_rslora=True),
     }
+
+
+@pytest.fixture(scope="session")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty sqlite MLflow database, migrated once (migrations take seconds)."""
+    from adapter_registry.registry.store import AdapterStore
+
+    db = tmp_path_factory.mktemp("serving-db") / "mlflow.db"
+    AdapterStore(f"sqlite:///{db}").list_models()
+    return db

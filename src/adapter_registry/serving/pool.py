@@ -155,6 +155,7 @@ class Generation:
     text: str
     prompt_tokens: int
     new_tokens: int
+    served_by: AdapterInfo | None = None  # the adapter version that produced it (None: the base)
 
 
 def _lora_config(folder: Path) -> dict[str, Any]:
@@ -381,6 +382,7 @@ class AdapterPool:
             return []
         encoded = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
         with self.routed(adapters):
+            served_by = [None if a is BASE else self._names[a] for a in adapters]
             output = self.model.generate(  # type: ignore[operator]
                 **encoded, max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
@@ -396,6 +398,7 @@ class AdapterPool:
                     text=str(self.tokenizer.decode(kept, skip_special_tokens=True)),
                     prompt_tokens=int(encoded["attention_mask"][i].sum()),
                     new_tokens=len(kept),
+                    served_by=served_by[i],
                 )
             )
         return results

@@ -1,0 +1,453 @@
+"""HTTP serving of every registered adapter of one stage on one base model (FastAPI).
+
+    POST /v1/generate   {"adapter": NAME | "tenant": T, "prompt": str, "max_new_tokens": int}
+    GET  /v1/adapters   what is served (name, version, fingerprint) and what was refused, with the reason
+    GET  /health
+
+Adapters come from an :class:`AdapterSource` (the MLflow registry through ``AdapterStore``): the version of each
+registered adapter that holds the stage (``production`` by default), if it was trained on the served base
+(``ar.base.fingerprint``) for causal-LM generation; others are refused with a logged reason. A poller re-reads
+the registry every ``poll_seconds``: when an alias moves, the new version is pulled (sha256-checked) and loaded
+beside the old one, which keeps serving until the pool swaps the name over.
+
+Concurrent requests are gathered by one worker thread into mixed batches (up to ``max_batch`` requests with the
+same ``max_new_tokens``) and run through the pool's mixed-batch path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import logging
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adapter_registry.registry.entities import AdapterVersion
+from adapter_registry.serving.pool import AdapterPool, Generation, PoolError
+
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+    from adapter_registry.registry.store import AdapterStore
+
+__all__ = ["AdapterSource", "RegistrySource", "RegistrySync", "build_server", "create_app", "serve"]
+
+log = logging.getLogger("adapter_registry.serving")
+SERVED_TASK = "causal_lm_sft"
+DEFAULT_TENANTS = Path("conf/base/tenants.yml")
+
+
+# ------------------------------------------------------------------------------------------------ sources
+class AdapterSource(Protocol):
+    """Where served adapters come from."""
+
+    def versions(self) -> list[AdapterVersion]:
+        """The version of each adapter that holds the served stage (one per adapter name)."""
+        ...
+
+    def fetch(self, version: AdapterVersion, dest: Path) -> Path:
+        """The version's adapter files, checked, in the new folder ``dest``; returns the folder."""
+        ...
+
+
+class RegistrySource:
+    """The MLflow registry: stage holders are aliases; files are pulled with their registered sha256 checked."""
+
+    def __init__(self, store: AdapterStore, stage: str = "production") -> None:
+        self.store = store
+        self.stage = stage
+
+    def versions(self) -> list[AdapterVersion]:
+        holders = (self.store.holder(name, self.stage) for name in self.store.list_models())
+        return [v for v in holders if v is not None]
+
+    def fetch(self, version: AdapterVersion, dest: Path) -> Path:
+        self.store.pull(version.ref, dest)
+        return dest
+
+
+# ------------------------------------------------------------------------------------------------ sync
+@dataclass
+class RegistrySync:
+    """Keeps the pool equal to the source's stage holders that fit the base; one call of ``sync`` per poll."""
+
+    pool: AdapterPool
+    source: AdapterSource
+    base_fingerprint: str
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (version, reason)
+    failed: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (version, error) of a load
+    last_sync: dt.datetime | None = None
+    last_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def refusal(self, version: AdapterVersion) -> str | None:
+        """Why ``version`` cannot be served on this base, or None."""
+        if version.base_fingerprint != self.base_fingerprint:
+            return (
+                f"trained on base {version.base_fingerprint or '(no ar.base.fingerprint tag)'}, "
+                f"served base is {self.base_fingerprint}"
+            )
+        if version.task and version.task != SERVED_TASK:
+            return f"task {version.task!r} is not served (the server generates text: {SERVED_TASK})"
+        return None
+
+    def sync(self) -> None:
+        """Load new and moved stage holders, unload adapters that left the stage. Never raises."""
+        with self._lock:
+            try:
+                wanted = self.source.versions()
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("registry poll failed, serving what is loaded: %s", self.last_error)
+                return
+            names = {v.name for v in wanted}
+            for version in wanted:
+                self._apply(version)
+            for info in self.pool.adapters():
+                if info.name not in names or info.name in self.refused:
+                    self.pool.remove(info.name)
+                    log.info(
+                        "unloaded %s/%s: it no longer holds the stage",
+                        info.name,
+                        info.metadata.get("version"),
+                    )
+            for gone in set(self.refused) - names:
+                del self.refused[gone]
+            self.last_sync = dt.datetime.now(dt.UTC)
+            self.last_error = None
+
+    def _apply(self, version: AdapterVersion) -> None:
+        reason = self.refusal(version)
+        if reason:
+            if self.refused.get(version.name) != (version.version, reason):
+                log.warning("refused %s: %s", version.ref, reason)
+            self.refused[version.name] = (version.version, reason)
+            return
+        self.refused.pop(version.name, None)
+        current = next((a for a in self.pool.adapters() if a.name == version.name), None)
+        if current is not None and current.metadata.get("version") == str(version.version):
+            return
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="adapter-pull-") as tmp:
+            try:
+                folder = self.source.fetch(version, Path(tmp) / "adapter")
+                self.pool.add(version.name, folder, metadata=_metadata(version))
+            except Exception as exc:  # keep serving the old version; retry at the next poll
+                error = f"{type(exc).__name__}: {exc}"
+                if self.failed.get(version.name) != (version.version, error):
+                    log.error("could not load %s, still serving %s: %s", version.ref, _ref(current), error)
+                self.failed[version.name] = (version.version, error)
+                return
+        self.failed.pop(version.name, None)
+        log.info(
+            "loaded %s in %.2f s (replacing %s)", version.ref, time.perf_counter() - started, _ref(current)
+        )
+
+
+def _metadata(version: AdapterVersion) -> dict[str, str]:
+    return {
+        "version": str(version.version),
+        "ref": version.ref,
+        "fingerprint": version.base_fingerprint,
+        "loaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _ref(info: Any) -> str:
+    return "nothing" if info is None else str(info.metadata.get("ref", info.name))
+
+
+# ------------------------------------------------------------------------------------------------ batching
+@dataclass
+class _Request:
+    adapter: str
+    prompt: str
+    max_new_tokens: int
+    future: concurrent.futures.Future[Generation] = field(default_factory=concurrent.futures.Future)
+
+
+class Batcher:
+    """One worker thread: gathers waiting requests into mixed batches of equal ``max_new_tokens``."""
+
+    def __init__(self, pool: AdapterPool, max_batch: int = 8, wait_s: float = 0.005) -> None:
+        self.pool = pool
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._held: list[_Request] = []  # taken from the queue, waiting for a batch of their length
+        self.batches = 0
+        self.largest_batch = 0
+        self._thread = threading.Thread(target=self._run, name="adapter-batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+
+    def submit(self, adapter: str, prompt: str, max_new_tokens: int) -> concurrent.futures.Future[Generation]:
+        request = _Request(adapter, prompt, max_new_tokens)
+        self._queue.put(request)
+        return request.future
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._generate(batch)
+
+    def _next_batch(self) -> list[_Request] | None:
+        if not self._held:
+            first = self._queue.get()
+            if first is None:
+                return None
+            self._held.append(first)
+        deadline = time.monotonic() + self.wait_s
+        while len(self._held) < 4 * self.max_batch:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            self._held.append(item)
+        length = self._held[0].max_new_tokens
+        batch = [r for r in self._held if r.max_new_tokens == length][: self.max_batch]
+        self._held = [r for r in self._held if r not in batch]
+        return batch
+
+    def _generate(self, batch: list[_Request]) -> None:
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        try:
+            results = self.pool.generate(
+                [r.prompt for r in batch], [r.adapter for r in batch], batch[0].max_new_tokens
+            )
+        except PoolError:
+            if len(batch) == 1:  # the adapter left the pool since the request was accepted
+                batch[0].future.set_exception(PoolError(f"adapter {batch[0].adapter!r} is no longer served"))
+                return
+            for request in batch:  # one bad row must not fail the others
+                self._generate([request])
+            return
+        except Exception as exc:
+            for request in batch:
+                request.future.set_exception(exc)
+            return
+        for request, result in zip(batch, results, strict=True):
+            request.future.set_result(result)
+
+
+# ------------------------------------------------------------------------------------------------ HTTP
+class GenerateRequest(BaseModel):
+    """Body of POST /v1/generate: name an adapter or a tenant (mapped through conf/base/tenants.yml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str | None = Field(default=None, description="registered adapter name")
+    tenant: str | None = Field(default=None, description="tenant id, mapped to an adapter by tenants.yml")
+    prompt: str = Field(min_length=1, description="the full prompt; no chat template is applied")
+    max_new_tokens: int = Field(default=32, ge=1, le=512, description="greedy decoding length")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> GenerateRequest:
+        if (self.adapter is None) == (self.tenant is None):
+            raise ValueError("name exactly one of 'adapter' or 'tenant'")
+        return self
+
+
+class TenantsFile(BaseModel):
+    """conf/base/tenants.yml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenants: dict[str, str] = Field(default_factory=dict, description="tenant id -> registered adapter name")
+
+
+def load_tenants(path: Path | None) -> dict[str, str]:
+    """Tenant → adapter mapping; {} when ``path`` is None or the default file is absent."""
+    import yaml
+
+    if path is None:
+        if not DEFAULT_TENANTS.is_file():
+            return {}
+        path = DEFAULT_TENANTS
+    try:
+        return TenantsFile.model_validate(yaml.safe_load(Path(path).read_text()) or {}).tenants
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"tenants file {str(path)!r}: {exc}") from exc
+
+
+@dataclass
+class _Service:
+    pool: AdapterPool
+    sync: RegistrySync
+    batcher: Batcher
+    tenants: dict[str, str]
+    base: dict[str, str]
+    poll_seconds: float
+    started: float = field(default_factory=time.time)
+
+
+def create_app(
+    pool: AdapterPool,
+    source: AdapterSource,
+    *,
+    base_identity: str = "",
+    stage: str = "production",
+    tenants: dict[str, str] | None = None,
+    poll_seconds: float = 10.0,
+    max_batch: int = 8,
+) -> FastAPI:
+    """The FastAPI app: syncs with ``source`` at start-up, then every ``poll_seconds`` in a thread."""
+    from fastapi import FastAPI, HTTPException
+
+    service = _Service(
+        pool=pool,
+        sync=RegistrySync(pool, source, pool.fingerprint),
+        batcher=Batcher(pool, max_batch=max_batch),
+        tenants=dict(tenants or {}),
+        base={"identity": base_identity, "fingerprint": pool.fingerprint, "stage": stage},
+        poll_seconds=poll_seconds,
+    )
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(service.poll_seconds):
+            service.sync.sync()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(service.sync.sync)
+        service.batcher.start()
+        poller = threading.Thread(target=poll, name="registry-poller", daemon=True)
+        poller.start()
+        log.info("serving %d adapters on %s (%s)", len(pool), base_identity, pool.fingerprint)
+        yield
+        stop.set()
+        poller.join(timeout=60)
+        service.batcher.stop()
+
+    app = FastAPI(title="adapter-registry serving", lifespan=lifespan)
+    app.state.service = service
+
+    @app.post("/v1/generate")
+    async def generate(body: GenerateRequest) -> dict[str, Any]:
+        name = body.adapter
+        if body.tenant is not None:
+            name = service.tenants.get(body.tenant)
+            if name is None:
+                raise HTTPException(404, f"tenant {body.tenant!r} has no adapter in the tenants file")
+        assert name is not None
+        if name not in pool:
+            refused = service.sync.refused.get(name)
+            if refused:
+                raise HTTPException(409, f"adapter {name!r} version {refused[0]} is refused: {refused[1]}")
+            raise HTTPException(
+                404, f"adapter {name!r} is not served; served: {[a.name for a in pool.adapters()]}"
+            )
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wrap_future(service.batcher.submit(name, body.prompt, body.max_new_tokens))
+        except PoolError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        info = result.served_by
+        return {
+            "adapter": name,
+            "tenant": body.tenant,
+            "version": int(info.metadata["version"]) if info and "version" in info.metadata else None,
+            "text": result.text,
+            "prompt_tokens": result.prompt_tokens,
+            "new_tokens": result.new_tokens,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+
+    @app.get("/v1/adapters")
+    def adapters() -> dict[str, Any]:
+        served = [
+            {
+                "name": a.name, "version": int(a.metadata.get("version", 0)) or None,
+                "fingerprint": a.metadata.get("fingerprint", ""), "loaded_at": a.metadata.get("loaded_at"),
+                "layers": a.layers, "ranks": list(a.ranks), "bytes": a.nbytes,
+            }
+            for a in pool.adapters()
+        ]  # fmt: skip
+        refused = [
+            {"name": n, "version": v, "reason": r} for n, (v, r) in sorted(service.sync.refused.items())
+        ]
+        failed = [{"name": n, "version": v, "error": e} for n, (v, e) in sorted(service.sync.failed.items())]
+        return {"base": service.base, "adapters": served, "refused": refused, "failed": failed}
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        sync = service.sync
+        return {
+            "status": "ok" if sync.last_error is None else "degraded",
+            "base": service.base,
+            "adapters": len(pool),
+            "last_sync": sync.last_sync.isoformat(timespec="seconds") if sync.last_sync else None,
+            "last_sync_error": sync.last_error,
+            "batches": service.batcher.batches,
+            "largest_batch": service.batcher.largest_batch,
+            "uptime_s": round(time.time() - service.started, 1),
+        }
+
+    return app
+
+
+def build_server(
+    base: str,
+    stage: str = "production",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tracking_uri: str | None = None,
+    poll_seconds: float = 10.0,
+    tenants_file: Path | None = None,
+    max_batch: int = 8,
+) -> uvicorn.Server:
+    """Load the base, connect the registry and return the (not yet started) uvicorn server."""
+    import uvicorn
+
+    from adapter_registry.bases.resolve import resolve_reference
+    from adapter_registry.registry.entities import PROMOTION_STAGES
+    from adapter_registry.registry.store import AdapterStore
+
+    if stage not in (*PROMOTION_STAGES, "candidate"):
+        raise ValueError(f"stage {stage!r} cannot be served; use production, staging or candidate")
+    resolved = resolve_reference(base)
+    store = AdapterStore(tracking_uri) if tracking_uri else AdapterStore.from_env()
+    pool = AdapterPool.from_pretrained(resolved.path, fingerprint=resolved.fingerprint)
+    app = create_app(
+        pool, RegistrySource(store, stage), base_identity=resolved.identity, stage=stage,
+        tenants=load_tenants(tenants_file), poll_seconds=poll_seconds, max_batch=max_batch,
+    )  # fmt: skip
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+
+
+def serve(
+    base: str,
+    stage: str = "production",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tracking_uri: str | None = None,
+    poll_seconds: float = 10.0,
+    tenants_file: Path | None = None,
+    max_batch: int = 8,
+) -> None:
+    """Serve every ``stage`` adapter registered for ``base`` until interrupted (``adapter-registry serve``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    build_server(base, stage, host, port, tracking_uri, poll_seconds, tenants_file, max_batch).run()

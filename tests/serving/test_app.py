@@ -1,0 +1,154 @@
+"""The HTTP server for real: uvicorn on 127.0.0.1, a sqlite MLflow registry in tmp_path, tiny adapters."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapter_registry.bases.resolve import describe_folder
+from adapter_registry.registry.entities import Tag
+from adapter_registry.registry.store import AdapterStore
+from adapter_registry.serving.app import build_server
+from adapter_registry.serving.pool import AdapterPool
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+PROMPT = "a b c 1 2 3"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def register(
+    store: AdapterStore, name: str, folder: Path, fingerprint: str, task: str = "causal_lm_sft"
+) -> int:
+    """Register ``folder`` as a new version of ``name`` and give it the production stage."""
+    tags = {Tag.BASE_FINGERPRINT: fingerprint, Tag.TASK: task, Tag.METHOD: "lora"}
+    version = store.register_adapter(name, folder, tags=tags, metrics={})
+    store.set_stage(name, version.version, "production")
+    return version.version
+
+
+@pytest.fixture
+def registry(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> AdapterStore:
+    monkeypatch.chdir(tmp_path)  # run artifacts land in tmp_path/mlruns
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    shutil.copyfile(empty_db, tmp_path / "mlflow.db")
+    return AdapterStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture
+def server(
+    caplog: pytest.LogCaptureFixture,
+    registry: AdapterStore,
+    tiny_base: Path,
+    adapters: dict[str, Path],
+    tmp_path: Path,
+) -> Iterator[str]:
+    """The server, started after alpha, beta and a foreign-base adapter were put in production."""
+    caplog.set_level(logging.INFO, logger="adapter_registry.serving")
+    fingerprint = describe_folder(tiny_base).fingerprint
+    register(registry, "alpha", adapters["alpha"], fingerprint)
+    register(registry, "beta", adapters["beta"], fingerprint)
+    register(registry, "stranger", adapters["qv"], "sha256:" + "0" * 64)
+    tenants = tmp_path / "tenants.yml"
+    tenants.write_text("tenants:\n  acme: alpha  # comment\n  ghost: nobody\n")
+    port = free_port()
+    uvicorn_server = build_server(
+        str(tiny_base), tracking_uri=registry.tracking_uri, port=port, poll_seconds=0.3, tenants_file=tenants
+    )
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not uvicorn_server.started:
+        assert thread.is_alive() and time.time() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=30)
+
+
+def generate(url: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{url}/v1/generate", json={"prompt": PROMPT, "max_new_tokens": 6, **body}, timeout=60)
+
+
+def expected_text(base: Path, adapter: Path, prompt: str = PROMPT) -> str:
+    """The same completion from a pool of our own, outside the server."""
+    pool = AdapterPool.from_pretrained(base)
+    pool.add("x", adapter)
+    return pool.generate([prompt], ["x"], max_new_tokens=6)[0].text
+
+
+def test_serves_production_adapters_over_http_and_follows_the_alias(
+    server, registry, tiny_base, adapters, caplog
+):
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["adapters"] == 2
+
+    listing = httpx.get(f"{server}/v1/adapters").json()
+    assert [(a["name"], a["version"]) for a in listing["adapters"]] == [("alpha", 1), ("beta", 1)]
+    assert {a["fingerprint"] for a in listing["adapters"]} == {describe_folder(tiny_base).fingerprint}
+    assert [r["name"] for r in listing["refused"]] == ["stranger"]
+    assert "trained on base sha256:000" in listing["refused"][0]["reason"]
+
+    alpha, beta = generate(server, adapter="alpha"), generate(server, adapter="beta")
+    assert alpha.status_code == beta.status_code == 200, (alpha.text, beta.text)
+    assert alpha.json()["text"] != beta.json()["text"]  # the adapter decides the output
+    assert alpha.json()["text"] == expected_text(tiny_base, adapters["alpha"])
+    assert alpha.json()["version"] == 1
+    tenant = generate(server, tenant="acme").json()
+    assert (tenant["adapter"], tenant["text"]) == ("alpha", alpha.json()["text"])
+
+    # concurrent requests are batched together (mixed adapters) and still get their own adapter's answer
+    names = ["alpha", "beta"] * 4
+    with ThreadPoolExecutor(8) as executor:
+        texts = list(executor.map(lambda n: generate(server, adapter=n).json()["text"], names))
+    assert texts == [alpha.json()["text"], beta.json()["text"]] * 4
+    assert httpx.get(f"{server}/health").json()["largest_batch"] > 1
+
+    # the production alias moves: the new version is picked up without a restart
+    assert register(registry, "alpha", adapters["rs"], describe_folder(tiny_base).fingerprint) == 2
+    deadline = time.time() + 30
+    while True:
+        served = {a["name"]: a["version"] for a in httpx.get(f"{server}/v1/adapters").json()["adapters"]}
+        if served["alpha"] == 2:
+            break
+        assert time.time() < deadline, f"version 2 not picked up: {served}"
+        alpha_now = generate(server, adapter="alpha")  # meanwhile the old version keeps serving
+        assert alpha_now.status_code == 200 and alpha_now.json()["version"] in (1, 2)
+        time.sleep(0.1)
+    moved = generate(server, adapter="alpha").json()
+    assert moved["version"] == 2
+    assert moved["text"] == expected_text(tiny_base, adapters["rs"]) != alpha.json()["text"]
+    assert any(
+        "loaded alpha/2" in r.getMessage() and "replacing alpha/1" in r.getMessage() for r in caplog.records
+    )
+    refusals = [r for r in caplog.get_records("setup") if "refused stranger/1" in r.getMessage()]
+    assert len(refusals) == 1  # logged once, not at every poll
+
+
+def test_http_errors_name_the_problem(server):
+    missing = generate(server, adapter="nobody")
+    assert missing.status_code == 404 and "adapter 'nobody' is not served" in missing.json()["detail"]
+    refused = generate(server, adapter="stranger")
+    assert refused.status_code == 409 and "version 1 is refused: trained on base" in refused.json()["detail"]
+    tenant = generate(server, tenant="unknown")
+    assert tenant.status_code == 404 and "tenant 'unknown'" in tenant.json()["detail"]
+    both = generate(server, adapter="alpha", tenant="acme")
+    assert both.status_code == 422 and "exactly one of 'adapter' or 'tenant'" in both.text
+    extra = generate(server, adapter="alpha", temperature=0.7)
+    assert extra.status_code == 422 and "temperature" in extra.text
