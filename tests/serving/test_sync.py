@@ -1,0 +1,100 @@
+"""RegistrySync against a real sqlite registry: stage holders in, refusals and failed pulls logged, old kept."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adapter_registry.bases.resolve import describe_folder
+from adapter_registry.registry.entities import Tag
+from adapter_registry.registry.store import AdapterStore
+from adapter_registry.serving.app import RegistrySource, RegistrySync
+from adapter_registry.serving.pool import AdapterPool
+
+
+@pytest.fixture
+def registry(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> AdapterStore:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    shutil.copyfile(empty_db, tmp_path / "mlflow.db")
+    return AdapterStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture
+def sync(registry: AdapterStore, tiny_base: Path) -> RegistrySync:
+    fingerprint = describe_folder(tiny_base).fingerprint
+    return RegistrySync(
+        AdapterPool.from_pretrained(tiny_base, fingerprint), RegistrySource(registry), fingerprint
+    )
+
+
+def put(
+    store: AdapterStore, name: str, folder: Path, fingerprint: str, stage: str = "production", **tags: str
+) -> int:
+    version = store.register_adapter(
+        name, folder, tags={Tag.BASE_FINGERPRINT: fingerprint, Tag.TASK: "causal_lm_sft", **tags}, metrics={}
+    )
+    store.set_stage(name, version.version, stage)
+    return version.version
+
+
+def served(sync: RegistrySync) -> dict[str, str]:
+    return {a.name: a.metadata["version"] for a in sync.pool.adapters()}
+
+
+def test_only_stage_holders_for_this_base_and_task_are_served(sync, registry, adapters, caplog):
+    fp = sync.base_fingerprint
+    put(registry, "alpha", adapters["alpha"], fp)
+    put(registry, "staged", adapters["beta"], fp, stage="staging")
+    put(registry, "classifier", adapters["qv"], fp, **{Tag.TASK: "sequence_classification"})
+    put(registry, "foreign", adapters["rs"], "sha256:" + "1" * 64)
+    with caplog.at_level(logging.WARNING, logger="adapter_registry.serving"):
+        sync.sync()
+        sync.sync()  # a second poll changes nothing and logs nothing new
+    assert served(sync) == {"alpha": "1"}
+    assert sync.refused == {
+        "classifier": (
+            1,
+            "task 'sequence_classification' is not served (the server generates text: causal_lm_sft)",
+        ),
+        "foreign": (1, f"trained on base sha256:{'1' * 64}, served base is {fp}"),
+    }
+    assert sorted(r.getMessage().split(":")[0] for r in caplog.records) == [
+        "refused classifier/1",
+        "refused foreign/1",
+    ]
+
+
+def test_a_corrupted_new_version_leaves_the_old_one_serving(sync, registry, adapters, tmp_path, caplog):
+    fp = sync.base_fingerprint
+    put(registry, "alpha", adapters["alpha"], fp)
+    sync.sync()
+    v2 = registry.register_adapter("alpha", adapters["beta"], tags={Tag.BASE_FINGERPRINT: fp}, metrics={})
+    weights = next(tmp_path.rglob(f"{v2.run_id}/artifacts/adapter/adapter_model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")  # the registered sha256 no longer matches
+    registry.set_stage("alpha", v2.version, "production")
+    with caplog.at_level(logging.ERROR, logger="adapter_registry.serving"):
+        sync.sync()
+    assert served(sync) == {"alpha": "1"}
+    assert sync.failed["alpha"][0] == 2 and "sha256" in sync.failed["alpha"][1]
+    assert "could not load alpha/2, still serving alpha/1" in caplog.text
+
+    put(registry, "alpha", adapters["rs"], fp)  # a good version 3 takes the stage
+    sync.sync()
+    assert served(sync) == {"alpha": "3"} and "alpha" not in sync.failed
+
+
+def test_adapters_leaving_the_stage_are_unloaded(sync, registry, adapters):
+    fp = sync.base_fingerprint
+    put(registry, "alpha", adapters["alpha"], fp)
+    put(registry, "beta", adapters["beta"], fp)
+    sync.sync()
+    assert served(sync) == {"alpha": "1", "beta": "1"}
+    registry.drop_alias("beta", "production")
+    put(registry, "alpha", adapters["qv"], "sha256:" + "2" * 64)  # production moves to a version we refuse
+    sync.sync()
+    assert served(sync) == {}
+    assert sync.refused["alpha"][0] == 2
