@@ -134,7 +134,7 @@ def list_(
 ) -> None:
     """Adapters and versions with stage, base model, method, key metric, created."""
     with _errors():
-        versions = _store().list_versions(stage=stage, base_model=base_model, method=method)
+        versions = _store().list_versions(stage=stage, base_model=base_model, method=method, summary=True)
     _emit(
         as_json,
         [v.to_dict() for v in versions],
@@ -355,6 +355,10 @@ def main() -> None:
     """Console entry point."""
     app(prog_name="adapter-registry")
 
+
+# Kedro loads `cli` from <package>/cli.py as extra `kedro` project commands; we add none (the product's CLI is
+# `adapter-registry`, above), but the name must exist or `kedro run` refuses to start.
+cli = typer.main.get_group(typer.Typer(name="adapter-registry-kedro", add_completion=False))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -171,3 +171,18 @@ def test_list_filters(store: AdapterStore, adapter_dir: Path) -> None:
     with pytest.raises(RegistryError, match="stage 'live' does not exist"):
         store.list_versions(stage="live")
     assert json.loads(json.dumps(store.get_version("a", 1).to_dict()))["version"] == 1
+
+
+def test_sqlite_fast_path_equals_mlflow_search(store: AdapterStore, adapter_dir: Path) -> None:
+    register(store, adapter_dir, name="a")
+    register(store, adapter_dir, name="b", tags=lineage_tags(base="other-base"))
+    register(store, adapter_dir, name="b")
+    via_mlflow = sorted(
+        (mv.name, int(mv.version), dict(mv.tags)) for mv in store._client.search_model_versions()
+    )
+    fast = sorted((v.name, v.version, v.tags) for v in store.list_versions())
+    assert fast == via_mlflow
+    filtered = store._client.search_model_versions(f"tags.`{Tag.BASE_ID}` = 'other-base'")
+    assert [(v.name, v.version) for v in store.list_versions(base_model="other-base")] == [
+        (mv.name, int(mv.version)) for mv in filtered
+    ]

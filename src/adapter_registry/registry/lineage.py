@@ -76,7 +76,7 @@ def versions_from_dataset(store: AdapterStore, dataset: str) -> list[AdapterVers
     found: dict[tuple[str, int], AdapterVersion] = {}
     for split in SPLITS:
         filters = {Tag.data_path(split): path, **({Tag.data_md5(split): md5} if md5 else {})}
-        for version in store.list_versions(tag_equals=filters):
+        for version in store.list_versions(tag_equals=filters, summary=True):
             found[(version.name, version.version)] = version
     return sorted(found.values(), key=lambda v: (v.name, -v.version))
 
@@ -85,14 +85,14 @@ def versions_from_md5(store: AdapterStore, md5: str) -> list[AdapterVersion]:
     """Every version whose data (any split) has DVC md5 ``md5``, whatever its path."""
     found: dict[tuple[str, int], AdapterVersion] = {}
     for split in SPLITS:
-        for version in store.list_versions(tag_equals={Tag.data_md5(split): md5}):
+        for version in store.list_versions(tag_equals={Tag.data_md5(split): md5}, summary=True):
             found[(version.name, version.version)] = version
     return sorted(found.values(), key=lambda v: (v.name, -v.version))
 
 
 def versions_from_base(store: AdapterStore, base: str) -> list[AdapterVersion]:
     """Every version built on base ``base`` (its id or its fingerprint)."""
-    return store.list_versions(base_model=base)
+    return store.list_versions(base_model=base, summary=True)
 
 
 # ------------------------------------------------------------------------------------------------ graphs
