@@ -10,6 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export KEDRO_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+export KEDRO_LOGGING_CONFIG ?= conf/logging.yml
 unexport MLFLOW_ALLOW_FILE_STORE
 
 .PHONY: setup run data test test-fast lint typecheck ui clean
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 data: setup  ## regenerate the DVC-tracked demo datasets (a no-op when nothing changed)
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 run: data  ## train, evaluate, merge and register every recipe in pipelines/
 	$(BIN)/kedro run

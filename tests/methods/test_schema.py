@@ -96,7 +96,6 @@ def test_method_that_does_not_apply_to_the_task_says_why(kind: str) -> None:
     assert method.task_problem(CAUSAL) is None
 
 
-@pytest.mark.xfail(reason="needs the generic task check in Recipe._consistent (see the methods report)")
 @pytest.mark.parametrize("kind", ["llama_adapter", "prompt_tuning", "p_tuning"])
 def test_recipe_refuses_a_method_for_a_task_it_does_not_apply_to(kind: str) -> None:
     with pytest.raises(

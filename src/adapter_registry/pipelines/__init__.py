@@ -1,1 +1,1 @@
-"""pipelines"""
+"""Kedro wiring only: one folder per stage, composed per recipe by pipeline_registry."""

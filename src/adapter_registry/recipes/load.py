@@ -6,7 +6,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -50,19 +50,26 @@ def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
     return lines
 
 
+def _tag(model: type[BaseModel]) -> Any:
+    field = model.model_fields.get("type")
+    return get_args(field.annotation)[0] if field is not None and get_args(field.annotation) else None
+
+
 def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the key at ``path`` (following discriminated unions)."""
+    """The pydantic model that owns the key at ``path`` (following discriminated unions by their tag)."""
     model: Any = Recipe
+    members: list[type[BaseModel]] = []
     for part in path:
-        if not isinstance(part, str) or model is None:
+        if not isinstance(part, str):
             return None
         field = model.model_fields.get(part)
-        if field is None:
-            # a discriminated-union tag such as 'lora' in ('method', 'lora', 'r')
-            return model
-        model = field.annotation
-        args = getattr(model, "__args__", ())
-        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), model)
+        if field is None:  # a union tag such as 'lora' in ('method', 'lora', 'r'): the member with that tag
+            model = next((m for m in members if _tag(m) == part), model)
+            members = []
+            continue
+        args = getattr(field.annotation, "__args__", ())
+        members = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = members[0] if members else field.annotation
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
     return model
@@ -85,7 +92,10 @@ def _describe(err: dict[str, Any], data: dict[str, Any]) -> tuple[tuple[str | in
         return user_loc, f"{key}: required key is missing. Fix: add '{user_loc[-1]}:' to the recipe"
     if kind == "union_tag_invalid":
         expected = err.get("ctx", {}).get("expected_tags", "")
-        return (*user_loc, "type"), f"{key}.type: unknown type {err['ctx'].get('tag')!r}. Fix: use one of {expected}"
+        return (
+            *user_loc,
+            "type",
+        ), f"{key}.type: unknown type {err['ctx'].get('tag')!r}. Fix: use one of {expected}"
     if kind == "union_tag_not_found":
         return (
             user_loc,

@@ -112,6 +112,21 @@ class DataSpec(Closed):
     label_column: str = Field("label", description="classification: the column holding the label")
 
 
+class ExtraExpectation(Closed):
+    """One more GX expectation added to the format's default suite."""
+
+    expectation: str = Field(
+        pattern=r"^expect_[a-z0-9_]+$",
+        description="GX expectation in snake_case, e.g. expect_column_values_to_match_regex",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="its arguments, e.g. {column: prompt, regex: '\\?$'}"
+    )
+    splits: list[Literal["train", "validation", "test"]] = Field(
+        default_factory=lambda: ["train", "validation", "test"], description="splits it runs on"
+    )
+
+
 class ExpectationsSpec(Closed):
     """Data checks run by Great Expectations before training; a failure stops the recipe."""
 
@@ -121,6 +136,9 @@ class ExpectationsSpec(Closed):
     max_duplicate_share: float = Field(0.02, ge=0, le=1, description="share of exact duplicate rows allowed")
     allow_split_overlap: bool = Field(False, description="allow the same text in train and test (leakage)")
     labels: list[str] | None = Field(None, description="allowed labels; default: the labels seen in train")
+    extra: list[ExtraExpectation] = Field(
+        default_factory=list, description="expectations added to the default suite"
+    )
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -273,8 +291,9 @@ class Recipe(Closed):
             raise ValueError(
                 f"method {self.method.type!r} adds no weights that can be merged; set merge.enabled: false"
             )
-        if task == "sequence_classification" and self.method.type == "qlora":
-            raise ValueError("qlora is for causal LMs here; use type: lora for sequence_classification")
+        problem = self.method.task_problem(task)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property

@@ -89,6 +89,7 @@ class RegistrySync:
     failed: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (version, error) of a load
     last_sync: dt.datetime | None = None
     last_error: str | None = None
+    _unservable: dict[tuple[str, int], str] = field(default_factory=dict)  # files the pool refused
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refusal(self, version: AdapterVersion) -> str | None:
@@ -103,7 +104,11 @@ class RegistrySync:
         return None
 
     def sync(self) -> None:
-        """Load new and moved stage holders, unload adapters that left the stage. Never raises."""
+        """Load new and moved stage holders; unload adapters that no longer hold the stage. Never raises.
+
+        A stage holder that is refused or fails to load leaves the previous version serving (logged, and listed
+        by ``stale``): a bad promotion must not take a tenant offline.
+        """
         with self._lock:
             try:
                 wanted = self.source.versions()
@@ -115,27 +120,29 @@ class RegistrySync:
             for version in wanted:
                 self._apply(version)
             for info in self.pool.adapters():
-                if info.name not in names or info.name in self.refused:
+                if info.name not in names:
                     self.pool.remove(info.name)
-                    log.info(
-                        "unloaded %s/%s: it no longer holds the stage",
-                        info.name,
-                        info.metadata.get("version"),
-                    )
-            for gone in set(self.refused) - names:
-                del self.refused[gone]
+                    log.info("unloaded %s: it no longer holds the stage", _ref(info))
+            for table in (self.refused, self.failed):
+                for gone in set(table) - names:
+                    del table[gone]
             self.last_sync = dt.datetime.now(dt.UTC)
             self.last_error = None
 
+    def stale(self) -> dict[str, int]:
+        """Adapter name -> the stage holder's version, for adapters still served by an older version."""
+        pending = {**self.failed, **self.refused}
+        return {a.name: pending[a.name][0] for a in self.pool.adapters() if a.name in pending}
+
     def _apply(self, version: AdapterVersion) -> None:
-        reason = self.refusal(version)
+        current = next((a for a in self.pool.adapters() if a.name == version.name), None)
+        reason = self.refusal(version) or self._unservable.get((version.name, version.version))
         if reason:
             if self.refused.get(version.name) != (version.version, reason):
-                log.warning("refused %s: %s", version.ref, reason)
+                log.warning("refused %s: %s (serving %s)", version.ref, reason, _ref(current))
             self.refused[version.name] = (version.version, reason)
             return
         self.refused.pop(version.name, None)
-        current = next((a for a in self.pool.adapters() if a.name == version.name), None)
         if current is not None and current.metadata.get("version") == str(version.version):
             return
         started = time.perf_counter()
@@ -143,7 +150,12 @@ class RegistrySync:
             try:
                 folder = self.source.fetch(version, Path(tmp) / "adapter")
                 self.pool.add(version.name, folder, metadata=_metadata(version))
-            except Exception as exc:  # keep serving the old version; retry at the next poll
+            except PoolError as exc:  # the files are what was registered, and the pool cannot serve them
+                self._unservable[(version.name, version.version)] = str(exc)
+                self.refused[version.name] = (version.version, str(exc))
+                log.warning("refused %s: %s (serving %s)", version.ref, exc, _ref(current))
+                return
+            except Exception as exc:  # pull failed: keep serving the old version; retry at the next poll
                 error = f"{type(exc).__name__}: {exc}"
                 if self.failed.get(version.name) != (version.version, error):
                     log.error("could not load %s, still serving %s: %s", version.ref, _ref(current), error)
@@ -378,11 +390,13 @@ def create_app(
 
     @app.get("/v1/adapters")
     def adapters() -> dict[str, Any]:
+        stale = service.sync.stale()  # served by an older version: the stage holder was refused or failed
         served = [
             {
                 "name": a.name, "version": int(a.metadata.get("version", 0)) or None,
                 "fingerprint": a.metadata.get("fingerprint", ""), "loaded_at": a.metadata.get("loaded_at"),
                 "layers": a.layers, "ranks": list(a.ranks), "bytes": a.nbytes,
+                "stage_holder": stale.get(a.name, int(a.metadata.get("version", 0)) or None),
             }
             for a in pool.adapters()
         ]  # fmt: skip

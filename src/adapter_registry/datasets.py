@@ -1,0 +1,132 @@
+"""Kedro datasets: the file I/O at the pipeline's edges (recipes, raw splits, data versions, adapter folders).
+
+Each is declared through a dataset factory in ``conf/base/catalog.yml`` (``"{namespace}.recipe"`` …), so every
+recipe namespace gets its own copy with no copy-pasted entries.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+
+from adapter_registry.recipes import Recipe, load_recipe
+
+
+class RecipeDataset(AbstractDataset[None, Recipe]):
+    """A recipe YAML file, validated by the closed schema on load (read-only)."""
+
+    def __init__(self, filepath: str):
+        self._filepath = Path(filepath)
+
+    def _load(self) -> Recipe:
+        return load_recipe(self._filepath)
+
+    def _save(self, data: None) -> None:
+        raise DatasetError("recipes are written by people, not by the pipeline")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class RecipeSplitsDataset(AbstractDataset[None, dict[str, Any]]):
+    """The raw records of every split a recipe names: ``{"train": [...], "validation": [...], "test": [...]}``.
+
+    A recipe without a validation file gets none here; ``prepare_examples`` carves one from train.
+    """
+
+    def __init__(self, recipe: str):
+        self._recipe = Path(recipe)
+
+    def _load(self) -> dict[str, Any]:
+        from adapter_registry.data.formats import read_records
+
+        data = load_recipe(self._recipe).data
+        paths = {"train": data.train, "validation": data.validation, "test": data.test}
+        return {split: read_records(path) for split, path in paths.items() if path}
+
+    def _save(self, data: dict[str, Any]) -> None:
+        raise DatasetError("the pipeline never rewrites its input data")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"recipe": str(self._recipe)}
+
+
+class DataVersionsDataset(AbstractDataset[None, dict[str, dict[str, Any]]]):
+    """DVC versions of a recipe's data files: path, md5, the commit whose dvc.lock holds it, lock match."""
+
+    def __init__(self, recipe: str):
+        self._recipe = Path(recipe)
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        from dataclasses import asdict
+
+        from adapter_registry.data.versions import dataset_version
+
+        data = load_recipe(self._recipe).data
+        paths = {"train": data.train, "validation": data.validation, "test": data.test}
+        return {split: asdict(dataset_version(path)) for split, path in paths.items() if path}
+
+    def _save(self, data: dict[str, dict[str, Any]]) -> None:
+        raise DatasetError("data versions are read from DVC, not written")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"recipe": str(self._recipe)}
+
+
+class AdapterFolderDataset(AbstractDataset[Any, Path]):
+    """Saves a trained adapter (peft files, plus the head for classification) into a folder; loads its path."""
+
+    def __init__(self, path: str):
+        self._path = Path(path)
+
+    def _save(self, trained: Any) -> None:
+        from adapter_registry.training.models import save_adapter
+
+        staging = self._path.with_name(self._path.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_adapter(trained.model, staging)
+        shutil.rmtree(self._path, ignore_errors=True)
+        staging.rename(self._path)  # readers never see a half-written adapter
+
+    def _load(self) -> Path:
+        if not (self._path / "adapter_config.json").is_file():
+            raise DatasetError(f"{self._path} holds no adapter (no adapter_config.json)")
+        return self._path
+
+    def _exists(self) -> bool:
+        return (self._path / "adapter_config.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+class MergedModelDataset(AbstractDataset[Any, Path]):
+    """Saves a merged model (``save_pretrained``; a classifier's head beside it) into a folder."""
+
+    def __init__(self, path: str):
+        self._path = Path(path)
+
+    def _save(self, merged: Any) -> None:
+        from adapter_registry.training.heads import PooledClassifier
+
+        staging = self._path.with_name(self._path.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if isinstance(merged, PooledClassifier):
+            merged.encoder.save_pretrained(str(staging))
+            merged.save_head(staging)
+        else:
+            merged.save_pretrained(str(staging))
+        shutil.rmtree(self._path, ignore_errors=True)
+        staging.rename(self._path)
+
+    def _load(self) -> Path:
+        if not (self._path / "config.json").is_file():
+            raise DatasetError(f"{self._path} holds no merged model")
+        return self._path
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

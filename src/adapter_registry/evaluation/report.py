@@ -1,0 +1,156 @@
+"""The evaluation report as JSON, its pictures, and the adapter's model card."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.figure import Figure
+
+from adapter_registry.evaluation.evaluate import EvaluationReport
+from adapter_registry.recipes import Recipe
+from adapter_registry.training.adapter import TrainedAdapter
+
+
+def report_dict(recipe: Recipe, trained: TrainedAdapter, report: EvaluationReport) -> dict[str, Any]:
+    """Everything evaluation knows, JSON-ready: scores with intervals, baseline, training summary, warnings."""
+    data = asdict(report)
+    data["flat_metrics"] = report.flat_metrics()
+    data["gates"] = [
+        {
+            "gate": str(g),
+            "value": report.metrics.get(g.metric),
+            "passed": g.passes(report.metrics.get(g.metric, float("nan"))),
+        }
+        for g in recipe.evaluation.gates
+    ]
+    data["training"] = trained.result.summary()
+    data["trainable_params"] = trained.trainable_params
+    data["total_params"] = trained.total_params
+    data["trainable_share"] = trained.trainable_share
+    data["warnings"] = list(trained.warnings)
+    if trained.result.overfitting:
+        data["warnings"].append(
+            "overfitting: validation loss rose while training loss fell (best step restored)"
+        )
+    if not report.beats_base:
+        data["warnings"].append(
+            f"does not beat its baseline on {report.task_metric} ({report.baseline}): "
+            f"{report.metrics[report.task_metric]:.4f} vs {report.base_metrics[report.task_metric]:.4f}"
+        )
+    if trained.probe is not None:
+        data["linear_probe"] = {
+            "C": trained.probe.C,
+            "validation_accuracy": trained.probe.validation_accuracy,
+            "candidates": {str(k): v for k, v in trained.probe.candidates.items()},
+        }
+    return data
+
+
+def figures(trained: TrainedAdapter, report: EvaluationReport) -> dict[str, Figure]:
+    """learning_curves.png (train and validation loss per step) and, for classifiers, confusion_matrix.png."""
+    result = trained.result
+    curves = Figure(figsize=(6, 3.5))
+    ax = curves.subplots()
+    if result.train_loss:
+        steps, losses = zip(*result.train_loss, strict=True)
+        ax.plot(steps, losses, label="train loss", alpha=0.6)
+    if result.val_loss:
+        steps, losses = zip(*result.val_loss, strict=True)
+        ax.plot(steps, losses, "o-", label="validation loss")
+        ax.axvline(result.best_step, color="grey", linestyle=":", label=f"best step {result.best_step}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    curves.tight_layout()
+    out = {"learning_curves.png": curves}
+    if report.confusion:
+        n = len(report.labels)
+        cm = Figure(figsize=(max(4, n * 0.45), max(4, n * 0.45)))
+        ax = cm.subplots()
+        ax.imshow(report.confusion, cmap="Blues")
+        ax.set_xticks(range(n), report.labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), report.labels, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"accuracy {report.metrics.get('accuracy', 0):.3f}")
+        cm.tight_layout()
+        out["confusion_matrix.png"] = cm
+    return out
+
+
+LOAD_CAUSAL = """```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("BASE_PATH")
+tokenizer = AutoTokenizer.from_pretrained("BASE_PATH")
+model = PeftModel.from_pretrained(base, "ADAPTER_DIR").eval()
+prompt = PROMPT
+ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+out = model.generate(ids, max_new_tokens=24, do_sample=False)
+print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+```"""
+
+LOAD_CLASSIFIER = """```python
+import json, torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+
+encoder = PeftModel.from_pretrained(AutoModel.from_pretrained("BASE_PATH"), "ADAPTER_DIR").eval()
+tokenizer = AutoTokenizer.from_pretrained("BASE_PATH")
+head = load_file("ADAPTER_DIR/head.safetensors")
+config = json.load(open("ADAPTER_DIR/head_config.json"))  # pooling, normalize, labels
+batch = tokenizer(["TEXT"], return_tensors="pt", padding=True)
+with torch.no_grad():
+    hidden = encoder(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    features = (hidden * mask).sum(1) / mask.sum(1)  # pooling: mean (cls: hidden[:, 0])
+    if config["normalize"]:
+        features = torch.nn.functional.normalize(features, dim=-1)
+    logits = features @ head["weight"].T + head["bias"]
+print(config["labels"][int(logits.argmax())])
+```"""
+
+
+def model_card(recipe: Recipe, evaluation: dict[str, Any], base_identity: str, base_fingerprint: str) -> str:
+    """README.md for the adapter folder: what it is, how it scored, how to load it with transformers + peft."""
+    metric = evaluation["task_metric"]
+    rows = "\n".join(
+        f"| {name} | {evaluation['metrics'][name]:.4f} [{evaluation['metrics'][name + '_ci_low']:.4f}, "
+        f"{evaluation['metrics'][name + '_ci_high']:.4f}] | {evaluation['base_metrics'][name]:.4f} |"
+        for name in recipe.evaluation.metrics
+    )
+    if recipe.task.type == "sequence_classification":
+        snippet = LOAD_CLASSIFIER
+    else:
+        snippet = LOAD_CAUSAL.replace(
+            "PROMPT", repr(recipe.task.prompt_template.replace("{prompt}", "REQUEST"))
+        )
+    warnings = "".join(f"- {w}\n" for w in evaluation.get("warnings", [])) or "- none\n"
+    return f"""# {recipe.model_name}
+
+{recipe.description or "A PEFT adapter trained by adapter-registry."}
+
+- base model: `{base_identity}` (fingerprint `{base_fingerprint}`)
+- task: {recipe.task.type}; method: {recipe.method.type} ({recipe.method.family}),
+  {evaluation["trainable_params"]:,} trainable parameters ({100 * evaluation["trainable_share"]:.2f}% of the model)
+- baseline: {evaluation["baseline"]}
+- beats its baseline on {metric} (95% interval above the baseline's score): {evaluation["beats_base"]}
+
+| metric | adapter [95% interval] | baseline |
+|---|---|---|
+{rows}
+
+Warnings:
+{warnings}
+## Load it with transformers + peft alone
+
+`BASE_PATH` is the base model's folder, `ADAPTER_DIR` this folder (`adapter-registry pull NAME@STAGE DIR`).
+
+{snippet}
+"""

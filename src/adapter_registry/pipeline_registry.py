@@ -1,0 +1,34 @@
+"""One namespaced pipeline per recipe in ``pipelines/``: ``kedro run`` runs them all,
+``kedro run --namespaces NAME`` one of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kedro.pipeline import Pipeline
+
+from adapter_registry.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
+from adapter_registry.pipelines.merge.pipeline import create_pipeline as merge_pipeline
+from adapter_registry.pipelines.register.pipeline import create_pipeline as register_pipeline
+from adapter_registry.pipelines.train.pipeline import create_pipeline as train_pipeline
+from adapter_registry.pipelines.validate.pipeline import create_pipeline as validate_pipeline
+from adapter_registry.recipes import Recipe, load_recipes
+
+SHARED_PARAMETERS = {"checkpoint_root", "reporting_root"}
+
+
+def recipe_pipeline(recipe: Recipe) -> Pipeline:
+    """validate → train → evaluate → [merge] → register, namespaced by the recipe's name."""
+    stages = validate_pipeline() + train_pipeline() + evaluate_pipeline()
+    if recipe.merge.enabled:
+        stages += merge_pipeline()
+    stages += register_pipeline(merged=recipe.merge.enabled)
+    return Pipeline(stages, namespace=recipe.name, parameters=SHARED_PARAMETERS)
+
+
+def register_pipelines(root: Path | str = ".") -> dict[str, Pipeline]:
+    """Every recipe's pipeline by name, and ``__default__`` = all of them."""
+    recipes = load_recipes(root)
+    pipelines = {name: recipe_pipeline(recipe) for name, recipe in recipes.items()}
+    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    return pipelines

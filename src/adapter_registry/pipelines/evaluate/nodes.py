@@ -1,0 +1,23 @@
+"""Evaluate: adapter vs base on the test split, touched once, with intervals, figures and a forgetting probe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from adapter_registry.evaluation.evaluate import evaluate_adapter
+from adapter_registry.evaluation.report import figures, report_dict
+from adapter_registry.recipes import Recipe
+from adapter_registry.training.adapter import TrainedAdapter
+
+
+def evaluate_adapter_node(
+    recipe: Recipe, trained: TrainedAdapter, examples: dict[str, list[Any]]
+) -> tuple[dict[str, Any], dict[str, Figure]]:
+    """The evaluation report (JSON) and its pictures (learning curves; confusion matrix for classifiers)."""
+    separator = getattr(recipe.task, "answer_field_separator", " | ")
+    report = evaluate_adapter(
+        trained, examples["test"], recipe.evaluation, recipe.training.max_length, separator
+    )
+    return report_dict(recipe, trained, report), figures(trained, report)

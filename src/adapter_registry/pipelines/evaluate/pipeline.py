@@ -1,0 +1,18 @@
+"""Evaluate: adapter + test split → report and figures."""
+
+from kedro.pipeline import Node, Pipeline
+
+from adapter_registry.pipelines.evaluate.nodes import evaluate_adapter_node
+
+
+def create_pipeline() -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                evaluate_adapter_node,
+                ["recipe", "trained_adapter", "examples"],
+                ["evaluation_report", "evaluation_figures"],
+                name="evaluate_adapter_node",
+            ),
+        ]
+    )

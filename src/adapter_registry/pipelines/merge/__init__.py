@@ -1,0 +1,1 @@
+"""The merge stage of an adapter recipe."""

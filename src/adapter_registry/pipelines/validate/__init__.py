@@ -1,0 +1,1 @@
+"""The validate stage of an adapter recipe."""

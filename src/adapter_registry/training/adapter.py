@@ -1,0 +1,250 @@
+"""Recipe + base + examples → a trained adapter (the whole of the train node's work).
+
+Causal LM: LoRA/QLoRA on the (optionally 4-bit) base, loss on answer tokens only. Classification: LP-FT — a
+linear probe fitted on frozen pooled features initialises the head, then the adapter and the head train
+together, the head at its own learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import get_peft_model, prepare_model_for_kbit_training
+from torch import nn
+
+from adapter_registry.bases.resolve import ResolvedBase
+from adapter_registry.methods import build_peft_config
+from adapter_registry.methods.quantization import quantization_config
+from adapter_registry.recipes.schema import Recipe
+from adapter_registry.training.features import (
+    classification_features,
+    collate,
+    sequential_batches,
+    sft_features,
+)
+from adapter_registry.training.heads import LinearProbe, PooledClassifier, detect_pooling, fit_linear_probe
+from adapter_registry.training.loop import LoopConfig, TrainResult, seed_everything, train
+from adapter_registry.training.models import load_base_model, load_tokenizer, trainable_parameters
+
+MIN_EXAMPLES = 500
+MIN_PER_CLASS = 10
+
+
+@dataclass
+class TrainedAdapter:
+    """A trained adapter in memory, with what evaluation, merge and registration need to know."""
+
+    model: nn.Module
+    tokenizer: Any
+    task: str
+    base: ResolvedBase
+    result: TrainResult
+    trainable_params: int
+    total_params: int
+    labels: list[str] = field(default_factory=list)
+    probe: LinearProbe | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable_params / max(self.total_params, 1)
+
+
+def total_steps(recipe: Recipe, n_train: int) -> int:
+    t = recipe.training
+    if t.max_steps is not None:
+        return t.max_steps
+    assert t.epochs is not None
+    return max(1, math.ceil(t.epochs * n_train / t.batch_size))
+
+
+def loop_config(recipe: Recipe, steps: int) -> LoopConfig:
+    t = recipe.training
+    return LoopConfig(
+        max_steps=steps,
+        batch_size=t.batch_size,
+        learning_rate=t.learning_rate,
+        head_learning_rate=t.head_learning_rate or 4 * t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_ratio=t.warmup_ratio,
+        lr_schedule=t.lr_schedule,
+        max_grad_norm=t.max_grad_norm,
+        eval_every=t.eval_every,
+        early_stopping_patience=t.early_stopping_patience,
+        checkpoint_every=t.checkpoint_every,
+        seed=t.seed,
+    )
+
+
+def size_warnings(n_train: int, labels: Sequence[str] = ()) -> list[str]:
+    """Warnings recorded on the version when a recipe trains on too little data."""
+    warnings = []
+    if n_train < MIN_EXAMPLES:
+        warnings.append(f"trained on {n_train} examples (< {MIN_EXAMPLES}): scores may not generalise")
+    if labels:
+        rare = sorted(label for label, n in Counter(labels).items() if n < MIN_PER_CLASS)
+        if rare:
+            warnings.append(
+                f"{len(rare)} classes have fewer than {MIN_PER_CLASS} training examples: {rare[:5]}"
+            )
+    return warnings
+
+
+@torch.no_grad()
+def pooled_features(
+    model: PooledClassifier | nn.Module,
+    features: Sequence[dict],
+    pad_id: int,
+    pooling: Any = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Pooled sentence features of every row, in order (the encoder as it is now)."""
+    from adapter_registry.training.heads import pool
+
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out = np.zeros((len(features), 0), dtype=np.float32)
+    chunks: dict[int, np.ndarray] = {}
+    for idx in sequential_batches(len(order), batch_size):
+        rows = [order[i] for i in idx]
+        batch = collate([features[r] for r in rows], pad_id)
+        if isinstance(model, PooledClassifier):
+            feats = model.features(batch["input_ids"], batch["attention_mask"])
+        else:
+            enc = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            feats = pool(
+                enc.last_hidden_state, batch["attention_mask"], getattr(enc, "pooler_output", None), pooling
+            )
+        for r, f in zip(rows, feats.numpy(), strict=True):
+            chunks[r] = f
+    if chunks:
+        out = np.stack([chunks[i] for i in range(len(features))])
+    return out
+
+
+def train_causal_lm(
+    recipe: Recipe,
+    base: ResolvedBase,
+    train_examples: Sequence[Any],
+    val_examples: Sequence[Any],
+    checkpoint_dir: Path | None,
+    run_key: str,
+) -> TrainedAdapter:
+    tokenizer = load_tokenizer(base.path)
+    max_length = recipe.training.max_length
+    train_feats = sft_features(train_examples, tokenizer, max_length)
+    val_feats = sft_features(val_examples, tokenizer, max_length)
+    steps = total_steps(recipe, len(train_feats))
+    quant = quantization_config(recipe.method)
+    model = load_base_model(base.path, recipe.task.type, quant)
+    if quant is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    seed_everything(recipe.training.seed)
+    model = get_peft_model(model, build_peft_config(recipe.method, recipe.task.type))
+    result = train(
+        model,
+        train_feats,
+        val_feats,
+        loop_config(recipe, steps),
+        tokenizer.pad_token_id,
+        checkpoint_dir=checkpoint_dir,
+        run_key=run_key,
+    )
+    trainable, total = trainable_parameters(model)
+    return TrainedAdapter(
+        model,
+        tokenizer,
+        recipe.task.type,
+        base,
+        result,
+        trainable,
+        total,
+        warnings=size_warnings(len(train_feats)),
+    )
+
+
+def train_classifier(
+    recipe: Recipe,
+    base: ResolvedBase,
+    train_examples: Sequence[Any],
+    val_examples: Sequence[Any],
+    checkpoint_dir: Path | None,
+    run_key: str,
+) -> TrainedAdapter:
+    task = recipe.task
+    assert task.type == "sequence_classification"
+    tokenizer = load_tokenizer(base.path)
+    labels = sorted({e.label for e in train_examples})
+    index = {label: i for i, label in enumerate(labels)}
+    unseen = sorted({e.label for e in val_examples} - set(index))
+    if unseen:
+        raise ValueError(f"validation labels never seen in training: {unseen[:5]}")
+    max_length = recipe.training.max_length
+    train_feats = classification_features(
+        [e.text for e in train_examples], [index[e.label] for e in train_examples], tokenizer, max_length
+    )
+    val_feats = classification_features(
+        [e.text for e in val_examples], [index[e.label] for e in val_examples], tokenizer, max_length
+    )
+    pooling = detect_pooling(base.path, task.pooling)
+    encoder = load_base_model(base.path, task.type)
+    pad = tokenizer.pad_token_id
+    probe = fit_linear_probe(
+        pooled_features(encoder, train_feats, pad, pooling),
+        np.array([f["label"] for f in train_feats]),
+        pooled_features(encoder, val_feats, pad, pooling),
+        np.array([f["label"] for f in val_feats]),
+        len(labels),
+    )
+    seed_everything(recipe.training.seed)
+    peft_encoder = get_peft_model(encoder, build_peft_config(recipe.method, task.type))
+    model = PooledClassifier(peft_encoder, len(labels), pooling, labels)
+    if task.head_init == "linear_probe":
+        with torch.no_grad():
+            model.head.weight.copy_(torch.from_numpy(probe.weight))
+            model.head.bias.copy_(torch.from_numpy(probe.bias))
+    steps = total_steps(recipe, len(train_feats))
+    result = train(
+        model,
+        train_feats,
+        val_feats,
+        loop_config(recipe, steps),
+        pad,
+        head_parameters=list(model.head.parameters()),
+        checkpoint_dir=checkpoint_dir,
+        run_key=run_key,
+    )
+    trainable, total = trainable_parameters(model)
+    return TrainedAdapter(
+        model,
+        tokenizer,
+        task.type,
+        base,
+        result,
+        trainable,
+        total,
+        labels=labels,
+        probe=probe,
+        warnings=size_warnings(len(train_feats), [e.label for e in train_examples]),
+    )
+
+
+def train_adapter(
+    recipe: Recipe,
+    base: ResolvedBase,
+    train_examples: Sequence[Any],
+    val_examples: Sequence[Any],
+    checkpoint_dir: Path | None = None,
+    run_key: str = "",
+) -> TrainedAdapter:
+    """Train the recipe's adapter; ``run_key`` (the recipe hash) guards resuming from a checkpoint."""
+    if not train_examples:
+        raise ValueError("the training split is empty")
+    trainer = train_classifier if recipe.task.type == "sequence_classification" else train_causal_lm
+    return trainer(recipe, base, train_examples, val_examples, checkpoint_dir, run_key)

@@ -1,0 +1,153 @@
+"""Classification heads on pooled encoders, and the linear probe that initialises them (LP-FT).
+
+The pooling follows how the base was pretrained: a sentence-embedding base (sentence-transformers files:
+``modules.json`` + ``1_Pooling/config.json``) declares mean pooling and usually L2 normalisation; other encoders
+use their pooler (or the CLS token). A head fitted by logistic regression on frozen pooled features is the
+baseline the adapter must beat, and the adapter starts from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head_config.json"
+
+
+@dataclass(frozen=True)
+class Pooling:
+    mode: str  # mean | cls | pooler
+    normalize: bool
+
+
+def detect_pooling(base_path: Path | str, requested: str = "auto") -> Pooling:
+    """The pooling a base was pretrained with, unless the recipe asks for one."""
+    base_path = Path(base_path)
+    normalize = False
+    modules = base_path / "modules.json"
+    declared = None
+    if modules.is_file():
+        entries = json.loads(modules.read_text())
+        normalize = any(e.get("type", "").endswith("Normalize") for e in entries)
+        for entry in entries:
+            if entry.get("type", "").endswith("Pooling"):
+                cfg = json.loads((base_path / entry["path"] / "config.json").read_text())
+                declared = "mean" if cfg.get("pooling_mode_mean_tokens") else "cls"
+    if requested != "auto":
+        return Pooling(requested, normalize if requested == declared else False)
+    return Pooling(declared or "pooler", normalize)
+
+
+def pool(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, pooler_output: Any, pooling: Pooling
+) -> torch.Tensor:
+    """Pooled sentence features from an encoder's outputs."""
+    if pooling.mode == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        features = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    elif pooling.mode == "cls":
+        features = hidden[:, 0]
+    else:
+        if pooler_output is None:
+            raise ValueError("this encoder has no pooler: use pooling: mean or cls")
+        features = pooler_output
+    return nn.functional.normalize(features, dim=-1) if pooling.normalize else features
+
+
+class PooledClassifier(nn.Module):
+    """encoder (possibly peft-wrapped) → pooling → linear head. ``forward`` returns an object with .loss/.logits."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: Pooling, labels: list[str]):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.labels = list(labels)
+        hidden = encoder.config.hidden_size
+        self.head = nn.Linear(hidden, num_labels)
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return pool(out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None), self.pooling)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> ClassifierOutput:
+        logits = self.head(self.features(input_ids, attention_mask))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return ClassifierOutput(loss=loss, logits=logits)
+
+    def head_config(self) -> dict[str, Any]:
+        return {"pooling": self.pooling.mode, "normalize": self.pooling.normalize, "labels": self.labels}
+
+    def save_head(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        save_file(state, str(folder / HEAD_WEIGHTS))
+        (folder / HEAD_CONFIG).write_text(json.dumps(self.head_config(), indent=2))
+
+    def load_head(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+
+
+@dataclass
+class ClassifierOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+@dataclass
+class LinearProbe:
+    """Logistic regression on frozen features: the baseline, and the head's starting point."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    C: float
+    validation_accuracy: float
+    candidates: dict[float, float] = field(default_factory=dict)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray((features @ self.weight.T + self.bias).argmax(1))
+
+
+def fit_linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    num_labels: int,
+    cs: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0),
+) -> LinearProbe:
+    """Multinomial logistic regression; C chosen on the validation split only."""
+    from sklearn.linear_model import LogisticRegression
+
+    best: LinearProbe | None = None
+    scores: dict[float, float] = {}
+    for c in cs:
+        clf = LogisticRegression(C=c, max_iter=2000)
+        clf.fit(train_x, train_y)
+        weight = np.zeros((num_labels, train_x.shape[1]), dtype=np.float32)
+        bias = np.full(num_labels, -1e4, dtype=np.float32)  # a label never seen in train is never predicted
+        classes = clf.classes_.astype(int)
+        if len(classes) == 2 and num_labels >= 2:  # sklearn's binary form: one row for the positive class
+            weight[classes[1]], bias[classes[1]] = clf.coef_[0] / 2, clf.intercept_[0] / 2
+            weight[classes[0]], bias[classes[0]] = -clf.coef_[0] / 2, -clf.intercept_[0] / 2
+        else:
+            weight[classes], bias[classes] = clf.coef_, clf.intercept_
+        probe = LinearProbe(weight, bias, c, 0.0)
+        accuracy = float((probe.predict(val_x) == val_y).mean())
+        scores[c] = accuracy
+        if best is None or accuracy > best.validation_accuracy:
+            best = LinearProbe(weight, bias, c, accuracy)
+    assert best is not None
+    best.candidates = scores
+    return best

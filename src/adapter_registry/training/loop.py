@@ -1,0 +1,232 @@
+"""One readable training loop: length-grouped batches, AdamW with warm-up, validation-loss early stopping with
+the best state restored, an overfitting flag, and resumable checkpoints.
+
+It knows nothing of MLflow or Kedro: it returns the loss history, and the caller decides where it goes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from adapter_registry.training.features import Feature, batch_stream, collate, sequential_batches
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    head_learning_rate: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    lr_schedule: str = "linear"
+    max_grad_norm: float = 1.0
+    eval_every: int = 50
+    early_stopping_patience: int | None = 3
+    checkpoint_every: int = 50
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) every step
+    val_loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) every eval_every steps
+    best_step: int = 0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    overfitting: bool = False
+    tokens: int = 0
+    wall_s: float = 0.0
+    resumed_from: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("train_loss")
+        data.pop("val_loss")
+        data["tokens_per_s"] = round(self.tokens_per_s, 2)
+        data["final_train_loss"] = self.train_loss[-1][1] if self.train_loss else None
+        return data
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(config: LoopConfig) -> Callable[[int], float]:
+    warmup = int(config.max_steps * config.warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if config.lr_schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, config.max_steps - warmup)
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return max(0.0, 1 - progress)
+
+    return factor
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, features: Sequence[Feature], batch_size: int, pad_id: int) -> float:
+    """Mean loss over ``features`` (token-weighted for causal LMs, row-weighted for classification)."""
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    total, weight = 0.0, 0
+    for idx in sequential_batches(len(order), batch_size):
+        batch = collate([features[order[i]] for i in idx], pad_id)
+        out = model(**batch)
+        labels = batch["labels"]
+        n = int((labels[:, 1:] != -100).sum()) if labels.dim() == 2 else len(idx)
+        total += float(out.loss) * n
+        weight += n
+    return total / max(weight, 1)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a killed run leaves the previous checkpoint intact
+
+
+def train(
+    model: nn.Module,
+    train_features: Sequence[Feature],
+    val_features: Sequence[Feature],
+    config: LoopConfig,
+    pad_id: int,
+    *,
+    head_parameters: Sequence[nn.Parameter] = (),
+    optimizer: torch.optim.Optimizer | None = None,
+    on_step: Callable[[int], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    run_key: str = "",
+) -> TrainResult:
+    """Train ``model``'s trainable parameters; the best validation state is restored at the end.
+
+    ``head_parameters`` train at ``head_learning_rate``. ``on_step(step)`` runs after each optimiser step
+    (AdaLoRA's rank allocation). With ``checkpoint_dir``, a checkpoint is written every ``checkpoint_every``
+    steps and an interrupted run with the same ``run_key`` resumes from it.
+    """
+    seed_everything(config.seed)
+    head_ids = {id(p) for p in head_parameters}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    if optimizer is None:
+        groups: list[dict[str, Any]] = [{"params": body, "lr": config.learning_rate}]
+        if head_parameters:
+            groups.append(
+                {"params": list(head_parameters), "lr": config.head_learning_rate or config.learning_rate}
+            )
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    result = TrainResult(steps=0)
+    best_state = _trainable_state(model)
+    start = 0
+    checkpoint = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
+    if checkpoint and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved.get("run_key") == run_key:
+            model.load_state_dict(saved["trainable"], strict=False)
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["torch_rng"])
+            result = saved["result"]
+            best_state = saved["best_state"]
+            start = result.resumed_from = result.steps
+    lengths = [len(f["input_ids"]) for f in train_features]
+    stream = itertools.islice(batch_stream(lengths, config.batch_size, config.seed), start, None)
+    checks_without_gain = 0
+    began = time.perf_counter() - result.wall_s
+    model.train()
+    for step in range(start + 1, config.max_steps + 1):
+        batch = collate([train_features[i] for i in next(stream)], pad_id)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], config.max_grad_norm
+        )
+        optimizer.step()
+        if on_step is not None:
+            on_step(step)
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.steps = step
+        result.tokens += int(batch["attention_mask"].sum())
+        result.train_loss.append((step, loss.item()))
+        if val_features and (step % config.eval_every == 0 or step == config.max_steps):
+            val = mean_loss(model, val_features, config.batch_size * 2, pad_id)
+            model.train()
+            result.val_loss.append((step, val))
+            if val < result.best_val_loss:
+                result.best_val_loss, result.best_step = val, step
+                best_state = _trainable_state(model)
+                checks_without_gain = 0
+            else:
+                checks_without_gain += 1
+            patience = config.early_stopping_patience
+            if patience is not None and checks_without_gain >= patience:
+                result.stopped_early = True
+                break
+        if checkpoint and step % config.checkpoint_every == 0 and step < config.max_steps:
+            result.wall_s = time.perf_counter() - began
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            _save_checkpoint(
+                checkpoint,
+                {
+                    "run_key": run_key,
+                    "trainable": _trainable_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "result": result,
+                    "best_state": best_state,
+                },
+            )
+    result.wall_s = time.perf_counter() - began
+    result.overfitting = is_overfitting(result)
+    if result.val_loss:
+        model.load_state_dict(best_state, strict=False)
+    if not result.val_loss:
+        result.best_step = result.steps
+    if checkpoint and checkpoint.is_file():
+        checkpoint.unlink()  # finished: the next run starts fresh
+    model.eval()
+    return result
+
+
+def is_overfitting(result: TrainResult) -> bool:
+    """Validation loss rose after its best while the training loss kept falling."""
+    if len(result.val_loss) < 3 or result.best_step == result.val_loss[-1][0]:
+        return False
+    last_val = result.val_loss[-1][1]
+    losses = [loss for step, loss in result.train_loss if step > result.best_step]
+    before = [loss for step, loss in result.train_loss if step <= result.best_step][-len(losses) :]
+    if not losses or not before:
+        return False
+    return last_val > result.best_val_loss * 1.02 and float(np.mean(losses)) < float(np.mean(before))

@@ -1,0 +1,80 @@
+"""Loading bases and adapters, saving adapters: the model side of training, evaluation, merge and round trips.
+
+An adapter folder holds what ``peft`` saves (``adapter_config.json``, ``adapter_model.safetensors``) and, for
+classification, the head (``head.safetensors``, ``head_config.json``): enough to rebuild the exact model with
+transformers + peft alone (see the model card written by ``evaluation.report``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from adapter_registry.training.heads import HEAD_CONFIG, PooledClassifier, Pooling
+
+
+def load_tokenizer(base_path: Path | str) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(str(base_path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(base_path: Path | str, task: str, quantization: Any = None) -> nn.Module:
+    """A causal LM (optionally bitsandbytes-quantised) or a bare encoder for classification."""
+    if task == "causal_lm_sft":
+        model = AutoModelForCausalLM.from_pretrained(
+            str(base_path), dtype=torch.float32, quantization_config=quantization
+        )
+    else:
+        model = AutoModel.from_pretrained(str(base_path), dtype=torch.float32)
+    model.eval()
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as their logical size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def save_adapter(model: nn.Module, folder: Path | str) -> Path:
+    """Write the adapter (and head) into ``folder``; returns it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PooledClassifier):
+        model.encoder.save_pretrained(str(folder))
+        model.save_head(folder)
+    else:
+        model.save_pretrained(str(folder))
+    return folder
+
+
+def load_adapter(base_path: Path | str, folder: Path | str, task: str, quantization: Any = None) -> nn.Module:
+    """Rebuild an adapted model from its base and a saved adapter folder."""
+    folder = Path(folder)
+    base = load_base_model(base_path, task, quantization)
+    peft_model = PeftModel.from_pretrained(base, str(folder))
+    peft_model.eval()
+    if task != "sequence_classification":
+        return peft_model
+    head = json.loads((folder / HEAD_CONFIG).read_text())
+    classifier = PooledClassifier(
+        peft_model, len(head["labels"]), Pooling(head["pooling"], head["normalize"]), head["labels"]
+    )
+    classifier.load_head(folder)
+    classifier.eval()
+    return classifier
