@@ -3,14 +3,13 @@
     .venv/bin/python benchmarks/serving_bench.py            # 50 adapters, the goals of issue 4 (~4 minutes)
     .venv/bin/python benchmarks/serving_bench.py --adapters 8 --runs 1   # a quick look
 
-Base: SmolLM2-135M-Instruct (fp32, offline). Adapters: LoRA r=16 on all linear layers with random A and B
+Base: SmolLM2-135M-Instruct (fp32, offline); sizes in MiB, as in shared/REFERENCE-FIGURES.md. Adapters: LoRA r=16 on all linear layers with random A and B
 (B non-zero), saved by peft; no training needed to time serving. Writes benchmarks/results/serving_bench.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -89,16 +88,36 @@ def time_switches(switch: Any, names: list[str], count: int, seed: int = 0) -> d
     return percentiles(samples)
 
 
-def tokens_per_s(generate: Any, encoded: dict[str, torch.Tensor], new_tokens: int, runs: int) -> float:
-    """Best of ``runs`` greedy generations of exactly ``new_tokens`` per row."""
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = generate(encoded)
-        best = min(best, time.perf_counter() - start)
-        assert out.shape[1] - encoded["input_ids"].shape[1] == new_tokens, out.shape
-    return round(encoded["input_ids"].shape[0] * new_tokens / best, 1)
+def one_generation(generate: Any, encoded: dict[str, torch.Tensor], new_tokens: int) -> tuple[float, float]:
+    """Wall and process-CPU seconds of one greedy generation of exactly ``new_tokens`` per row."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        out = generate(encoded)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert out.shape[1] - encoded["input_ids"].shape[1] == new_tokens, out.shape
+    return wall, cpu
+
+
+def throughput(
+    generators: dict[str, Any], encoded: dict[str, torch.Tensor], new_tokens: int, runs: int
+) -> dict[str, dict[str, float]]:
+    """Tokens/s of each generator, best of ``runs``, the configurations interleaved round by round so that
+    load from other processes on the shared cores spreads over all of them. Also tokens per CPU-second."""
+    best: dict[str, list[float]] = {key: [float("inf"), float("inf")] for key in generators}
+    for round_ in range(runs):
+        for key, generate in generators.items():
+            wall, cpu = one_generation(generate, encoded, new_tokens)
+            best[key] = [min(best[key][0], wall), min(best[key][1], cpu)]
+            print(f"round {round_ + 1}: {key} {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
+    tokens = encoded["input_ids"].shape[0] * new_tokens
+    out: dict[str, dict[str, float]] = {"pool": {}, "peft": {}, "pool_per_cpu_s": {}, "peft_per_cpu_s": {}}
+    for key, (wall, cpu) in best.items():
+        who, label = key.split(" ")
+        out[who][label] = round(tokens / wall, 1)
+        out[f"{who}_per_cpu_s"][label] = round(tokens / cpu, 1)
+    for table in out.values():
+        table["mixed_vs_single"] = round(table["mixed"] / table["single"], 2)
+    return out
 
 
 def bench_pool(base: Any, names: list[str], folders: list[Path], args: argparse.Namespace) -> dict[str, Any]:
@@ -117,15 +136,15 @@ def bench_pool(base: Any, names: list[str], folders: list[Path], args: argparse.
     rss_adapters = rss_bytes()
     memory = pool.memory()
     out["memory"] = {
-        "base_mb": round(memory["base_bytes"] / 1e6, 1),
-        "adapter_file_mb": round(file_bytes / 1e6, 2),
-        "adapter_resident_mb": round(memory["adapters_total_bytes"] / len(names) / 1e6, 2),
-        "base_plus_adapters_mb": round(memory["total_bytes"] / 1e6, 1),
-        "merged_copies_mb": round(len(names) * memory["base_bytes"] / 1e6, 1),
+        "base_mib": round(memory["base_bytes"] / 2**20, 1),
+        "adapter_file_mib": round(file_bytes / 2**20, 2),
+        "adapter_resident_mib": round(memory["adapters_total_bytes"] / len(names) / 2**20, 2),
+        "base_plus_adapters_mib": round(memory["total_bytes"] / 2**20, 1),
+        "merged_copies_mib": round(len(names) * memory["base_bytes"] / 2**20, 1),
         "saving_x": round(len(names) * memory["base_bytes"] / memory["total_bytes"], 1),
-        "goal_mb": round((memory["base_bytes"] + GOALS["memory_ratio_max"] * len(names) * file_bytes) / 1e6, 1),
-        "rss_base_delta_mb": round((rss_base - rss_start) / 1e6, 1),
-        "rss_adapters_delta_mb": round((rss_adapters - rss_base) / 1e6, 1),
+        "goal_mib": round((memory["base_bytes"] + GOALS["memory_ratio_max"] * len(names) * file_bytes) / 2**20, 1),
+        "rss_base_delta_mib": round((rss_base - rss_start) / 2**20, 1),
+        "rss_adapters_delta_mib": round((rss_adapters - rss_base) / 2**20, 1),
     }  # fmt: skip
 
     out["switch"] = time_switches(pool.activate, names, args.switches)
@@ -157,15 +176,10 @@ def bench_pool(base: Any, names: list[str], folders: list[Path], args: argparse.
         return run
 
     mixed = mixed_names(names, args.batch)
-    out["tokens_per_s"] = {}
-    for label, adapters in (
-        ("base", [None] * args.batch),
-        ("single", [names[0]] * args.batch),
-        ("mixed", mixed),
-    ):
-        out["tokens_per_s"][label] = tokens_per_s(generate(adapters), encoded, args.new_tokens, args.runs)
-        print(f"pool {label}: {out['tokens_per_s'][label]} tokens/s", flush=True)
-    out["rss_process_mb"] = round(rss_bytes() / 1e6, 1)
+    out["generators"] = {
+        "base": generate([None] * args.batch), "single": generate([names[0]] * args.batch),
+        "mixed": generate(list(mixed)),
+    }  # fmt: skip
     with torch.inference_mode(), pool.routed(mixed):
         out["mixed_logits"] = pool.model(**encoded).logits
     out["encoded"] = encoded
@@ -208,13 +222,12 @@ def bench_peft(
 
         return run
 
-    tps = out["tokens_per_s"] = {}
-    with peft_model.disable_adapter():
-        tps["base"] = tokens_per_s(generate(None), encoded, args.new_tokens, args.runs)
-    peft_model.set_adapter(names[0])
-    tps["single"] = tokens_per_s(generate(None), encoded, args.new_tokens, args.runs)
-    tps["mixed"] = tokens_per_s(generate(mixed), encoded, args.new_tokens, args.runs)
-    print(f"peft: {tps}", flush=True)
+    def base_only(enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        with peft_model.disable_adapter():
+            return generate(None)(enc)
+
+    peft_model.base_model.set_adapter(names[0])  # the single-adapter runs use it; adapter_names ignores it
+    out["generators"] = {"base": base_only, "single": generate(None), "mixed": generate(mixed)}
     return out
 
 
@@ -228,7 +241,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--runs", type=int, default=2, help="generations per configuration (best is kept)")
+    parser.add_argument("--runs", type=int, default=3, help="generations per configuration (best is kept)")
     parser.add_argument("--switches", type=int, default=500, help="pool switches timed (peft: a tenth)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
@@ -244,7 +257,7 @@ def main() -> None:
         "base": base.identity, "fingerprint": base.fingerprint, "adapters": args.adapters, "rank": args.rank,
         "batch": args.batch, "new_tokens": args.new_tokens, "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "runs": args.runs,
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
         t0 = time.perf_counter()
@@ -254,8 +267,13 @@ def main() -> None:
         pool = bench_pool(base, names, folders, args)
         encoded = pool.pop("encoded")
         pool_logits = pool.pop("mixed_logits")
-        gc.collect()
         peft = bench_peft(base, names, folders, args, encoded)
+        generators = {}
+        for label in ("base", "single", "mixed"):
+            generators[f"pool {label}"] = pool["generators"][label]
+            generators[f"peft {label}"] = peft["generators"][label]
+        tps = result["tokens_per_s"] = throughput(generators, encoded, args.new_tokens, args.runs)
+        result["rss_process_mib"] = round(rss_bytes() / 2**20, 1)
     real = encoded["attention_mask"].bool()  # logits at padding positions are not compared
     result["mixed_logits_max_abs_diff"] = {
         "pool_mixed_vs_peft_set_adapter_rows": float(
@@ -264,18 +282,14 @@ def main() -> None:
         "peft_adapter_names_vs_pool_mixed": float((pool_logits - peft.pop("mixed_logits")).abs()[real].max()),
     }
     result["memory"] = pool.pop("memory")
-    result["memory"]["rss_process_mb"] = pool.pop("rss_process_mb")
     result["switch"] = {
         "pool": pool["switch"], "pool_then_forward_1_token": pool["switch_then_forward_1_token"],
         "pool_forward_1_token_alone": pool["forward_1_token"], "peft_set_adapter": peft["switch"],
     }  # fmt: skip
-    tps = result["tokens_per_s"] = {"pool": pool["tokens_per_s"], "peft": peft["tokens_per_s"]}
-    for who in ("pool", "peft"):
-        tps[who]["mixed_vs_single"] = round(tps[who]["mixed"] / tps[who]["single"], 2)
     result["load_s_per_adapter"] = {"pool": pool["load_s_per_adapter"], "peft": peft["load_s_per_adapter"]}
     memory = result["memory"]
     result["goals"] = {
-        "memory": memory["base_plus_adapters_mb"] <= memory["goal_mb"],
+        "memory": memory["base_plus_adapters_mib"] <= memory["goal_mib"],
         "switch": result["switch"]["pool"]["p50_ms"] <= GOALS["switch_p50_ms_max"],
         "mixed": tps["pool"]["mixed_vs_single"] >= GOALS["mixed_vs_single_min"],
     }
@@ -294,6 +308,7 @@ def main() -> None:
 
 def to_markdown(r: dict[str, Any]) -> str:
     m, s, t, d = r["memory"], r["switch"], r["tokens_per_s"], r["mixed_logits_max_abs_diff"]
+    c, pc = t["pool_per_cpu_s"], t["peft_per_cpu_s"]
     ok = {True: "yes", False: "**no**"}
     n = r["adapters"]
     return f"""# Serving {n} LoRA adapters (r={r["rank"]}, all-linear) on {r["base"]}
@@ -301,17 +316,19 @@ def to_markdown(r: dict[str, Any]) -> str:
 {r["machine"]}, {r["torch_threads"]} torch threads, load average {r["load_average_at_start"]} at start and
 {r["load_average_at_end"]} at the end (the cores are shared: compare the two columns, which ran back to back,
 rather than absolute figures). fp32; batch {r["batch"]} × {r["new_tokens"]} new tokens, greedy.
-Written by `benchmarks/serving_bench.py` in {r["wall_s"]} s.
+Tokens/s: best of {r["runs"]} generations, pool and peft interleaved. Process RSS at the end: {r["rss_process_mib"]} MiB
+(both the pool and the peft model with {n} adapters are resident then). Written by `benchmarks/serving_bench.py` in {r["wall_s"]} s.
 
 | what | AdapterPool | bare peft (same run) | goal | met |
 |---|---|---|---|---|
-| parameters: base / base + {n} adapters / {n} merged copies (MB) | {m["base_mb"]} / {m["base_plus_adapters_mb"]} / {m["merged_copies_mb"]} ({m["saving_x"]}× saved) | same parameters | ≤ {m["goal_mb"]} | {ok[r["goals"]["memory"]]} |
-| one adapter: file / resident (MB) | {m["adapter_file_mb"]} / {m["adapter_resident_mb"]} | | | |
-| process RSS: base load / {n} adapters load / whole process (MB) | +{m["rss_base_delta_mb"]} / +{m["rss_adapters_delta_mb"]} / {m["rss_process_mb"]} | | | |
+| parameters: base / base + {n} adapters / {n} merged copies (MiB) | {m["base_mib"]} / {m["base_plus_adapters_mib"]} / {m["merged_copies_mib"]} ({m["saving_x"]}× saved) | same parameters | ≤ {m["goal_mib"]} | {ok[r["goals"]["memory"]]} |
+| one adapter: file / resident (MiB) | {m["adapter_file_mib"]} / {m["adapter_resident_mib"]} | | | |
+| process RSS: base load / {n} adapters load (MiB) | +{m["rss_base_delta_mib"]} / +{m["rss_adapters_delta_mib"]} | | | |
 | switch with {n} loaded, p50 / p99 (ms) | {s["pool"]["p50_ms"]} / {s["pool"]["p99_ms"]} | {s["peft_set_adapter"]["p50_ms"]} / {s["peft_set_adapter"]["p99_ms"]} (`set_adapter`) | p50 ≤ 5 | {ok[r["goals"]["switch"]]} |
 | switch then a 1-token forward, p50 (ms) (forward alone) | {s["pool_then_forward_1_token"]["p50_ms"]} ({s["pool_forward_1_token_alone"]["p50_ms"]}) | | | |
 | tokens/s: base / one adapter / {r["batch"]} adapters mixed | {t["pool"]["base"]} / {t["pool"]["single"]} / {t["pool"]["mixed"]} | {t["peft"]["base"]} / {t["peft"]["single"]} / {t["peft"]["mixed"]} (`adapter_names`) | | |
 | mixed ÷ single | {t["pool"]["mixed_vs_single"]} | {t["peft"]["mixed_vs_single"]} | ≥ 0.8 | {ok[r["goals"]["mixed"]]} |
+| tokens per CPU-second: base / one / mixed (mixed ÷ single) | {c["base"]} / {c["single"]} / {c["mixed"]} ({c["mixed_vs_single"]}) | {pc["base"]} / {pc["single"]} / {pc["mixed"]} ({pc["mixed_vs_single"]}) | | |
 | load one adapter (s) | {r["load_s_per_adapter"]["pool"]} | {r["load_s_per_adapter"]["peft"]} (`load_adapter`) | | |
 
 Mixed-batch logits (non-padding positions): pool vs each row through peft `set_adapter` max |diff| =

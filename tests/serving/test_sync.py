@@ -94,7 +94,24 @@ def test_adapters_leaving_the_stage_are_unloaded(sync, registry, adapters):
     sync.sync()
     assert served(sync) == {"alpha": "1", "beta": "1"}
     registry.drop_alias("beta", "production")
-    put(registry, "alpha", adapters["qv"], "sha256:" + "2" * 64)  # production moves to a version we refuse
     sync.sync()
-    assert served(sync) == {}
-    assert sync.refused["alpha"][0] == 2
+    assert served(sync) == {"alpha": "1"}
+
+
+def test_a_refused_stage_holder_leaves_the_last_good_version_serving(
+    sync, registry, adapters, tiny_base, tmp_path
+):
+    from .conftest import build_adapter
+
+    fp = sync.base_fingerprint
+    put(registry, "alpha", adapters["alpha"], fp)
+    sync.sync()
+    put(registry, "alpha", adapters["qv"], "sha256:" + "2" * 64)  # v2: another base
+    sync.sync()
+    assert served(sync) == {"alpha": "1"} and sync.stale() == {"alpha": 2}
+    dora = build_adapter(tiny_base, tmp_path / "dora", seed=9, use_dora=True)
+    put(registry, "alpha", dora, fp)  # v3: right base, but DoRA, which the pool does not serve
+    sync.sync()
+    sync.sync()  # not pulled again: the refusal of v3's files is remembered
+    assert served(sync) == {"alpha": "1"} and sync.stale() == {"alpha": 3}
+    assert "use_dora=True is not served" in sync.refused["alpha"][1]
