@@ -104,6 +104,11 @@ def _lock_commit(rel: str, md5: str, record_file: str, root: Path) -> str | None
 def dataset_version(path: str | Path, repo_root: Path = Path(".")) -> DatasetVersion:
     """The md5 of ``path`` and whether/where DVC recorded it (``repo_root``: the git + DVC repository)."""
     root = Path(repo_root)
+    outside = Path(path).is_absolute() and not Path(path).resolve().is_relative_to(root.resolve())
+    if outside:  # data outside the project: no DVC record, but its md5 still pins it in the lineage
+        if not Path(path).is_file():
+            raise DataError(f"{path}: file not found")
+        return DatasetVersion(str(path), file_md5(Path(path)), tracked=False, lock_commit=None, matches_lock=False)
     rel = _relative(path, root)
     file = root / rel
     if not file.is_file():
