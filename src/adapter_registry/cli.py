@@ -351,6 +351,28 @@ def pull(
     )
 
 
+@app.command()
+def serve(
+    base: Annotated[str, typer.Option("--base", help="offline base (smollm2-135m-instruct) or a local model folder")],
+    stage: Annotated[
+        str, typer.Option("--stage", help="serve the version of each adapter that holds this stage")
+    ] = "production",
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    poll_seconds: Annotated[float, typer.Option("--poll-seconds", help="how often the registry is re-read")] = 10.0,
+    tenants: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--tenants", help="tenant -> adapter YAML (default conf/base/tenants.yml)"),
+    ] = None,
+) -> None:
+    """Serve every STAGE adapter registered for BASE over HTTP: many adapters on one base model."""
+    from adapter_registry.serving.app import serve as run_server
+
+    with _errors():
+        run_server(base, stage=stage, host=host, port=port, tracking_uri=_state["tracking_uri"],
+                   poll_seconds=poll_seconds, tenants_file=tenants)
+
+
 def main() -> None:
     """Console entry point."""
     app(prog_name="adapter-registry")
