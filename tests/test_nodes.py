@@ -1,0 +1,92 @@
+"""Node tests on tiny data, and a sliced pipeline (validate stage) on an in-memory catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline
+from kedro.runner import SequentialRunner
+
+from adapter_registry.data.formats import ClassificationExample, read_records
+from adapter_registry.data.versions import dataset_version
+from adapter_registry.pipelines.validate.nodes import (
+    DataValidationError,
+    carve_validation,
+    prepare_examples,
+    resolve_base_model,
+    validate_data,
+)
+from adapter_registry.pipelines.validate.pipeline import create_pipeline
+from adapter_registry.recipes import parse_recipe
+from conftest import classifier_recipe, write_jsonl
+
+
+def _inputs(recipe: dict) -> tuple[dict, dict]:
+    data = recipe["data"]
+    raw = {split: read_records(data[split]) for split in ("train", "validation", "test")}
+    versions = {split: vars(dataset_version(data[split])) for split in raw}
+    return raw, versions
+
+
+def test_carved_validation_is_stratified_and_disjoint() -> None:
+    rows = [ClassificationExample(f"text {i}", "ab"[i % 2] if i < 80 else "c") for i in range(100)]
+    train, val = carve_validation(rows, 0.1, seed=0, label=lambda e: e.label)
+    assert len(train) + len(val) == 100 and not {e.text for e in train} & {e.text for e in val}
+    assert sorted(e.label for e in val) == ["a"] * 4 + ["b"] * 4 + ["c"] * 2
+
+
+def test_validation_failure_is_reported_and_stops_prepare(tiny_bert: Path, intent_data: Path) -> None:
+    rows = [json.loads(line) for line in (intent_data / "train.jsonl").read_text().splitlines()]
+    rows.append({"text": "a request nobody labelled", "label": None})
+    write_jsonl(intent_data / "train.jsonl", rows)
+    recipe = parse_recipe(classifier_recipe(tiny_bert, intent_data))
+    raw, versions = _inputs(recipe.model_dump())
+    base = resolve_base_model(recipe)
+    report = validate_data(recipe, raw, base, versions)
+    assert report["success"] is False and "label" in report["summary"]
+    with pytest.raises(DataValidationError, match=r"the data failed validation; nothing was trained"):
+        prepare_examples(recipe, raw, base, report)
+
+
+def test_edited_dvc_data_fails_validation(tiny_bert: Path, intent_data: Path) -> None:
+    recipe = parse_recipe(classifier_recipe(tiny_bert, intent_data))
+    raw, versions = _inputs(recipe.model_dump())
+    versions["train"] = {**versions["train"], "tracked": True, "matches_lock": False}
+    report = validate_data(recipe, raw, resolve_base_model(recipe), versions)
+    assert report["success"] is False
+    assert "differs from dvc.lock (edited without `dvc repro` or `dvc add`)" in report["summary"]
+
+
+def test_validate_stage_as_a_sliced_pipeline(tiny_bert: Path, intent_data: Path) -> None:
+    raw_recipe = classifier_recipe(
+        tiny_bert,
+        intent_data,
+        data={
+            "format": "classification",
+            "train": str(intent_data / "train.jsonl"),
+            "test": str(intent_data / "test.jsonl"),
+            "validation_fraction": 0.25,
+        },
+    )
+    recipe = parse_recipe(raw_recipe)
+    raw, versions = _inputs(
+        {**raw_recipe, "data": {**raw_recipe["data"], "validation": str(intent_data / "validation.jsonl")}}
+    )
+    del raw["validation"], versions["validation"]
+    pipeline = Pipeline(create_pipeline(), namespace="r")
+    catalog = DataCatalog(
+        {
+            "r.recipe": MemoryDataset(recipe),
+            "r.raw_splits": MemoryDataset(raw),
+            "r.data_versions": MemoryDataset(versions),
+        }
+    )
+    outputs = SequentialRunner().run(pipeline, catalog)
+    assert set(outputs) == {"r.examples"}
+    examples = outputs["r.examples"].load()
+    assert set(examples) == {"train", "validation", "test"}
+    assert len(examples["train"]) + len(examples["validation"]) == len(raw["train"])
+    assert {e.label for e in examples["validation"]} == {e.label for e in examples["train"]}
