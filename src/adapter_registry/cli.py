@@ -373,6 +373,74 @@ def serve(
                    poll_seconds=poll_seconds, tenants_file=tenants)
 
 
+@app.command()
+def reproduce(
+    ref: RefArg,
+    workdir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--workdir", help="new or empty folder for the worktree (kept); default: a temp dir"),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="max |reproduced - registered| per metric (absolute)")
+    ] = 1e-6,
+    allow_dirty: Annotated[
+        bool, typer.Option("--allow-dirty", help="re-run the committed code of a version trained dirty")
+    ] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="keep the temporary worktree")] = False,
+    repo: Annotated[Path, typer.Option("--repo", help="git + DVC repository holding the commit")] = Path(),
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-train a version from its recorded commit and DVC data in a git worktree; compare the metrics.
+
+    Exit 0 when every metric is within --tolerance, 3 when some differ, 1 when it is refused or fails.
+    """
+    from adapter_registry.reproduce import ReproduceError
+    from adapter_registry.reproduce import reproduce as run_reproduce
+
+    try:
+        with _errors():
+            report = run_reproduce(
+                _store(), ref, repo=repo, workdir=workdir, tolerance=tolerance, allow_dirty=allow_dirty,
+                keep=True if keep or workdir is not None else None,
+                log=lambda msg: typer.echo(msg, err=True),
+            )  # fmt: skip
+    except ReproduceError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+
+    def render() -> None:
+        from rich.table import Table
+
+        verdict = "reproduced" if report.passed else "[red]NOT reproduced[/red]"
+        title = f"{report.version} at {report.commit[:10]}: {verdict} (tolerance {report.tolerance:g})"
+        table = Table(title=title)
+        for column in ("metric", "registered", "reproduced", "difference", "ok"):
+            table.add_column(column)
+        for m in report.metrics:
+            table.add_row(
+                m.name, "-" if m.registered is None else f"{m.registered:.10g}",
+                "-" if m.reproduced is None else f"{m.reproduced:.10g}",
+                "-" if m.diff is None else f"{m.diff:+.3g}", "✓" if m.passed else "✗",
+            )  # fmt: skip
+        console = _console()
+        console.print(table)
+        for d in report.data:
+            console.print(f"data {d.split}: {d.path} md5 {d.fetched_md5} ({d.source}, at {d.commit[:10]})")
+        for key, value in report.lineage.items():
+            if not value["equal"]:
+                was, now = value["registered"], value["reproduced"]
+                console.print(f"[red]lineage differs[/red] {key}: {was} -> {now}")
+        for warning in report.warnings:
+            console.print(f"[yellow]warning[/yellow] {warning}")
+        where = report.workdir + ("" if report.kept else " (removed)")
+        console.print(f"{report.seconds:.0f} s; worktree {where}")
+
+    _emit(as_json, report.to_dict(), render)
+    if not report.passed:
+        typer.echo(f"error: {report.version} did not reproduce: {report.reason}", err=True)
+        raise typer.Exit(3)
+
+
 def main() -> None:
     """Console entry point."""
     app(prog_name="adapter-registry")
