@@ -29,10 +29,10 @@ from adapter_registry.recipes.schema import EvaluationSpec
 from adapter_registry.training.adapter import TrainedAdapter, pooled_features
 from adapter_registry.training.features import (
     classification_features,
-    collate,
     prompt_ids,
     sequential_batches,
     sft_features,
+    sorted_batches,
 )
 
 
@@ -87,10 +87,7 @@ def causal_lm_losses(
     """Per-example mean loss on target tokens."""
     model.eval()
     losses = np.zeros(len(features))
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    for idx in sequential_batches(len(order), batch_size):
-        rows = [order[i] for i in idx]
-        batch = collate([features[r] for r in rows], pad_id)
+    for rows, batch in sorted_batches(features, batch_size, pad_id):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         token_loss = nn.functional.cross_entropy(
@@ -211,10 +208,7 @@ def classifier_logits(
 ) -> np.ndarray:
     model.eval()
     out = np.zeros((len(features), len(model.labels)), dtype=np.float32)
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    for idx in sequential_batches(len(order), batch_size):
-        rows = [order[i] for i in idx]
-        batch = collate([features[r] for r in rows], pad_id)
+    for rows, batch in sorted_batches(features, batch_size, pad_id):
         out[rows] = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.numpy()
     return out
 

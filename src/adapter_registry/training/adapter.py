@@ -23,13 +23,14 @@ from adapter_registry.bases.resolve import ResolvedBase
 from adapter_registry.methods import build_peft_config
 from adapter_registry.methods.quantization import quantization_config
 from adapter_registry.recipes.schema import Recipe
-from adapter_registry.training.features import (
-    classification_features,
-    collate,
-    sequential_batches,
-    sft_features,
+from adapter_registry.training.features import classification_features, sft_features, sorted_batches
+from adapter_registry.training.heads import (
+    LinearProbe,
+    PooledClassifier,
+    detect_pooling,
+    fit_linear_probe,
+    pool,
 )
-from adapter_registry.training.heads import LinearProbe, PooledClassifier, detect_pooling, fit_linear_probe
 from adapter_registry.training.loop import LoopConfig, TrainResult, seed_everything, train
 from adapter_registry.training.models import load_base_model, load_tokenizer, trainable_parameters
 
@@ -106,14 +107,8 @@ def pooled_features(
     batch_size: int = 64,
 ) -> np.ndarray:
     """Pooled sentence features of every row, in order (the encoder as it is now)."""
-    from adapter_registry.training.heads import pool
-
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     out = np.zeros((len(features), 0), dtype=np.float32)
-    chunks: dict[int, np.ndarray] = {}
-    for idx in sequential_batches(len(order), batch_size):
-        rows = [order[i] for i in idx]
-        batch = collate([features[r] for r in rows], pad_id)
+    for rows, batch in sorted_batches(features, batch_size, pad_id):
         if isinstance(model, PooledClassifier):
             feats = model.features(batch["input_ids"], batch["attention_mask"])
         else:
@@ -121,10 +116,9 @@ def pooled_features(
             feats = pool(
                 enc.last_hidden_state, batch["attention_mask"], getattr(enc, "pooler_output", None), pooling
             )
-        for r, f in zip(rows, feats.numpy(), strict=True):
-            chunks[r] = f
-    if chunks:
-        out = np.stack([chunks[i] for i in range(len(features))])
+        if out.shape[1] == 0:
+            out = np.zeros((len(features), feats.shape[1]), dtype=np.float32)
+        out[rows] = feats.numpy()
     return out
 
 

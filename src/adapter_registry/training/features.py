@@ -94,3 +94,13 @@ def batch_stream(lengths: Sequence[int], batch_size: int, seed: int) -> Iterator
 
 def sequential_batches(n: int, batch_size: int) -> list[list[int]]:
     return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+def sorted_batches(
+    features: Sequence[Feature], batch_size: int, pad_id: int
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Inference batches of rows sorted by length (little padding), each with the rows' original indices."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield rows, collate([features[r] for r in rows], pad_id)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapter_registry.training.features import Feature, batch_stream, collate, sequential_batches
+from adapter_registry.training.features import Feature, batch_stream, collate, sorted_batches
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -93,13 +93,11 @@ def lr_lambda(config: LoopConfig) -> Callable[[int], float]:
 def mean_loss(model: nn.Module, features: Sequence[Feature], batch_size: int, pad_id: int) -> float:
     """Mean loss over ``features`` (token-weighted for causal LMs, row-weighted for classification)."""
     model.eval()
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     total, weight = 0.0, 0
-    for idx in sequential_batches(len(order), batch_size):
-        batch = collate([features[order[i]] for i in idx], pad_id)
+    for rows, batch in sorted_batches(features, batch_size, pad_id):
         out = model(**batch)
         labels = batch["labels"]
-        n = int((labels[:, 1:] != -100).sum()) if labels.dim() == 2 else len(idx)
+        n = int((labels[:, 1:] != -100).sum()) if labels.dim() == 2 else len(rows)
         total += float(out.loss) * n
         weight += n
     return total / max(weight, 1)
