@@ -92,6 +92,11 @@ def test_kedro_run_trains_evaluates_merges_and_registers(
     assert (reports / "tiny_cls" / "figures" / "confusion_matrix.png").stat().st_size > 1000
     assert (reports / "tiny_sft" / "figures" / "learning_curves.png").is_file()
     assert json.loads((reports / "tiny_sft" / "merge.json").read_text())["passed"] is True
+    assert (reports / "tiny_sft" / "data_docs" / "index.html").is_file()
+    from mlflow import MlflowClient
+
+    logged = [a.path for a in MlflowClient(f"sqlite:///{db}").list_artifacts(sft.run_id, "reports/data_docs")]
+    assert "reports/data_docs/index.html" in logged
     timings = json.loads((reports / "run_timings.json").read_text())
     assert "tiny_sft.train_adapter_node" in timings["nodes"]
 
@@ -117,6 +122,7 @@ def test_bad_data_stops_before_training_and_registers_nothing(
     assert "duplicate" in output.lower() and "token" in output.lower()
     report = json.loads((project / "data" / "08_reporting" / "tiny_sft" / "validation.json").read_text())
     assert report["success"] is False
+    assert (project / "data" / "08_reporting" / "tiny_sft" / "data_docs" / "index.html").is_file()
     assert not (project / "data" / "06_models" / "tiny_sft" / "adapter").exists()
     assert AdapterStore(f"sqlite:///{db}").list_versions() == []
 

@@ -76,6 +76,36 @@ class DataVersionsDataset(AbstractDataset[None, dict[str, dict[str, Any]]]):
         return {"recipe": str(self._recipe)}
 
 
+class ValidationReportDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
+    """The data-validation report: JSON at ``filepath`` and GX Data Docs (HTML) in ``data_docs/`` beside it.
+
+    Saved whatever the outcome, so a failed validation leaves its full report behind.
+    """
+
+    def __init__(self, filepath: str):
+        self._filepath = Path(filepath)
+
+    def _save(self, report: dict[str, Any]) -> None:
+        import json
+        from types import SimpleNamespace
+
+        from adapter_registry.data.expectations import write_data_docs
+
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        self._filepath.write_text(json.dumps(report, indent=2, default=str))
+        docs = self._filepath.parent / "data_docs"
+        shutil.rmtree(docs, ignore_errors=True)
+        write_data_docs(SimpleNamespace(result=report.get("result", {})), docs)  # type: ignore[arg-type]
+
+    def _load(self) -> dict[str, Any]:
+        import json
+
+        return dict(json.loads(self._filepath.read_text()))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
 class AdapterFolderDataset(AbstractDataset[Any, Path]):
     """Saves a trained adapter (peft files, plus the head for classification) into a folder; loads its path."""
 

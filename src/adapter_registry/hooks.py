@@ -104,6 +104,18 @@ class MlflowRecipeHooks:
         )
 
     @hook_impl
+    def after_dataset_saved(self, dataset_name: str, node: Node) -> None:
+        """Data Docs exist only once the validation report is saved (after the node): log them then."""
+        import mlflow
+
+        if not (dataset_name.endswith(".validation_report") and node.namespace in self._runs):
+            return
+        docs = Path(REPORTING_ROOT) / node.namespace / "data_docs"
+        if docs.is_dir():
+            with mlflow.start_run(run_id=self._runs[node.namespace]):
+                mlflow.log_artifacts(str(docs), "reports/data_docs")
+
+    @hook_impl
     def on_node_error(self, node: Node) -> None:
         import mlflow
 
