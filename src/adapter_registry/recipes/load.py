@@ -6,7 +6,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, get_args
+from typing import Annotated, Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -55,6 +55,16 @@ def _tag(model: type[BaseModel]) -> Any:
     return get_args(field.annotation)[0] if field is not None and get_args(field.annotation) else None
 
 
+def _members(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field may hold, looking through Optional and Annotated (e.g. ``method: MethodSpec | None``)."""
+    if get_origin(annotation) is Annotated:
+        return _members(get_args(annotation)[0])
+    args = getattr(annotation, "__args__", ())
+    if not args:
+        return [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+    return [m for a in args for m in _members(a)]
+
+
 def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the key at ``path`` (following discriminated unions by their tag)."""
     model: Any = Recipe
@@ -67,8 +77,7 @@ def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
             model = next((m for m in members if _tag(m) == part), model)
             members = []
             continue
-        args = getattr(field.annotation, "__args__", ())
-        members = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        members = _members(field.annotation) if getattr(field.annotation, "__args__", ()) else []
         model = members[0] if members else field.annotation
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None

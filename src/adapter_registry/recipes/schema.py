@@ -12,9 +12,19 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from adapter_registry.recipes.base import Closed
+from adapter_registry.recipes.compose import ComposeSpec
 from adapter_registry.recipes.methods import MethodSpec
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
@@ -255,8 +265,15 @@ class RegistrationSpec(Closed):
 
 
 # --------------------------------------------------------------------------------------------- recipe
+KINDS = ("method", "training", "compose")
+
+
 class Recipe(Closed):
-    """One adapter, declared: base, task, data, method, training, evaluation, merge and registration."""
+    """One adapter, declared: base, task, data, method, training, evaluation, merge and registration.
+
+    A trained adapter gives ``method:`` + ``training:``; a composed one (built from registered adapters, see
+    ``recipes.compose``) gives ``compose:`` instead. Exactly one of the two kinds.
+    """
 
     name: str = Field(
         pattern=NAME_PATTERN, description="lower_snake_case; equals the file name and namespace"
@@ -266,11 +283,64 @@ class Recipe(Closed):
     task: TaskSpec
     data: DataSpec
     expectations: ExpectationsSpec = Field(default_factory=ExpectationsSpec)
-    method: MethodSpec
-    training: TrainingSpec
+    method: MethodSpec | None = Field(
+        None, description="the PEFT method to train (with 'training'); absent in a composed recipe"
+    )
+    training: TrainingSpec | None = Field(
+        None, description="how to train the method (with 'method'); absent in a composed recipe"
+    )
+    compose: ComposeSpec | None = Field(
+        None,
+        description="build the adapter from registered LoRA adapters instead of training one "
+        "(replaces 'method' and 'training')",
+    )
     evaluation: EvaluationSpec
     merge: MergeSpec = Field(default_factory=MergeSpec)
     registration: RegistrationSpec = Field(default_factory=RegistrationSpec)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_kind(cls, data: Any, handler: ModelWrapValidatorHandler[Recipe]) -> Recipe:
+        """method + training (train an adapter) or compose (combine registered ones): each error named with
+        the others, as pydantic names a missing required key."""
+        extra: list[InitErrorDetails] = []
+        if isinstance(data, dict):
+            given = {k for k in KINDS if data.get(k) is not None}
+            if "compose" in given and given - {"compose"}:
+                both = " and ".join(f"'{k}'" for k in KINDS if k in given - {"compose"})
+                extra.append(_error(("compose",), data["compose"], (
+                    f"a recipe either trains an adapter (method + training) or composes registered ones "
+                    f"(compose), not both; remove {both} or 'compose'"
+                )))  # fmt: skip
+            elif not given:
+                extra.append(_error((), data, (
+                    "give either 'method' + 'training' (train an adapter) or 'compose' (build one from "
+                    "registered adapters); see docs/methods.md"
+                )))  # fmt: skip
+            elif "compose" not in given:
+                extra += [
+                    InitErrorDetails(type="missing", loc=(k,), input=data)
+                    for k in ("method", "training")
+                    if k not in given
+                ]
+        try:
+            recipe = handler(data)
+        except ValidationError as exc:
+            if not extra:
+                raise
+            raise ValidationError.from_exception_data(cls.__name__, [*exc.errors(), *extra]) from None  # type: ignore[list-item]
+        if extra:
+            raise ValidationError.from_exception_data(cls.__name__, extra)
+        return recipe
+
+    @model_serializer(mode="wrap")
+    def _dump_own_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the absent kind's keys out, so that a trained recipe's dump (and hash) is what it always was."""
+        data = handler(self)
+        for key in KINDS:
+            if isinstance(data, dict) and data.get(key, ...) is None:
+                del data[key]
+        return data  # type: ignore[no-any-return]
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -287,6 +357,14 @@ class Recipe(Closed):
         wrong = [m for m in self.evaluation.metrics if m not in allowed]
         if wrong:
             raise ValueError(f"evaluation.metrics {wrong} do not apply to {task}; use {sorted(allowed)}")
+        if self.compose is not None:
+            if task != "causal_lm_sft":
+                raise ValueError(
+                    f"compose applies to causal_lm_sft only: a {task} adapter carries a trained head beside "
+                    "its LoRA weights, and heads trained on different label sets cannot be averaged"
+                )
+            return self
+        assert self.method is not None
         if self.merge.enabled and not self.method.mergeable:
             raise ValueError(
                 f"method {self.method.type!r} adds no weights that can be merged; set merge.enabled: false"
@@ -299,3 +377,21 @@ class Recipe(Closed):
     @property
     def model_name(self) -> str:
         return self.registration.model_name or self.name
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per example (training's for a trained adapter, compose's for a composed one)."""
+        spec = self.training or self.compose
+        assert spec is not None
+        return spec.max_length
+
+    @property
+    def seed(self) -> int:
+        """The seed of data order and initialisation (trained) or of DARE's pruning (composed)."""
+        spec = self.training or self.compose
+        assert spec is not None
+        return spec.seed
+
+
+def _error(loc: tuple[str, ...], value: Any, message: str) -> InitErrorDetails:
+    return InitErrorDetails(type="value_error", loc=loc, input=value, ctx={"error": ValueError(message)})
