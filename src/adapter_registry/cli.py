@@ -288,6 +288,10 @@ def lineage(
         tree.add(f"base: {graph.base['id']} {graph.base['fingerprint']} {graph.base['architecture']}")
         tree.add(f"peft config: {json.dumps(graph.peft_config)}")
         tree.add(f"training: {json.dumps(graph.training)}")
+        if graph.parents:  # a composed adapter: the registered versions it was built from
+            parents = tree.add("parents")
+            for parent in graph.parents:
+                parents.add(f"{parent.get('version')} weight={parent.get('weight')}")
         tree.add("metrics: " + ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items())))
         history = tree.add("history")
         for e in graph.history:

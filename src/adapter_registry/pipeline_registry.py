@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kedro.pipeline import Pipeline
 
+from adapter_registry.pipelines.compose.pipeline import create_pipeline as compose_pipeline
 from adapter_registry.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
 from adapter_registry.pipelines.merge.pipeline import create_pipeline as merge_pipeline
 from adapter_registry.pipelines.register.pipeline import create_pipeline as register_pipeline
@@ -18,12 +19,14 @@ SHARED_PARAMETERS = {"checkpoint_root", "reporting_root"}
 
 
 def recipe_pipeline(recipe: Recipe) -> Pipeline:
-    """validate → train → evaluate → [merge] → register, namespaced by the recipe's name."""
-    stages = validate_pipeline() + train_pipeline() + evaluate_pipeline()
+    """validate → train (or compose) → evaluate → [merge] → register, namespaced by the recipe's name."""
+    build = compose_pipeline() if recipe.compose is not None else train_pipeline()
+    stages = validate_pipeline() + build + evaluate_pipeline()
     if recipe.merge.enabled:
         stages += merge_pipeline()
     stages += register_pipeline(merged=recipe.merge.enabled)
-    return Pipeline(stages, namespace=recipe.name, parameters=SHARED_PARAMETERS)
+    parameters = SHARED_PARAMETERS if recipe.compose is None else SHARED_PARAMETERS - {"checkpoint_root"}
+    return Pipeline(stages, namespace=recipe.name, parameters=parameters)
 
 
 def register_pipelines(root: Path | str = ".") -> dict[str, Pipeline]:

@@ -117,6 +117,14 @@ print(config["labels"][int(logits.argmax())])
 ```"""
 
 
+def _method_line(recipe: Recipe) -> str:
+    if recipe.method is not None:
+        return f"{recipe.method.type} ({recipe.method.family})"
+    assert recipe.compose is not None
+    parents = ", ".join(f"`{p.version}` x {p.weight:g}" for p in recipe.compose.parents)
+    return f"composition ({recipe.compose.combination_type}) of {parents}"
+
+
 def model_card(recipe: Recipe, evaluation: dict[str, Any], base_identity: str, base_fingerprint: str) -> str:
     """README.md for the adapter folder: what it is, how it scored, how to load it with transformers + peft."""
     metric = evaluation["task_metric"]
@@ -137,7 +145,7 @@ def model_card(recipe: Recipe, evaluation: dict[str, Any], base_identity: str, b
 {recipe.description or "A PEFT adapter trained by adapter-registry."}
 
 - base model: `{base_identity}` (fingerprint `{base_fingerprint}`)
-- task: {recipe.task.type}; method: {recipe.method.type} ({recipe.method.family}),
+- task: {recipe.task.type}; method: {_method_line(recipe)},
   {evaluation["trainable_params"]:,} trainable parameters ({100 * evaluation["trainable_share"]:.2f}% of the model)
 - baseline: {evaluation["baseline"]}
 - beats its baseline on {metric} (95% interval above the baseline's score): {evaluation["beats_base"]}

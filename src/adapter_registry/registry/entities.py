@@ -21,7 +21,7 @@ class Tag:
     RECIPE_NAME = "ar.recipe.name"
     RECIPE_HASH = "ar.recipe.hash"  # sha256 of the resolved recipe (recipes.load.recipe_hash)
     TASK = "ar.task"  # causal_lm_sft | sequence_classification
-    METHOD = "ar.method"  # lora, qlora, ...
+    METHOD = "ar.method"  # lora, qlora, ... or "composition" (built from registered adapters, see PARENTS)
     METHOD_FAMILY = "ar.method.family"  # additive | selective | reparameterisation | hybrid
     PEFT_CONFIG = "ar.peft_config"  # JSON of the saved adapter_config.json
     TRAINABLE_PARAMS = "ar.params.trainable"
@@ -44,6 +44,9 @@ class Tag:
     MERGE_VS_BASE = "ar.merge.diff_vs_base"  # max |logits(merged) - logits(base)| (> 0: it changed something)
     WARNINGS = "ar.warnings"  # JSON list of warnings recorded at training time
     PARENTS = "ar.parents"  # JSON list of {"version": "NAME/VERSION", "weight": w}
+    COMPOSE = "ar.compose"  # composed adapters: JSON of the recipe's compose block (parents as written)
+    COMPOSE_TYPE = "ar.compose.combination_type"  # linear, cat, svd, ties, dare_ties, ...
+    COMPOSE_DENSITY = "ar.compose.density"  # share kept by ties/dare/magnitude_prune ("" when not used)
     RUN_ID = "ar.run_id"
 
     @staticmethod

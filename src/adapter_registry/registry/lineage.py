@@ -119,6 +119,9 @@ def _edges(lineage: Lineage) -> tuple[dict[str, str], list[tuple[str, str, str]]
         ("base", "run", "base"),
         ("run", "version", "registered"),
     ]
+    for i, parent in enumerate(lineage.parents if isinstance(lineage.parents, list) else []):
+        nodes[f"parent{i}"] = f"parent {parent.get('version', '?')}\\nweight {parent.get('weight', '?')}"
+        edges.append((f"parent{i}", "run", "composed"))
     for i, e in enumerate(lineage.history):
         nodes[f"event{i}"] = f"{e.action} → {e.to_stage}\\n{e.when:%Y-%m-%d %H:%M} by {e.who}"
         edges.append(("version" if i == 0 else f"event{i - 1}", f"event{i}", "forced" if e.forced else ""))

@@ -52,6 +52,8 @@ class TrainedAdapter:
     labels: list[str] = field(default_factory=list)
     probe: LinearProbe | None = None
     warnings: list[str] = field(default_factory=list)
+    # a composed adapter's parents: [{"version": "NAME/VERSION", "weight": w}]; empty for a trained one
+    parents: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def trainable_share(self) -> float:

@@ -17,7 +17,5 @@ def evaluate_adapter_node(
 ) -> tuple[dict[str, Any], dict[str, Figure]]:
     """The evaluation report (JSON) and its pictures (learning curves; confusion matrix for classifiers)."""
     separator = getattr(recipe.task, "answer_field_separator", " | ")
-    report = evaluate_adapter(
-        trained, examples["test"], recipe.evaluation, recipe.training.max_length, separator
-    )
+    report = evaluate_adapter(trained, examples["test"], recipe.evaluation, recipe.max_length, separator)
     return report_dict(recipe, trained, report), figures(trained, report)

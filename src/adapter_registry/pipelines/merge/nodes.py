@@ -27,7 +27,7 @@ def merge_adapter_node(
     """Merge a fresh load of the saved adapter (after evaluation, which it waits for) and report parity."""
     del evaluation  # an input only so that merging runs after the in-memory model was evaluated
     rows = examples["test"][:PARITY_ROWS]
-    max_length = recipe.training.max_length
+    max_length = recipe.max_length
     if trained.task == "sequence_classification":
         features = classification_features([e.text for e in rows], None, trained.tokenizer, max_length)
     else:

@@ -28,6 +28,15 @@ def _json(value: Any) -> str:
     return text if len(text) <= MAX_TAG else json.dumps({"truncated": True, "head": text[: MAX_TAG - 40]})
 
 
+COMPOSED = "composition"  # Tag.METHOD of an adapter built from registered ones (compose: in its recipe)
+COMPOSED_FAMILY = "reparameterisation"  # what peft's add_weighted_adapter builds: a LoRA adapter
+
+
+def method_type(recipe: Recipe) -> str:
+    """The method a version records: the recipe's method type, or ``composition``."""
+    return recipe.method.type if recipe.method is not None else COMPOSED
+
+
 def lineage_tags(
     recipe: Recipe,
     base: ResolvedBase,
@@ -45,13 +54,12 @@ def lineage_tags(
         Tag.RECIPE_NAME: recipe.name,
         Tag.RECIPE_HASH: recipe_hash(recipe),
         Tag.TASK: recipe.task.type,
-        Tag.METHOD: recipe.method.type,
-        Tag.METHOD_FAMILY: method_builder(recipe.method.type).family,
+        Tag.METHOD: method_type(recipe),
+        Tag.METHOD_FAMILY: method_builder(recipe.method.type).family if recipe.method else COMPOSED_FAMILY,
         Tag.PEFT_CONFIG: _json(json.loads((adapter_folder / "adapter_config.json").read_text())),
         Tag.TRAINABLE_PARAMS: str(trained.trainable_params),
         Tag.TOTAL_PARAMS: str(trained.total_params),
         Tag.TRAINABLE_SHARE: f"{trained.trainable_share:.6g}",
-        Tag.TRAINING: _json(recipe.training.model_dump(mode="json")),
         Tag.BASE_ID: base.identity,
         Tag.BASE_REVISION: base.revision,
         Tag.BASE_FINGERPRINT: base.fingerprint,
@@ -72,6 +80,13 @@ def lineage_tags(
         **{Tag.library(name): version for name, version in library_versions().items()},
         **{f"ar.user.{k}": v for k, v in recipe.registration.tags.items()},
     }
+    if recipe.training is not None:
+        tags[Tag.TRAINING] = _json(recipe.training.model_dump(mode="json"))
+    if recipe.compose is not None:
+        tags[Tag.PARENTS] = _json(trained.parents)
+        tags[Tag.COMPOSE] = _json(recipe.compose.model_dump(mode="json"))
+        tags[Tag.COMPOSE_TYPE] = recipe.compose.combination_type
+        tags[Tag.COMPOSE_DENSITY] = "" if recipe.compose.density is None else f"{recipe.compose.density:g}"
     for split, version in data_versions.items():
         tags[Tag.data_path(split)] = version["path"]
         tags[Tag.data_md5(split)] = version["md5"]
@@ -129,7 +144,7 @@ def register_adapter_node(
         "version": version.version,
         "stage": version.stage,
         "run_id": version.run_id,
-        "method": recipe.method.type,
+        "method": method_type(recipe),
         "trainable_share": trained.trainable_share,
         "task_metric": metric,
         "adapter_score": evaluation["metrics"][metric],

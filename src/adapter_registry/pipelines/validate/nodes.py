@@ -101,6 +101,6 @@ def prepare_examples(
             return getattr(e, "label", None) or e.answer.split(" | ")[0]
 
         examples["train"], examples["validation"] = carve_validation(
-            examples["train"], data.validation_fraction, recipe.training.seed, key
+            examples["train"], data.validation_fraction, recipe.seed, key
         )
     return examples

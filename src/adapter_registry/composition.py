@@ -1,0 +1,152 @@
+"""Registered LoRA adapters → one new adapter, with peft's ``add_weighted_adapter`` (the compose node's work).
+
+Knows nothing of MLflow or Kedro: the node pulls each parent (sha256-verified) into a folder and hands over its
+registered tags; :func:`parent_problems` refuses what peft cannot combine (another base, another task, a
+method that is not plain LoRA, ranks that the combination type cannot mix), and :func:`compose_adapter` loads
+the base and every parent, combines them into the adapter ``default`` and deletes the parents, so that the
+result saves, evaluates, merges and registers like a trained adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+
+from adapter_registry.bases.resolve import ResolvedBase
+from adapter_registry.recipes.compose import SAME_RANK, SIGNED, SVD, ComposeSpec
+from adapter_registry.registry.entities import Tag
+from adapter_registry.training.adapter import TrainedAdapter
+from adapter_registry.training.loop import TrainResult, seed_everything
+from adapter_registry.training.models import load_base_model, load_tokenizer
+
+COMPOSED = "default"  # the composed adapter's name: peft saves "default" at the folder's top level
+
+
+class CompositionError(ValueError):
+    """Parents that cannot be composed; nothing is registered."""
+
+
+@dataclass(frozen=True)
+class Parent:
+    """One parent as pulled from the registry."""
+
+    asked: str  # as the recipe wrote it (NAME/VERSION or NAME@STAGE)
+    ref: str  # the version it resolved to: NAME/VERSION
+    weight: float
+    folder: Path
+    tags: Mapping[str, str]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads((self.folder / "adapter_config.json").read_text())  # type: ignore[no-any-return]
+
+    def rank(self) -> int:
+        config = self.config
+        return max([int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())])
+
+
+def parent_problems(parents: Sequence[Parent], base: ResolvedBase, task: str, spec: ComposeSpec) -> list[str]:
+    """Why these parents cannot be composed on ``base`` for ``task`` (one line each); empty when they can."""
+    problems = []
+    refs = [p.ref for p in parents]
+    for ref in sorted({r for r in refs if refs.count(r) > 1}):
+        asked = [p.asked for p in parents if p.ref == ref]
+        problems.append(
+            f"{' and '.join(asked)} are the same version {ref}; list it once with its total weight"
+        )
+    for p in parents:
+        fingerprint = p.tags.get(Tag.BASE_FINGERPRINT, "")
+        if fingerprint != base.fingerprint:
+            problems.append(
+                f"{p.ref} was trained on base {p.tags.get(Tag.BASE_ID, '?')!r} (fingerprint {fingerprint or '?'}), "
+                f"not on this recipe's base {base.identity!r} (fingerprint {base.fingerprint}): "
+                "LoRA updates only combine on the base they were trained on"
+            )
+        if p.tags.get(Tag.TASK) != task:
+            problems.append(f"{p.ref} is a {p.tags.get(Tag.TASK, '?')} adapter, not {task}")
+        config = p.config
+        if config.get("peft_type") != "LORA":
+            problems.append(
+                f"{p.ref} is a {p.tags.get(Tag.METHOD) or config.get('peft_type')} adapter (peft type "
+                f"{config.get('peft_type')}): composition (peft add_weighted_adapter) combines LoRA adapters only"
+            )
+        elif config.get("use_dora"):
+            problems.append(
+                f"{p.ref} uses DoRA: its magnitude vectors are not combined by add_weighted_adapter; "
+                "compose plain LoRA adapters"
+            )
+        if config.get("modules_to_save"):
+            problems.append(
+                f"{p.ref} trains whole modules ({config['modules_to_save']}), which cannot be combined"
+            )
+    if problems:
+        return problems
+    kind = spec.combination_type
+    ranks = {p.ref: p.rank() for p in parents}
+    if kind in SAME_RANK and (
+        len(set(ranks.values())) > 1 or any(p.config.get("rank_pattern") for p in parents)
+    ):
+        problems.append(
+            f"combination_type {kind} needs parents of one rank without rank_pattern, got ranks {ranks}; "
+            "use cat (ranks add up) or svd / an *_svd variant (re-factorised to svd_rank)"
+        )
+    kinds = {p.ref: "list" if isinstance(p.config.get("target_modules"), list) else "regex" for p in parents}
+    if len(set(kinds.values())) > 1:
+        problems.append(
+            f"parents give target_modules as a list and as a regex {kinds}; peft cannot combine the two"
+        )
+    return problems
+
+
+def compose_adapter(
+    parents: Sequence[Parent], base: ResolvedBase, task: str, spec: ComposeSpec
+) -> TrainedAdapter:
+    """Load ``base`` and every parent, combine them with ``spec`` into one adapter, drop the parents."""
+    problems = parent_problems(parents, base, task, spec)
+    if problems:
+        raise CompositionError("cannot compose these parents:\n" + "\n".join(f"- {p}" for p in problems))
+    if task != "causal_lm_sft":
+        raise CompositionError(f"composition of {task} adapters is not supported (heads cannot be averaged)")
+    names = [f"parent_{i}" for i in range(len(parents))]
+    model = PeftModel.from_pretrained(
+        load_base_model(base.path, task), str(parents[0].folder), adapter_name=names[0]
+    )
+    for name, parent in zip(names[1:], parents[1:], strict=True):
+        model.load_adapter(str(parent.folder), adapter_name=name)
+    seed_everything(spec.seed)  # DARE prunes at random
+    options: dict[str, Any] = {"density": spec.density}
+    if spec.combination_type in SIGNED:
+        options["majority_sign_method"] = spec.majority_sign_method or "total"
+    if spec.combination_type in SVD:
+        options.update(svd_rank=spec.svd_rank, svd_clamp=spec.svd_clamp)
+    model.add_weighted_adapter(
+        names, spec.weights, COMPOSED, combination_type=spec.combination_type, **options
+    )
+    model.set_adapter(COMPOSED)
+    for name in names:
+        model.delete_adapter(name)
+    # peft folds each parent's scaling into the combined factors and gives the result lora_alpha = r; with
+    # rsLoRA parents the copied use_rslora flag would rescale it by sqrt(r): the result's scaling is 1
+    model.peft_config[COMPOSED].use_rslora = False
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and COMPOSED in module.scaling:
+            module.scaling[COMPOSED] = 1.0
+    model.eval()
+    adapter_params = sum(p.numel() for n, p in model.named_parameters() if f".{COMPOSED}." in n)
+    total = sum(p.numel() for p in model.parameters())
+    return TrainedAdapter(
+        model,
+        load_tokenizer(base.path),
+        task,
+        base,
+        TrainResult(steps=0),
+        adapter_params,
+        total,
+        parents=[{"version": p.ref, "weight": p.weight} for p in parents],
+    )

@@ -1,0 +1,1 @@
+"""The compose stage of a composed recipe: registered LoRA adapters → one new adapter."""
