@@ -44,7 +44,8 @@ class Parent:
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads((self.folder / "adapter_config.json").read_text())  # type: ignore[no-any-return]
+        config: dict[str, Any] = json.loads((self.folder / "adapter_config.json").read_text())
+        return config
 
     def rank(self) -> int:
         config = self.config
@@ -133,7 +134,8 @@ def compose_adapter(
         model.delete_adapter(name)
     # peft folds each parent's scaling into the combined factors and gives the result lora_alpha = r; with
     # rsLoRA parents the copied use_rslora flag would rescale it by sqrt(r): the result's scaling is 1
-    model.peft_config[COMPOSED].use_rslora = False
+    config: Any = model.peft_config[COMPOSED]
+    config.use_rslora = False
     for module in model.modules():
         if isinstance(module, LoraLayer) and COMPOSED in module.scaling:
             module.scaling[COMPOSED] = 1.0

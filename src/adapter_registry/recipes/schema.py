@@ -328,7 +328,8 @@ class Recipe(Closed):
         except ValidationError as exc:
             if not extra:
                 raise
-            raise ValidationError.from_exception_data(cls.__name__, [*exc.errors(), *extra]) from None  # type: ignore[list-item]
+            errors: list[Any] = [*exc.errors(), *extra]
+            raise ValidationError.from_exception_data(cls.__name__, errors) from None
         if extra:
             raise ValidationError.from_exception_data(cls.__name__, extra)
         return recipe
@@ -336,11 +337,11 @@ class Recipe(Closed):
     @model_serializer(mode="wrap")
     def _dump_own_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Leave the absent kind's keys out, so that a trained recipe's dump (and hash) is what it always was."""
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         for key in KINDS:
             if isinstance(data, dict) and data.get(key, ...) is None:
                 del data[key]
-        return data  # type: ignore[no-any-return]
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:

@@ -22,7 +22,7 @@ from torch import nn
 from adapter_registry.bases.resolve import ResolvedBase
 from adapter_registry.methods import build_peft_config
 from adapter_registry.methods.quantization import quantization_config
-from adapter_registry.recipes.schema import Recipe
+from adapter_registry.recipes.schema import Recipe, TrainingSpec
 from adapter_registry.training.features import classification_features, sft_features, sorted_batches
 from adapter_registry.training.heads import (
     LinearProbe,
@@ -60,8 +60,15 @@ class TrainedAdapter:
         return self.trainable_params / max(self.total_params, 1)
 
 
+def training_of(recipe: Recipe) -> TrainingSpec:
+    """The recipe's training block; a composed recipe (``compose:``) has none and is not trained."""
+    if recipe.training is None:
+        raise ValueError(f"recipe {recipe.name!r} composes registered adapters (compose:); it is not trained")
+    return recipe.training
+
+
 def total_steps(recipe: Recipe, n_train: int) -> int:
-    t = recipe.training
+    t = training_of(recipe)
     if t.max_steps is not None:
         return t.max_steps
     assert t.epochs is not None
@@ -69,7 +76,7 @@ def total_steps(recipe: Recipe, n_train: int) -> int:
 
 
 def loop_config(recipe: Recipe, steps: int) -> LoopConfig:
-    t = recipe.training
+    t = training_of(recipe)
     return LoopConfig(
         max_steps=steps,
         batch_size=t.batch_size,
@@ -133,7 +140,7 @@ def train_causal_lm(
     run_key: str,
 ) -> TrainedAdapter:
     tokenizer = load_tokenizer(base.path)
-    max_length = recipe.training.max_length
+    max_length = training_of(recipe).max_length
     train_feats = sft_features(train_examples, tokenizer, max_length)
     val_feats = sft_features(val_examples, tokenizer, max_length)
     steps = total_steps(recipe, len(train_feats))
@@ -141,7 +148,7 @@ def train_causal_lm(
     model = load_base_model(base.path, recipe.task.type, quant)
     if quant is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    seed_everything(recipe.training.seed)
+    seed_everything(training_of(recipe).seed)
     model = get_peft_model(model, build_peft_config(recipe.method, recipe.task.type))
     result = train(
         model,
@@ -181,7 +188,7 @@ def train_classifier(
     unseen = sorted({e.label for e in val_examples} - set(index))
     if unseen:
         raise ValueError(f"validation labels never seen in training: {unseen[:5]}")
-    max_length = recipe.training.max_length
+    max_length = training_of(recipe).max_length
     train_feats = classification_features(
         [e.text for e in train_examples], [index[e.label] for e in train_examples], tokenizer, max_length
     )
@@ -198,7 +205,7 @@ def train_classifier(
         np.array([f["label"] for f in val_feats]),
         len(labels),
     )
-    seed_everything(recipe.training.seed)
+    seed_everything(training_of(recipe).seed)
     peft_encoder = get_peft_model(encoder, build_peft_config(recipe.method, task.type))
     model = PooledClassifier(peft_encoder, len(labels), pooling, labels)
     if task.head_init == "linear_probe":
