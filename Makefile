@@ -36,7 +36,9 @@ data: setup  ## regenerate the DVC-tracked demo datasets (a no-op when nothing c
 run: data  ## train, evaluate, merge and register every recipe in pipelines/
 	$(BIN)/kedro run
 
-test: setup  ## the whole suite, slow tests included
+test: setup  ## lint, type-check, then the whole suite (slow tests included)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-fast: setup

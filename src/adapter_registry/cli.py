@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -357,13 +356,17 @@ def pull(
 
 @app.command()
 def serve(
-    base: Annotated[str, typer.Option("--base", help="offline base (smollm2-135m-instruct) or a local model folder")],
+    base: Annotated[
+        str, typer.Option("--base", help="offline base (smollm2-135m-instruct) or a local model folder")
+    ],
     stage: Annotated[
         str, typer.Option("--stage", help="serve the version of each adapter that holds this stage")
     ] = "production",
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
-    poll_seconds: Annotated[float, typer.Option("--poll-seconds", help="how often the registry is re-read")] = 10.0,
+    poll_seconds: Annotated[
+        float, typer.Option("--poll-seconds", help="how often the registry is re-read")
+    ] = 10.0,
     tenants: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--tenants", help="tenant -> adapter YAML (default conf/base/tenants.yml)"),
@@ -373,8 +376,15 @@ def serve(
     from adapter_registry.serving.app import serve as run_server
 
     with _errors():
-        run_server(base, stage=stage, host=host, port=port, tracking_uri=_state["tracking_uri"],
-                   poll_seconds=poll_seconds, tenants_file=tenants)
+        run_server(
+            base,
+            stage=stage,
+            host=host,
+            port=port,
+            tracking_uri=_state["tracking_uri"],
+            poll_seconds=poll_seconds,
+            tenants_file=tenants,
+        )
 
 
 @app.command()
@@ -455,4 +465,4 @@ def main() -> None:
 cli = typer.main.get_group(typer.Typer(name="adapter-registry-kedro", add_completion=False))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -84,7 +84,9 @@ class MlflowRecipeHooks:
         metrics = [Metric("train_loss", loss, now, step) for step, loss in result.train_loss]
         metrics += [Metric("val_loss", loss, now, step) for step, loss in result.val_loss]
         client = mlflow.MlflowClient()
-        run_id = mlflow.active_run().info.run_id
+        active = mlflow.active_run()
+        assert active is not None  # before_node_run started it
+        run_id = active.info.run_id
         for start in range(0, len(metrics), 900):
             client.log_batch(run_id, metrics=metrics[start : start + 900])
         summary = result.summary()
@@ -124,8 +126,10 @@ class MlflowRecipeHooks:
 
     @hook_impl
     def after_pipeline_run(self, catalog: Any) -> None:
-        timings = {"total_seconds": round(time.perf_counter() - self._pipeline_started, 3),
-                   "nodes": self.node_seconds}
+        timings = {
+            "total_seconds": round(time.perf_counter() - self._pipeline_started, 3),
+            "nodes": self.node_seconds,
+        }
         out = Path(REPORTING_ROOT) / "run_timings.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(timings, indent=2))

@@ -41,7 +41,7 @@ class MergeReport:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     model.eval()
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
 
@@ -51,12 +51,12 @@ def _is_quantized(model: nn.Module) -> bool:
 
 
 def merge_adapter(
-    model: nn.Module,
-    copy_of_model: nn.Module,
+    model: Any,
+    copy_of_model: Any,
     features: Sequence[dict],
     pad_id: int,
     tolerance: float | None = None,
-) -> tuple[nn.Module, MergeReport]:
+) -> tuple[Any, MergeReport]:
     """Merge ``copy_of_model`` (the same adapter, loaded afresh from its saved folder: a deep copy of a
     bitsandbytes model loses its quantisation state) and check it against ``model``, which is left untouched.
 
@@ -92,8 +92,12 @@ def merge_adapter(
         report.passed = False
         raise MergeError(
             f"merge parity failed: max |logits(merged) - logits(adapter)| = {report.max_abs_diff:.3g} > {tol:g}"
-            + (" (merging re-quantises the base; on CPU, bitsandbytes' dequantisation does not match its 4-bit"
-               " forward: serve the adapter unmerged)" if quantized else "")
+            + (
+                " (merging re-quantises the base; on CPU, bitsandbytes' dequantisation does not match its 4-bit"
+                " forward: serve the adapter unmerged)"
+                if quantized
+                else ""
+            )
         )
     if report.diff_vs_base == 0.0:
         report.passed = False

@@ -108,7 +108,9 @@ def dataset_version(path: str | Path, repo_root: Path = Path(".")) -> DatasetVer
     if outside:  # data outside the project: no DVC record, but its md5 still pins it in the lineage
         if not Path(path).is_file():
             raise DataError(f"{path}: file not found")
-        return DatasetVersion(str(path), file_md5(Path(path)), tracked=False, lock_commit=None, matches_lock=False)
+        return DatasetVersion(
+            str(path), file_md5(Path(path)), tracked=False, lock_commit=None, matches_lock=False
+        )
     rel = _relative(path, root)
     file = root / rel
     if not file.is_file():

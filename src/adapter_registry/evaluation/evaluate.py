@@ -104,7 +104,7 @@ def causal_lm_losses(
 
 @torch.no_grad()
 def generate(
-    model: nn.Module,
+    model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
     max_new_tokens: int,
@@ -151,7 +151,8 @@ def evaluate_causal_lm(
     separator: str,
     max_length: int,
 ) -> EvaluationReport:
-    model, tokenizer = trained.model, trained.tokenizer
+    model: Any = trained.model
+    tokenizer = trained.tokenizer
     pad = tokenizer.pad_token_id
     feats = sft_features(test_examples, tokenizer, max_length)
     prompts = [e.prompt for e in test_examples]
@@ -203,9 +204,7 @@ def _general_features(tokenizer: Any, max_length: int) -> list[dict]:
 
 
 @torch.no_grad()
-def classifier_logits(
-    model: nn.Module, features: Sequence[dict], pad_id: int, batch_size: int = 64
-) -> np.ndarray:
+def classifier_logits(model: Any, features: Sequence[dict], pad_id: int, batch_size: int = 64) -> np.ndarray:
     model.eval()
     out = np.zeros((len(features), len(model.labels)), dtype=np.float32)
     for rows, batch in sorted_batches(features, batch_size, pad_id):
@@ -224,7 +223,8 @@ def evaluate_classifier(
 ) -> EvaluationReport:
     from sklearn.metrics import confusion_matrix
 
-    model, tokenizer, labels = trained.model, trained.tokenizer, trained.labels
+    model: Any = trained.model
+    tokenizer, labels = trained.tokenizer, trained.labels
     index = {label: i for i, label in enumerate(labels)}
     unseen = sorted({e.label for e in test_examples} - set(index))
     if unseen:

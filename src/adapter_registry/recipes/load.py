@@ -84,7 +84,7 @@ def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _describe(err: dict[str, Any], data: dict[str, Any]) -> tuple[tuple[str | int, ...], str]:
+def _describe(err: Any, data: dict[str, Any]) -> tuple[tuple[str | int, ...], str]:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     kind = err["type"]
     # pydantic puts the union tag ('lora', 'qlora', 'causal_lm_sft') into the location; drop it for the user

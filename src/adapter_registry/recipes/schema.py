@@ -122,6 +122,10 @@ class DataSpec(Closed):
     label_column: str = Field("label", description="classification: the column holding the label")
 
 
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "test")
+
+
 class ExtraExpectation(Closed):
     """One more GX expectation added to the format's default suite."""
 
@@ -132,9 +136,7 @@ class ExtraExpectation(Closed):
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="its arguments, e.g. {column: prompt, regex: '\\?$'}"
     )
-    splits: list[Literal["train", "validation", "test"]] = Field(
-        default_factory=lambda: ["train", "validation", "test"], description="splits it runs on"
-    )
+    splits: list[Split] = Field(default_factory=lambda: list(SPLITS), description="splits it runs on")
 
 
 class ExpectationsSpec(Closed):
@@ -214,7 +216,7 @@ class Gate(Closed):
         metric, op, threshold = match.groups()
         if metric not in METRICS:
             raise ValueError(f"gate {text!r} names unknown metric {metric!r}; known: {', '.join(METRICS)}")
-        return cls(metric=metric, op=op, threshold=float(threshold))  # type: ignore[arg-type]
+        return cls(metric=metric, op=op, threshold=float(threshold))
 
 
 class EvaluationSpec(Closed):

@@ -522,10 +522,10 @@ class AdapterStore:
                 sa.text("SELECT name, alias, version FROM registered_model_aliases")
             ):
                 aliases.setdefault((name, int(version)), []).append(alias)
-        out = []
+        out: list[AdapterVersion] = []
         for name, version, created, source, run_id, description in rows:
-            key = (name, int(version))
-            version_tags = tags[key]
+            ident = (name, int(version))
+            version_tags = tags[ident]
             out.append(
                 AdapterVersion(
                     name=name,
@@ -537,14 +537,15 @@ class AdapterStore:
                     source=source or "",
                     created=_created(created),
                     description=description or "",
-                    aliases=tuple(sorted(aliases.get(key, ()))),
+                    aliases=tuple(sorted(aliases.get(ident, ()))),
                 )
             )
         return out
 
     def list_models(self) -> list[str]:
         with self._mlflow("listing registered models"):
-            names, token = [], None
+            names: list[str] = []
+            token = None
             while True:
                 page = self._client.search_registered_models(max_results=1000, page_token=token)
                 names.extend(m.name for m in page)
@@ -589,7 +590,8 @@ class AdapterStore:
             experiment = self._client.get_experiment_by_name(AUDIT_EXPERIMENT)
             if experiment is None:
                 return []
-            out, token = [], None
+            out: list[Any] = []
+            token = None
             while True:
                 page = self._client.search_runs(
                     [experiment.experiment_id],
@@ -669,7 +671,7 @@ class AdapterStore:
         password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
         url = f"{self.tracking_uri.rstrip('/')}/api/2.0/mlflow/users/current"
         try:
-            response = requests.get(url, auth=(user, password) if user else None, timeout=10)
+            response = requests.get(url, auth=(user, password or "") if user else None, timeout=10)
         except requests.RequestException as exc:
             raise RegistryError(
                 "BACKEND", f"tracking server {self.tracking_uri!r} unreachable: {exc}"

@@ -64,7 +64,9 @@ def pool(
 class PooledClassifier(nn.Module):
     """encoder (possibly peft-wrapped) → pooling → linear head. ``forward`` returns an object with .loss/.logits."""
 
-    def __init__(self, encoder: nn.Module, num_labels: int, pooling: Pooling, labels: list[str]):
+    encoder: Any  # a transformers encoder, or the peft model wrapping it
+
+    def __init__(self, encoder: Any, num_labels: int, pooling: Pooling, labels: list[str]):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling

@@ -51,7 +51,7 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_adapter(model: nn.Module, folder: Path | str) -> Path:
+def save_adapter(model: Any, folder: Path | str) -> Path:
     """Write the adapter (and head) into ``folder``; returns it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
