@@ -97,7 +97,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--timings-only",
+        action="store_true",
+        help="keep the loop figures of the last results file; refresh the default run's timings",
+    )
     args = parser.parse_args()
+    if args.timings_only:
+        result = json.loads((RESULTS / "pipeline_bench.json").read_text())
+        result["default_run"] = node_shares(Path("data/08_reporting/run_timings.json"))
+        write(result, args.recipe, args.steps, args.repeats)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
@@ -125,13 +135,18 @@ def main() -> None:
         "runs": {"bare": bare, "pipeline": ours},
         "default_run": node_shares(Path("data/08_reporting/run_timings.json")),
     }
+    write(result, args.recipe, args.steps, args.repeats)
+
+
+def write(result: dict, recipe: str, steps: int, repeats: int) -> None:
+    """Print the tables and write benchmarks/results/pipeline_bench.{json,md}."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pipeline_bench.json").write_text(json.dumps(result, indent=2))
     run = result["default_run"]
     lines = [
         "# Pipeline benchmark",
         "",
-        f"Train-node throughput, {args.recipe}, batch {batch}, {args.steps} steps, best of {args.repeats}, "
+        f"Train-node throughput, {recipe}, batch {result['batch_size']}, {steps} steps, best of {repeats}, "
         f"{result['threads']} torch threads:",
         "",
         "| loop | tokens/s (real tokens) |",
