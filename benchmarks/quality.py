@@ -199,11 +199,18 @@ def default_recipe(args: argparse.Namespace, quick: bool) -> Any:
     }
     if quick:
         raw["training"].update(max_steps=6, eval_every=3)
+    for item in getattr(args, "recipe_set", None) or []:  # a proposed change, chosen on validation data
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[leaf] = yaml.safe_load(value)
     raw["evaluation"]["gates"] = []  # the recipe's help-desk gates are not this benchmark's goals
     return parse_recipe(raw, "pipelines/intent_router.yaml (data changed)")
 
 
-def run_recipe(recipe: Any, base: Any, data: LabelledData) -> Row:
+def run_recipe(recipe: Any, base: Any, data: LabelledData, changes: Sequence[str] = ()) -> Row:
     from adapter_registry.evaluation.evaluate import evaluate_adapter
     from adapter_registry.training.adapter import train_adapter
 
@@ -214,7 +221,8 @@ def run_recipe(recipe: Any, base: Any, data: LabelledData) -> Row:
     report = evaluate_adapter(trained, data.test, recipe.evaluation, recipe.training.max_length)
     m = report.metrics
     return Row(
-        "default classification recipe (intent_router.yaml: LP-FT, LoRA r=16, mean pooling)",
+        "default classification recipe (intent_router.yaml: LP-FT, LoRA r=16, mean pooling)"
+        + (f" with {', '.join(changes)}" if changes else ""),
         "argmax",
         m["accuracy"],
         m["accuracy_ci_low"],
@@ -330,11 +338,14 @@ def run_classification(args: argparse.Namespace, data: LabelledData) -> list[Row
             flush=True,
         )
     rows = []
-    for name, run in (
-        ("probe", lambda: run_probe(base, data, recipe.training.max_length)),
-        ("recipe", lambda: run_recipe(recipe, base, data)),
-        ("full_ft", lambda: run_full_ft(ft_model, base, data, budget_s, step_s, args.quick)),
-    ):
+    runs = {
+        "probe": lambda: run_probe(base, data, recipe.training.max_length),
+        "recipe": lambda: run_recipe(recipe, base, data, args.recipe_set),
+        "full_ft": lambda: run_full_ft(ft_model, base, data, budget_s, step_s, args.quick),
+    }
+    for name, run in runs.items():
+        if args.recipe_set and name != "recipe":
+            continue  # a proposed change of the recipe: only the recipe runs again
         load = load_now()
         print(f"[{time.strftime('%H:%M:%S')}] {name} ... (load {load})", flush=True)
         row = run()
@@ -409,6 +420,10 @@ def run_sft(args: argparse.Namespace, data: LabelledData) -> list[Row]:
     warning = check_budget("SFT", epoch_s, budget_s, error=False)
     eval_every = 5 if args.quick else 100
     steps = 10 if args.quick else int(0.97 * budget_s / (step_s + eval_s / eval_every))
+    if (
+        args.sft_max_steps
+    ):  # fixed steps (what the budget buys on an idle machine); the wall time is still shown
+        steps = args.sft_max_steps
     steps = min(steps, math.ceil(len(train_x) / recipe.training.batch_size))  # at most one epoch
     raw["training"].update(max_steps=steps, eval_every=eval_every, checkpoint_every=steps)
     recipe = parse_recipe(raw, "pipelines/acme_support_lora.yaml (data changed)")
@@ -458,7 +473,7 @@ def run_sft(args: argparse.Namespace, data: LabelledData) -> list[Row]:
                 ).argmax(1)
         acc, low, high, f1 = scored(y, pred)
         title = (
-            "SmolLM2 SFT recipe (acme_support_lora.yaml: LoRA r=16 all-linear, answer-only loss)"
+            f"SmolLM2 SFT recipe (acme_support_lora.yaml: LoRA r=16 all-linear, answer-only loss; {steps} steps)"
             if who == "adapter"
             else "SmolLM2 base, zero-shot (same prompts)"
         )
@@ -492,7 +507,6 @@ def goals(rows: dict[str, dict]) -> list[str]:
         )
 
     probe, recipe, ft = find("linear probe"), find("default classification"), find("full fine-tuning")
-    sft = find("SmolLM2 SFT", "exact match (greedy)")
     lines = []
     if recipe:
         ok = recipe["accuracy"] >= GOALS["recipe_accuracy"] and recipe["train_wall_s"] <= 600
@@ -510,11 +524,13 @@ def goals(rows: dict[str, dict]) -> list[str]:
         lines.append(
             f"no worse than full fine-tuning: {'MET' if ok else 'NOT MET'} ({(recipe['accuracy'] - ft['accuracy']) * 100:+.2f} points)"
         )
-    if sft:
+    for sft in rows.values():
+        if not sft["approach"].startswith("SmolLM2 SFT"):
+            continue
         ok = sft["accuracy"] >= GOALS["sft_exact_match"] and sft["train_wall_s"] <= 900
         lines.append(
-            f"SFT exact match >= 85% within 15 min: {'MET' if ok else 'NOT MET'} "
-            f"({sft['accuracy']:.2%} in {sft['train_wall_s'] / 60:.1f} min)"
+            f"SFT >= 85% within 15 min, {sft['scoring']}: {'MET' if ok else 'NOT MET'} "
+            f"({sft['accuracy']:.2%} after {sft['details']['steps']} steps, {sft['train_wall_s'] / 60:.1f} min)"
         )
     return lines
 
@@ -561,7 +577,12 @@ def write_results(
     payload["dataset"] = str(args.train)
     for row in rows:
         payload["rows"][f"{row.approach} / {row.scoring}"] = asdict(row)
-    payload["runs"][",".join(args.parts)] = {
+    payload["runs"][
+        " ".join(
+            [*args.parts, *args.recipe_set]
+            + ([f"sft_steps={args.sft_max_steps}"] if args.sft_max_steps else [])
+        )
+    ] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commit": git_state(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
@@ -611,6 +632,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sft-budget-minutes", type=float, default=15.0, help="training budget of the SFT recipe")
     p.add_argument(
         "--sft-test-per-class", type=int, default=5, help="SFT scoring subset (generation is slow)"
+    )
+    p.add_argument(
+        "--sft-max-steps", type=int, default=0, help="SFT steps instead of sizing them to the budget"
+    )
+    p.add_argument(
+        "--recipe-set",
+        action="append",
+        default=[],
+        help="classification: run only the recipe, with KEY=VALUE",
     )
     p.add_argument("--parts", nargs="+", choices=["classification", "sft"], default=["classification", "sft"])
     p.add_argument(
