@@ -90,3 +90,23 @@ def test_validate_stage_as_a_sliced_pipeline(tiny_bert: Path, intent_data: Path)
     assert set(examples) == {"train", "validation", "test"}
     assert len(examples["train"]) + len(examples["validation"]) == len(raw["train"])
     assert {e.label for e in examples["validation"]} == {e.label for e in examples["train"]}
+
+
+@pytest.mark.parametrize(
+    ("train_labels", "test_labels", "message"),
+    [
+        (["a", "a"], ["a"], r"the training split has a single class \['a'\]"),
+        (["a", "b"], ["a", "c"], r"test labels never seen in training: \['c'\] \(1 in all\)"),
+    ],
+)
+def test_label_sets_are_checked_before_training(
+    train_labels: list[str], test_labels: list[str], message: str
+) -> None:
+    from adapter_registry.pipelines.validate.nodes import check_label_sets
+
+    def rows(labels: list[str]) -> list[ClassificationExample]:
+        return [ClassificationExample(f"text {i}", label) for i, label in enumerate(labels)]
+
+    examples = {"train": rows(train_labels), "validation": rows(train_labels[:1]), "test": rows(test_labels)}
+    with pytest.raises(DataValidationError, match=message):
+        check_label_sets("r", examples)

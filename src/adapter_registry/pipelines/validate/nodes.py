@@ -103,4 +103,27 @@ def prepare_examples(
         examples["train"], examples["validation"] = carve_validation(
             examples["train"], data.validation_fraction, recipe.seed, key
         )
+    if data.format == "classification":
+        check_label_sets(recipe.name, examples)
     return examples
+
+
+def check_label_sets(recipe_name: str, examples: dict[str, list[Any]]) -> None:
+    """Refuse, before any training, a single-class training split or labels that training never saw."""
+    seen = {e.label for e in examples["train"]}
+    problems = []
+    if len(seen) < 2:
+        problems.append(
+            f"the training split has a single class {sorted(seen)}; classification needs >= 2 labels"
+        )
+    for split in ("validation", "test"):
+        unseen = sorted({e.label for e in examples[split]} - seen)
+        if unseen:
+            problems.append(
+                f"{split} labels never seen in training: {unseen[:5]} ({len(unseen)} in all); "
+                "drop those rows or add training examples"
+            )
+    if problems:
+        raise DataValidationError(
+            f"recipe {recipe_name!r}: nothing was trained or registered\n" + "\n".join(problems)
+        )
