@@ -21,7 +21,7 @@ from adapter_registry.pipelines.validate.nodes import (
 )
 from adapter_registry.pipelines.validate.pipeline import create_pipeline
 from adapter_registry.recipes import parse_recipe
-from conftest import classifier_recipe, write_jsonl
+from helpers import classifier_recipe, write_jsonl
 
 
 def _inputs(recipe: dict) -> tuple[dict, dict]:

@@ -24,8 +24,7 @@ from adapter_registry.registry.store import AdapterStore
 from adapter_registry.training.adapter import train_adapter
 from adapter_registry.training.features import classification_features, collate, sft_features
 from adapter_registry.training.models import load_adapter, save_adapter
-from conftest import classifier_recipe, sft_recipe, write_jsonl
-from training.test_training import splits
+from helpers import classifier_recipe, sft_recipe, splits, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

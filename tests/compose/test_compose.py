@@ -30,9 +30,8 @@ from adapter_registry.registry.store import AdapterStore
 from adapter_registry.training.adapter import train_adapter
 from adapter_registry.training.features import collate, sft_features
 from adapter_registry.training.models import load_adapter, load_tokenizer
-from conftest import _drop_overlap, build_tiny_llama, sft_recipe, support_rows, write_jsonl
+from helpers import _drop_overlap, build_tiny_llama, sft_recipe, splits, support_rows, write_jsonl
 from test_pipeline import kedro_run, make_project
-from training.test_training import splits
 
 PARENT_A, PARENT_B = "acme_lora", "globex_lora"
 

@@ -9,20 +9,13 @@ import pytest
 import torch
 
 from adapter_registry.bases.resolve import describe_folder
-from adapter_registry.data.formats import load_split
 from adapter_registry.recipes import parse_recipe
 from adapter_registry.training.adapter import size_warnings, train_adapter
 from adapter_registry.training.features import IGNORE, length_grouped_batches, sft_features
 from adapter_registry.training.heads import detect_pooling, fit_linear_probe
 from adapter_registry.training.loop import CHECKPOINT, LoopConfig, TrainResult, is_overfitting, train
 from adapter_registry.training.models import load_base_model, load_tokenizer
-from conftest import classifier_recipe, sft_recipe
-
-
-def splits(recipe: dict, names: tuple[str, ...] = ("train", "validation", "test")) -> list[list]:
-    data = recipe["data"]
-    template = recipe["task"].get("prompt_template", "### Request:\n{prompt}\n### Answer:\n")
-    return [load_split(data[n], data["format"], prompt_template=template) for n in names]
+from helpers import classifier_recipe, sft_recipe, splits
 
 
 def test_answer_only_loss_masks_the_prompt(tiny_llama: Path, sft_data: Path) -> None:
