@@ -127,6 +127,7 @@ def main() -> None:
     result = {
         "recipe": args.recipe,
         "steps": args.steps,
+        "repeats": args.repeats,
         "batch_size": batch,
         "threads": torch.get_num_threads(),
         "bare_tokens_per_s": round(max(bare), 1),
@@ -146,7 +147,8 @@ def write(result: dict, recipe: str, steps: int, repeats: int) -> None:
     lines = [
         "# Pipeline benchmark",
         "",
-        f"Train-node throughput, {recipe}, batch {result['batch_size']}, {steps} steps, best of {repeats}, "
+        f"Train-node throughput, {recipe}, batch {result['batch_size']}, {result['steps']} steps, "
+        f"best of {result.get('repeats', repeats)}, "
         f"{result['threads']} torch threads:",
         "",
         "| loop | tokens/s (real tokens) |",
