@@ -105,8 +105,13 @@ def test_md5_no_longer_matching_a_dvc_file(repo: Path) -> None:
 def test_missing_and_outside_files(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     with pytest.raises(DataError, match=r"data/gone\.jsonl: file not found; run `dvc pull data/gone\.jsonl`"):
         dataset_version("data/gone.jsonl", repo)
-    with pytest.raises(DataError, match="not inside the repository"):
-        dataset_version(tmp_path_factory.mktemp("elsewhere") / "x.jsonl", repo)
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    with pytest.raises(DataError, match=r"x\.jsonl: file not found"):
+        dataset_version(elsewhere / "x.jsonl", repo)
+    (elsewhere / "x.jsonl").write_text("a row\n")  # data outside the project: untracked, pinned by its md5
+    outside = dataset_version(elsewhere / "x.jsonl", repo)
+    assert (outside.tracked, outside.lock_commit, outside.path) == (False, None, str(elsewhere / "x.jsonl"))
+    assert outside.md5 == hashlib.md5(b"a row\n").hexdigest()
 
 
 def test_read_version_through_dvc_and_refuse_a_wrong_md5(repo: Path) -> None:
