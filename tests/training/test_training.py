@@ -156,3 +156,34 @@ def test_empty_training_split_is_refused(tiny_llama: Path, sft_data: Path) -> No
     recipe = parse_recipe(sft_recipe(tiny_llama, sft_data))
     with pytest.raises(ValueError, match="the training split is empty"):
         train_adapter(recipe, describe_folder(tiny_llama), [], [])
+
+
+@pytest.mark.parametrize(
+    ("method", "task"),
+    [
+        ({"type": "adalora", "init_r": 6, "target_r": 2}, "causal_lm_sft"),
+        ({"type": "lora_fa", "r": 4}, "causal_lm_sft"),
+        (
+            {"type": "adalora", "init_r": 6, "target_r": 2, "target_modules": ["query", "value"]},
+            "sequence_classification",
+        ),
+        ({"type": "ia3"}, "causal_lm_sft"),
+    ],
+)
+def test_methods_with_their_own_schedule_or_optimizer_train_through_the_pipeline(
+    method: dict, task: str, tiny_llama: Path, tiny_bert: Path, sft_data: Path, intent_data: Path
+) -> None:
+    """AdaLoRA needs total_steps and update_and_allocate every step; LoRA-FA its own optimizer (A frozen)."""
+    if task == "causal_lm_sft":
+        raw, base = sft_recipe(tiny_llama, sft_data, method=method, merge={"enabled": False}), tiny_llama
+    else:
+        raw, base = (
+            classifier_recipe(tiny_bert, intent_data, method=method, merge={"enabled": False}),
+            tiny_bert,
+        )
+    recipe = parse_recipe(raw)
+    train_examples, val_examples, _ = splits(raw)
+    trained = train_adapter(recipe, describe_folder(base), train_examples, val_examples)
+    assert trained.result.steps > 0 and np.isfinite(trained.result.train_loss[-1][1])
+    if method["type"] == "lora_fa":
+        assert not any(p.requires_grad for n, p in trained.model.named_parameters() if "lora_A" in n)

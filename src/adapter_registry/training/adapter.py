@@ -20,7 +20,7 @@ from peft import get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 
 from adapter_registry.bases.resolve import ResolvedBase
-from adapter_registry.methods import build_peft_config
+from adapter_registry.methods import build_peft_config, optimizer_for, step_callback
 from adapter_registry.methods.quantization import quantization_config
 from adapter_registry.recipes.schema import Recipe, TrainingSpec
 from adapter_registry.training.features import classification_features, sft_features, sorted_batches
@@ -149,13 +149,16 @@ def train_causal_lm(
     if quant is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     seed_everything(training_of(recipe).seed)
-    model = get_peft_model(model, build_peft_config(recipe.method, recipe.task.type))
+    model = get_peft_model(model, build_peft_config(recipe.method, recipe.task.type, total_steps=steps))
+    config = loop_config(recipe, steps)
     result = train(
         model,
         train_feats,
         val_feats,
-        loop_config(recipe, steps),
+        config,
         tokenizer.pad_token_id,
+        optimizer=optimizer_for(recipe.method, model, config.learning_rate, config.weight_decay),
+        on_step=step_callback(recipe.method, model),
         checkpoint_dir=checkpoint_dir,
         run_key=run_key,
     )
@@ -206,20 +209,31 @@ def train_classifier(
         len(labels),
     )
     seed_everything(training_of(recipe).seed)
-    peft_encoder = get_peft_model(encoder, build_peft_config(recipe.method, task.type))
+    steps = total_steps(recipe, len(train_feats))
+    peft_encoder = get_peft_model(encoder, build_peft_config(recipe.method, task.type, total_steps=steps))
     model = PooledClassifier(peft_encoder, len(labels), pooling, labels)
     if task.head_init == "linear_probe":
         with torch.no_grad():
             model.head.weight.copy_(torch.from_numpy(probe.weight))
             model.head.bias.copy_(torch.from_numpy(probe.bias))
-    steps = total_steps(recipe, len(train_feats))
+    config = loop_config(recipe, steps)
+    head = list(model.head.parameters())
     result = train(
         model,
         train_feats,
         val_feats,
-        loop_config(recipe, steps),
+        config,
         pad,
-        head_parameters=list(model.head.parameters()),
+        head_parameters=head,
+        optimizer=optimizer_for(
+            recipe.method,
+            peft_encoder,
+            config.learning_rate,
+            config.weight_decay,
+            head_parameters=head,
+            head_lr=config.head_learning_rate,
+        ),
+        on_step=step_callback(recipe.method, peft_encoder),
         checkpoint_dir=checkpoint_dir,
         run_key=run_key,
     )
