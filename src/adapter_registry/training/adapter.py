@@ -131,6 +131,30 @@ def pooled_features(
     return out
 
 
+def _train_with_method(
+    recipe: Recipe,
+    model: nn.Module,
+    peft_model: Any,
+    train_feats: Sequence[dict],
+    val_feats: Sequence[dict],
+    steps: int,
+    pad_id: int,
+    checkpoint_dir: Path | None,
+    run_key: str,
+    head: Sequence[nn.Parameter] = (),
+) -> TrainResult:
+    """The loop with what the method asks of it: its optimizer (LoRA-FA) and its per-step hook (AdaLoRA)."""
+    config = loop_config(recipe, steps)
+    optimizer = optimizer_for(
+        recipe.method, peft_model, config.learning_rate, config.weight_decay,
+        head_parameters=head, head_lr=config.head_learning_rate if head else None,
+    )  # fmt: skip
+    return train(
+        model, train_feats, val_feats, config, pad_id, head_parameters=head, optimizer=optimizer,
+        on_step=step_callback(recipe.method, peft_model), checkpoint_dir=checkpoint_dir, run_key=run_key,
+    )  # fmt: skip
+
+
 def train_causal_lm(
     recipe: Recipe,
     base: ResolvedBase,
@@ -150,17 +174,8 @@ def train_causal_lm(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     seed_everything(training_of(recipe).seed)
     model = get_peft_model(model, build_peft_config(recipe.method, recipe.task.type, total_steps=steps))
-    config = loop_config(recipe, steps)
-    result = train(
-        model,
-        train_feats,
-        val_feats,
-        config,
-        tokenizer.pad_token_id,
-        optimizer=optimizer_for(recipe.method, model, config.learning_rate, config.weight_decay),
-        on_step=step_callback(recipe.method, model),
-        checkpoint_dir=checkpoint_dir,
-        run_key=run_key,
+    result = _train_with_method(
+        recipe, model, model, train_feats, val_feats, steps, tokenizer.pad_token_id, checkpoint_dir, run_key
     )
     trainable, total = trainable_parameters(model)
     return TrainedAdapter(
@@ -216,26 +231,17 @@ def train_classifier(
         with torch.no_grad():
             model.head.weight.copy_(torch.from_numpy(probe.weight))
             model.head.bias.copy_(torch.from_numpy(probe.bias))
-    config = loop_config(recipe, steps)
-    head = list(model.head.parameters())
-    result = train(
+    result = _train_with_method(
+        recipe,
         model,
+        peft_encoder,
         train_feats,
         val_feats,
-        config,
+        steps,
         pad,
-        head_parameters=head,
-        optimizer=optimizer_for(
-            recipe.method,
-            peft_encoder,
-            config.learning_rate,
-            config.weight_decay,
-            head_parameters=head,
-            head_lr=config.head_learning_rate,
-        ),
-        on_step=step_callback(recipe.method, peft_encoder),
-        checkpoint_dir=checkpoint_dir,
-        run_key=run_key,
+        checkpoint_dir,
+        run_key,
+        head=list(model.head.parameters()),
     )
     trainable, total = trainable_parameters(model)
     return TrainedAdapter(
