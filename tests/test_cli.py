@@ -136,7 +136,18 @@ def test_promote_rollback_and_audit_through_the_cli(registered: AdapterStore, tm
 
 def test_the_cli_has_no_command_that_edits_history() -> None:
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert names == {"list", "show", "promote", "rollback", "audit", "lineage", "compat", "pull", "serve", "reproduce"}
+    assert names == {
+        "list",
+        "show",
+        "promote",
+        "rollback",
+        "audit",
+        "lineage",
+        "compat",
+        "pull",
+        "serve",
+        "reproduce",
+    }
 
 
 def test_lineage_forward_reverse_and_pictures(registered: AdapterStore, tmp_path: Path) -> None:

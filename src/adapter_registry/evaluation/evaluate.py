@@ -110,11 +110,18 @@ def generate(
     max_new_tokens: int,
     max_length: int,
     batch_size: int = 16,
+    choices: Sequence[str] | None = None,
 ) -> list[str]:
-    """Greedy answers, prompts left-padded in length-sorted batches."""
+    """Greedy answers, prompts left-padded in length-sorted batches.
+
+    With ``choices`` the decoding is constrained: each step may only extend a prefix of one of the choices (a
+    token trie, each choice closed by end-of-sequence), so every answer is one of them. It costs what greedy
+    decoding costs, unlike scoring every choice's likelihood.
+    """
     model.eval()
     ids = prompt_ids(prompts, tokenizer, max_length)
     pad = tokenizer.pad_token_id
+    allowed = None if choices is None else choice_trie(choices, tokenizer)
     answers = [""] * len(prompts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for idx in sequential_batches(len(order), batch_size):
@@ -122,10 +129,12 @@ def generate(
         width = max(len(ids[r]) for r in rows)
         input_ids = torch.tensor([[pad] * (width - len(ids[r])) + ids[r] for r in rows])
         mask = torch.tensor([[0] * (width - len(ids[r])) + [1] * len(ids[r]) for r in rows])
+        constrain = None if allowed is None else _allowed_tokens(*allowed, width)
         out = model.generate(
             input_ids=input_ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
+            prefix_allowed_tokens_fn=constrain,
             do_sample=False,
             pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
@@ -133,6 +142,28 @@ def generate(
         for r, row in zip(rows, out[:, width:], strict=True):
             answers[r] = tokenizer.decode(row, skip_special_tokens=True)
     return answers
+
+
+def choice_trie(choices: Sequence[str], tokenizer: Any) -> tuple[dict[tuple[int, ...], list[int]], int]:
+    """({generated prefix: allowed next tokens}, end-of-sequence id) for constrained decoding."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("constrained decoding needs a tokenizer with an end-of-sequence token")
+    nexts: dict[tuple[int, ...], set[int]] = {}
+    for choice in choices:
+        tokens = tokenizer(choice, add_special_tokens=False)["input_ids"] + [eos]
+        for i, token in enumerate(tokens):
+            nexts.setdefault(tuple(tokens[:i]), set()).add(token)
+    return {prefix: sorted(tokens) for prefix, tokens in nexts.items()}, eos
+
+
+def _allowed_tokens(trie: dict[tuple[int, ...], list[int]], eos: int, width: int) -> Any:
+    """``prefix_allowed_tokens_fn`` for prompts left-padded to ``width``: the trie's next tokens, else EOS."""
+
+    def allowed(_: int, sequence: torch.Tensor) -> list[int]:
+        return trie.get(tuple(sequence[width:].tolist()), [eos])
+
+    return allowed
 
 
 def answer_key(text: str, separator: str) -> str:
@@ -157,6 +188,15 @@ def evaluate_causal_lm(
     feats = sft_features(test_examples, tokenizer, max_length)
     prompts = [e.prompt for e in test_examples]
     gold = [answer_key(e.answer, separator) for e in test_examples]
+    choices, max_new_tokens = None, spec.max_new_tokens
+    if spec.decoding == "constrained":
+        if not trained.labels:
+            raise ValueError(
+                "constrained decoding needs the answers seen in training (trained.labels is empty)"
+            )
+        choices = trained.labels
+        longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in choices)
+        max_new_tokens = max(max_new_tokens, longest + 1)  # room for the longest answer and its end
     n = spec.bootstrap_samples
     scores: dict[str, dict[str, float]] = {"adapter": {}, "base": {}}
     outputs: dict[str, list[str]] = {}
@@ -164,7 +204,9 @@ def evaluate_causal_lm(
         context = model.disable_adapter() if who == "base" else nullcontext()
         with context:
             if "exact_match" in spec.metrics:
-                outputs[who] = generate(model, tokenizer, prompts, spec.max_new_tokens, max_length)
+                outputs[who] = generate(
+                    model, tokenizer, prompts, max_new_tokens, max_length, choices=choices
+                )
                 hits = np.array(
                     [answer_key(o, separator) == g for o, g in zip(outputs[who], gold, strict=True)]
                 )
@@ -187,7 +229,8 @@ def evaluate_causal_lm(
     return _report(
         spec,
         scores,
-        "the base model itself (adapter disabled, same prompts and decoding)",
+        "the base model itself (adapter disabled, same prompts and decoding"
+        + (", constrained to the training answers)" if choices else ")"),
         len(feats),
         {
             "general_loss_base": float(forgetting_base.mean()),

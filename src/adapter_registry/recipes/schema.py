@@ -229,6 +229,13 @@ class EvaluationSpec(Closed):
     must_beat_base: bool = Field(True, description="the adapter's task metric must beat the base's")
     max_test_rows: int | None = Field(None, ge=1, description="score at most this many test rows")
     max_new_tokens: int = Field(24, ge=1, le=512, description="causal LM: tokens generated per answer")
+    decoding: Literal["greedy", "constrained"] = Field(
+        "greedy",
+        description=(
+            "causal LM: 'greedy' generates freely; 'constrained' (a closed label set) lets each step extend "
+            "only an answer seen in training (the text before answer_field_separator), so every answer is a label"
+        ),
+    )
     bootstrap_samples: int = Field(1000, ge=0, description="resamples for 95% intervals; 0: none")
 
     @field_validator("gates", mode="before")
@@ -360,6 +367,13 @@ class Recipe(Closed):
         wrong = [m for m in self.evaluation.metrics if m not in allowed]
         if wrong:
             raise ValueError(f"evaluation.metrics {wrong} do not apply to {task}; use {sorted(allowed)}")
+        if self.evaluation.decoding == "constrained" and (
+            task != "causal_lm_sft" or self.compose is not None
+        ):
+            raise ValueError(
+                "evaluation.decoding: constrained chooses among the answers seen in training: it applies to "
+                "trained causal_lm_sft recipes only; remove it"
+            )
         if self.compose is not None:
             if task != "causal_lm_sft":
                 raise ValueError(

@@ -186,8 +186,18 @@ def train_causal_lm(
         result,
         trainable,
         total,
+        labels=answer_labels(recipe, train_examples),
         warnings=size_warnings(len(train_feats)),
     )
+
+
+def answer_labels(recipe: Recipe, examples: Sequence[Any]) -> list[str]:
+    """The closed answer set constrained decoding chooses from: each training answer's text before the separator."""
+    if recipe.evaluation.decoding != "constrained" or recipe.task.type != "causal_lm_sft":
+        return []
+    separator = recipe.task.answer_field_separator
+    keys = {(e.answer.split(separator, 1)[0] if separator.strip() else e.answer).strip() for e in examples}
+    return sorted(k for k in keys if k)
 
 
 def train_classifier(
