@@ -187,3 +187,31 @@ def test_methods_with_their_own_schedule_or_optimizer_train_through_the_pipeline
     assert trained.result.steps > 0 and np.isfinite(trained.result.train_loss[-1][1])
     if method["type"] == "lora_fa":
         assert not any(p.requires_grad for n, p in trained.model.named_parameters() if "lora_A" in n)
+
+
+def test_answer_only_loss_equals_the_models_own_loss_and_gradients(tiny_llama: Path, sft_data: Path) -> None:
+    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+
+    from adapter_registry.training.features import collate
+    from adapter_registry.training.models import answer_only_loss_fn
+
+    tokenizer = load_tokenizer(tiny_llama)
+    train_examples, *_ = splits(sft_recipe(tiny_llama, sft_data))
+    batch = collate(sft_features(train_examples[:6], tokenizer, 64), tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = get_peft_model(load_base_model(tiny_llama, "causal_lm_sft"), LoraConfig(r=4, init_lora_weights=False))
+    loss_fn = answer_only_loss_fn(model)
+    assert loss_fn is not None
+    grads = []
+    for compute in (lambda: model(**batch).loss, lambda: loss_fn(model, batch)):
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        grads.append((float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    prefix = get_peft_model(
+        load_base_model(tiny_llama, "causal_lm_sft"), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)
+    )
+    assert answer_only_loss_fn(prefix) is None  # virtual tokens: the model's own forward is needed

@@ -32,7 +32,12 @@ from adapter_registry.training.heads import (
     pool,
 )
 from adapter_registry.training.loop import LoopConfig, TrainResult, seed_everything, train
-from adapter_registry.training.models import load_base_model, load_tokenizer, trainable_parameters
+from adapter_registry.training.models import (
+    answer_only_loss_fn,
+    load_base_model,
+    load_tokenizer,
+    trainable_parameters,
+)
 
 MIN_EXAMPLES = 500
 MIN_PER_CLASS = 10
@@ -142,6 +147,7 @@ def _train_with_method(
     checkpoint_dir: Path | None,
     run_key: str,
     head: Sequence[nn.Parameter] = (),
+    loss_fn: Any = None,
 ) -> TrainResult:
     """The loop with what the method asks of it: its optimizer (LoRA-FA) and its per-step hook (AdaLoRA)."""
     config = loop_config(recipe, steps)
@@ -152,6 +158,7 @@ def _train_with_method(
     return train(
         model, train_feats, val_feats, config, pad_id, head_parameters=head, optimizer=optimizer,
         on_step=step_callback(recipe.method, peft_model), checkpoint_dir=checkpoint_dir, run_key=run_key,
+        loss_fn=loss_fn,
     )  # fmt: skip
 
 
@@ -175,8 +182,9 @@ def train_causal_lm(
     seed_everything(training_of(recipe).seed)
     model = get_peft_model(model, build_peft_config(recipe.method, recipe.task.type, total_steps=steps))
     result = _train_with_method(
-        recipe, model, model, train_feats, val_feats, steps, tokenizer.pad_token_id, checkpoint_dir, run_key
-    )
+        recipe, model, model, train_feats, val_feats, steps, tokenizer.pad_token_id, checkpoint_dir, run_key,
+        loss_fn=answer_only_loss_fn(model),
+    )  # fmt: skip
     trainable, total = trainable_parameters(model)
     return TrainedAdapter(
         model,

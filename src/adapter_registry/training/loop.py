@@ -89,16 +89,31 @@ def lr_lambda(config: LoopConfig) -> Callable[[int], float]:
     return factor
 
 
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def model_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own loss (its forward with labels)."""
+    return model(**batch).loss
+
+
 @torch.no_grad()
-def mean_loss(model: nn.Module, features: Sequence[Feature], batch_size: int, pad_id: int) -> float:
+def mean_loss(
+    model: nn.Module,
+    features: Sequence[Feature],
+    batch_size: int,
+    pad_id: int,
+    loss_fn: LossFn | None = None,
+) -> float:
     """Mean loss over ``features`` (token-weighted for causal LMs, row-weighted for classification)."""
     model.eval()
+    loss_fn = loss_fn or model_loss
     total, weight = 0.0, 0
     for rows, batch in sorted_batches(features, batch_size, pad_id):
-        out = model(**batch)
+        loss = loss_fn(model, batch)
         labels = batch["labels"]
         n = int((labels[:, 1:] != -100).sum()) if labels.dim() == 2 else len(rows)
-        total += float(out.loss) * n
+        total += float(loss) * n
         weight += n
     return total / max(weight, 1)
 
@@ -125,13 +140,16 @@ def train(
     on_step: Callable[[int], None] | None = None,
     checkpoint_dir: Path | None = None,
     run_key: str = "",
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters; the best validation state is restored at the end.
 
     ``head_parameters`` train at ``head_learning_rate``. ``on_step(step)`` runs after each optimiser step
     (AdaLoRA's rank allocation). With ``checkpoint_dir``, a checkpoint is written every ``checkpoint_every``
-    steps and an interrupted run with the same ``run_key`` resumes from it.
+    steps and an interrupted run with the same ``run_key`` resumes from it. ``loss_fn(model, batch)`` replaces
+    the model's own loss (``models.answer_only_loss_fn``).
     """
+    loss_fn = loss_fn or model_loss
     seed_everything(config.seed)
     head_ids = {id(p) for p in head_parameters}
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
@@ -164,7 +182,7 @@ def train(
     model.train()
     for step in range(start + 1, config.max_steps + 1):
         batch = collate([train_features[i] for i in next(stream)], pad_id)
-        loss = model(**batch).loss
+        loss = loss_fn(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(
             [p for g in optimizer.param_groups for p in g["params"]], config.max_grad_norm
@@ -178,7 +196,7 @@ def train(
         result.tokens += int(batch["attention_mask"].sum())
         result.train_loss.append((step, loss.item()))
         if val_features and (step % config.eval_every == 0 or step == config.max_steps):
-            val = mean_loss(model, val_features, config.batch_size * 2, pad_id)
+            val = mean_loss(model, val_features, config.batch_size * 2, pad_id, loss_fn)
             model.train()
             result.val_loss.append((step, val))
             if val < result.best_val_loss:
