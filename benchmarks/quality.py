@@ -10,8 +10,9 @@ In one process, on the same rows: (a) a linear probe (frozen mean-pooled feature
 on a stratified validation split carved from train), (b) the project's default classification recipe
 (``pipelines/intent_router.yaml`` with only the data changed, trained and scored by the project's own functions),
 (c) textbook full fine-tuning of the same base under the same time budget, (d) the SmolLM2 SFT recipe
-(``pipelines/acme_support_lora.yaml``: request -> intent name, answer-only loss) scored by greedy exact match and
-by label scoring over the known label set. Hyper-parameters are chosen on validation data only; each model
+(``pipelines/acme_support_lora.yaml``: request -> intent name, answer-only loss, steps sized to the budget, at most
+three epochs) scored by exact match with greedy decoding, with the recipe's constrained decoding (a token trie of
+the training answers) and by label scoring over the known label set. Hyper-parameters are chosen on validation data only; each model
 touches the test split once. Results: ``benchmarks/results/quality.{json,md}`` (rows of earlier invocations with
 other ``--parts`` are kept) and an MLflow run in ``benchmarks/results/mlflow.db``.
 """
@@ -97,12 +98,16 @@ def seconds_per_step(
     """Forward + backward time of one training batch (one warm-up, then the mean of ``steps``); weights unchanged."""
     from adapter_registry.training.features import collate, length_grouped_batches
 
+    from adapter_registry.training.loop import model_loss
+    from adapter_registry.training.models import answer_only_loss_fn
+
+    loss_fn = (answer_only_loss_fn(model) if "labels" in feats[0] else None) or model_loss  # as the loop does
     batches = length_grouped_batches([len(f["input_ids"]) for f in feats], batch_size, seed=1, epoch=0)
     model.train()
     times = []
     for i, idx in enumerate(batches[: steps + 1]):
         start = time.perf_counter()
-        model(**collate([feats[j] for j in idx], pad)).loss.backward()
+        loss_fn(model, collate([feats[j] for j in idx], pad)).backward()
         if i:
             times.append(time.perf_counter() - start)
     model.zero_grad(set_to_none=True)
@@ -424,7 +429,7 @@ def run_sft(args: argparse.Namespace, data: LabelledData) -> list[Row]:
         args.sft_max_steps
     ):  # fixed steps (what the budget buys on an idle machine); the wall time is still shown
         steps = args.sft_max_steps
-    steps = min(steps, math.ceil(len(train_x) / recipe.training.batch_size))  # at most one epoch
+    steps = min(steps, 3 * math.ceil(len(train_x) / recipe.training.batch_size))  # at most three epochs
     raw["training"].update(max_steps=steps, eval_every=eval_every, checkpoint_every=steps)
     recipe = parse_recipe(raw, "pipelines/acme_support_lora.yaml (data changed)")
 
@@ -453,18 +458,23 @@ def run_sft(args: argparse.Namespace, data: LabelledData) -> list[Row]:
     model = trained.model
     for who, scoring in (
         ("adapter", "exact match (greedy)"),
+        ("adapter", "exact match (constrained: the recipe's decoding)"),
         ("adapter", "label scoring"),
         ("base", "exact match (greedy)"),
+        ("base", "exact match (constrained: the recipe's decoding)"),
     ):
         if who == "base" and args.quick is False and args.skip_base:
+            continue
+        if scoring == "label scoring" and args.skip_label_scoring:
             continue
         start = time.perf_counter()
         context = model.disable_adapter() if who == "base" else torch.no_grad()
         with context:
             if scoring.startswith("exact"):
                 outputs = generate(
-                    model, tokenizer, prompts, recipe.evaluation.max_new_tokens, recipe.training.max_length
-                )
+                    model, tokenizer, prompts, recipe.evaluation.max_new_tokens, recipe.training.max_length,
+                    choices=label_names if "constrained" in scoring else None,
+                )  # fmt: skip
                 keys = [answer_key(o, sep) for o in outputs]
                 pred = np.array([index.get(k, -1) for k in keys])  # -1: not a known label
             else:
@@ -647,6 +657,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--allow-partial-epoch", action="store_true", help="a budget below one epoch warns, not fails"
     )
     p.add_argument("--skip-base", action="store_true", help="SFT: do not score the base model zero-shot")
+    p.add_argument(
+        "--skip-label-scoring", action="store_true", help="SFT: no label-scoring row (it scores every label)"
+    )
     p.add_argument("--quick", action="store_true", help="6 classes, a few hundred rows, a few steps")
     p.add_argument(
         "--threads",
