@@ -215,3 +215,24 @@ def test_answer_only_loss_equals_the_models_own_loss_and_gradients(tiny_llama: P
         load_base_model(tiny_llama, "causal_lm_sft"), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)
     )
     assert answer_only_loss_fn(prefix) is None  # virtual tokens: the model's own forward is needed
+
+
+def test_refit_trains_again_on_train_and_validation_for_the_selected_epochs(
+    tiny_bert: Path, intent_data: Path
+) -> None:
+    raw = classifier_recipe(tiny_bert, intent_data)
+    raw["training"] = {**raw["training"], "epochs": 2, "early_stopping_patience": None}
+    train_x, val_x = splits(raw, ("train", "validation"))
+    base = describe_folder(tiny_bert)
+    once = train_adapter(parse_recipe(raw), base, train_x, val_x)
+    raw["training"]["refit"] = True
+    refitted = train_adapter(parse_recipe(raw), base, train_x, val_x)
+    selected = refitted.result.best_step
+    assert selected == once.result.best_step  # the selecting run is the same run
+    assert refitted.result.refit_steps == -(-selected * (len(train_x) + len(val_x)) // len(train_x))
+    assert refitted.result.tokens > once.result.tokens
+    head_once, head_refit = once.model.head.weight, refitted.model.head.weight
+    assert not torch.allclose(head_once, head_refit)  # another model: trained on more rows
+    assert refitted.probe is not None and once.probe is not None
+    assert refitted.probe.C == once.probe.C  # C chosen on validation, then fitted on train + validation
+    assert not np.allclose(refitted.probe.weight, once.probe.weight)

@@ -175,6 +175,13 @@ class TrainingSpec(Closed):
         3, ge=1, description="stop after this many checks without a better validation loss; null: never"
     )
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+    refit: bool = Field(
+        False,
+        description=(
+            "classification: once the validation split has picked the best step, train again from the start on "
+            "train + validation for as many epochs (no data is left out of the final adapter; costs a second run)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:

@@ -234,33 +234,55 @@ def train_classifier(
     pooling = detect_pooling(base.path, task.pooling)
     encoder = load_base_model(base.path, task.type)
     pad = tokenizer.pad_token_id
-    probe = fit_linear_probe(
+    train_x, val_x = (
         pooled_features(encoder, train_feats, pad, pooling),
-        np.array([f["label"] for f in train_feats]),
         pooled_features(encoder, val_feats, pad, pooling),
-        np.array([f["label"] for f in val_feats]),
-        len(labels),
     )
-    seed_everything(training_of(recipe).seed)
+    train_y, val_y = np.array([f["label"] for f in train_feats]), np.array([f["label"] for f in val_feats])
+    probe = fit_linear_probe(train_x, train_y, val_x, val_y, len(labels))
+
+    def fit(
+        encoder: nn.Module,
+        head: LinearProbe,
+        feats: Sequence[dict],
+        val: Sequence[dict],
+        steps: int,
+        folder: Path | None,
+        key: str,
+    ) -> tuple[PooledClassifier, TrainResult]:
+        seed_everything(training_of(recipe).seed)
+        peft_encoder = get_peft_model(encoder, build_peft_config(recipe.method, task.type, total_steps=steps))
+        model = PooledClassifier(peft_encoder, len(labels), pooling, labels)
+        if task.head_init == "linear_probe":
+            with torch.no_grad():
+                model.head.weight.copy_(torch.from_numpy(head.weight))
+                model.head.bias.copy_(torch.from_numpy(head.bias))
+        result = _train_with_method(
+            recipe, model, peft_encoder, feats, val, steps, pad, folder, key,
+            head=list(model.head.parameters()),
+        )  # fmt: skip
+        return model, result
+
     steps = total_steps(recipe, len(train_feats))
-    peft_encoder = get_peft_model(encoder, build_peft_config(recipe.method, task.type, total_steps=steps))
-    model = PooledClassifier(peft_encoder, len(labels), pooling, labels)
-    if task.head_init == "linear_probe":
-        with torch.no_grad():
-            model.head.weight.copy_(torch.from_numpy(probe.weight))
-            model.head.bias.copy_(torch.from_numpy(probe.bias))
-    result = _train_with_method(
-        recipe,
-        model,
-        peft_encoder,
-        train_feats,
-        val_feats,
-        steps,
-        pad,
-        checkpoint_dir,
-        run_key,
-        head=list(model.head.parameters()),
-    )
+    model, result = fit(encoder, probe, train_feats, val_feats, steps, checkpoint_dir, run_key)
+    if training_of(recipe).refit and val_feats:
+        # as many epochs as the selected step reached, on train + validation, from a probe fitted on both
+        every = train_feats + val_feats
+        refit_steps = max(1, math.ceil(result.best_step * len(every) / len(train_feats)))
+        head = fit_linear_probe(
+            np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]), val_x, val_y, len(labels),
+            cs=(probe.C,),
+        )  # fmt: skip
+        encoder = load_base_model(base.path, task.type)
+        folder = checkpoint_dir / "refit" if checkpoint_dir else None
+        model, refit = fit(encoder, head, every, [], refit_steps, folder, f"{run_key}:refit")
+        head.validation_accuracy, head.candidates = probe.validation_accuracy, probe.candidates
+        probe = head  # the baseline saw the same rows as the adapter
+        result.refit_steps, result.tokens, result.wall_s = (
+            refit.steps,
+            result.tokens + refit.tokens,
+            result.wall_s + refit.wall_s,
+        )
     trainable, total = trainable_parameters(model)
     return TrainedAdapter(
         model,

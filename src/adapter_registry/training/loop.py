@@ -53,6 +53,8 @@ class TrainResult:
     tokens: int = 0
     wall_s: float = 0.0
     resumed_from: int = 0
+    # refit: the steps of the second run on train + validation (curves above are the selecting run's)
+    refit_steps: int = 0
 
     @property
     def tokens_per_s(self) -> float:
