@@ -207,7 +207,7 @@ def test_answer_only_loss_equals_the_models_own_loss_and_gradients(tiny_llama: P
         model.zero_grad()
         loss = compute()
         loss.backward()
-        grads.append((float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        grads.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
     assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
     for a, b in zip(grads[0][1], grads[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
