@@ -199,7 +199,9 @@ def test_answer_only_loss_equals_the_models_own_loss_and_gradients(tiny_llama: P
     train_examples, *_ = splits(sft_recipe(tiny_llama, sft_data))
     batch = collate(sft_features(train_examples[:6], tokenizer, 64), tokenizer.pad_token_id)
     torch.manual_seed(0)
-    model = get_peft_model(load_base_model(tiny_llama, "causal_lm_sft"), LoraConfig(r=4, init_lora_weights=False))
+    model = get_peft_model(
+        load_base_model(tiny_llama, "causal_lm_sft"), LoraConfig(r=4, init_lora_weights=False)
+    )
     loss_fn = answer_only_loss_fn(model)
     assert loss_fn is not None
     grads = []
@@ -212,7 +214,8 @@ def test_answer_only_loss_equals_the_models_own_loss_and_gradients(tiny_llama: P
     for a, b in zip(grads[0][1], grads[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     prefix = get_peft_model(
-        load_base_model(tiny_llama, "causal_lm_sft"), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)
+        load_base_model(tiny_llama, "causal_lm_sft"),
+        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
     )
     assert answer_only_loss_fn(prefix) is None  # virtual tokens: the model's own forward is needed
 
@@ -236,3 +239,31 @@ def test_refit_trains_again_on_train_and_validation_for_the_selected_epochs(
     assert refitted.probe is not None and once.probe is not None
     assert refitted.probe.C == once.probe.C  # C chosen on validation, then fitted on train + validation
     assert not np.allclose(refitted.probe.weight, once.probe.weight)
+
+
+def test_qlora_gradients_are_the_same_after_an_evaluation_pass(tiny_llama: Path) -> None:
+    """bitsandbytes must not repack 4-bit weights for CPU inference in the middle of training."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
+    model = prepare_model_for_kbit_training(
+        load_base_model(tiny_llama, "causal_lm_sft", quant), use_gradient_checkpointing=False
+    )
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    ids = torch.randint(0, 200, (2, 9))
+
+    def grads() -> list[torch.Tensor]:
+        model.train()
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    before = grads()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # a validation pass
+    for a, b in zip(before, grads(), strict=True):
+        torch.testing.assert_close(a, b)

@@ -32,10 +32,25 @@ def load_base_model(base_path: Path | str, task: str, quantization: Any = None) 
         model = AutoModelForCausalLM.from_pretrained(
             str(base_path), dtype=torch.float32, quantization_config=quantization
         )
+        _keep_4bit_weights_trainable(model)
     else:
         model = AutoModel.from_pretrained(str(base_path), dtype=torch.float32)
     model.eval()
     return model
+
+
+def _keep_4bit_weights_trainable(model: nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference on the first eval-mode forward.
+
+    On an AVX512-BF16 CPU, bitsandbytes 0.50 converts a ``Linear4bit`` weight to a CPU-only packed layout the
+    first time it runs in eval mode without gradients, and never converts it back. A validation pass in the
+    middle of QLoRA training then leaves every later step going through a kernel with no autograd (PyTorch
+    warns "an autograd kernel was not registered ... silently incorrect"), and merging dequantises the packed
+    data as if it were not packed. The standard layout serves training, evaluation and merging alike.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
