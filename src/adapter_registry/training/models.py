@@ -50,7 +50,7 @@ def _keep_4bit_weights_trainable(model: nn.Module) -> None:
     """
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+            setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010 (a bitsandbytes attribute)
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
