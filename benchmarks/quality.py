@@ -97,7 +97,6 @@ def seconds_per_step(
 ) -> float:
     """Forward + backward time of one training batch (one warm-up, then the mean of ``steps``); weights unchanged."""
     from adapter_registry.training.features import collate, length_grouped_batches
-
     from adapter_registry.training.loop import model_loss
     from adapter_registry.training.models import answer_only_loss_fn
 
