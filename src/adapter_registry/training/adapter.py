@@ -203,8 +203,8 @@ def answer_labels(recipe: Recipe, examples: Sequence[Any]) -> list[str]:
     """The closed answer set constrained decoding chooses from: each training answer's text before the separator."""
     if recipe.evaluation.decoding != "constrained" or recipe.task.type != "causal_lm_sft":
         return []
-    separator = recipe.task.answer_field_separator
-    keys = {(e.answer.split(separator, 1)[0] if separator.strip() else e.answer).strip() for e in examples}
+    separator = recipe.task.answer_field_separator.strip()  # split as evaluation.answer_key splits
+    keys = {(e.answer.split(separator, 1)[0] if separator else e.answer).strip() for e in examples}
     return sorted(k for k in keys if k)
 
 
