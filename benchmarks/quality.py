@@ -141,7 +141,7 @@ def run_probe(base: Any, data: LabelledData, max_length: int, refit: bool = Fals
     """
     from adapter_registry.training.adapter import pooled_features
     from adapter_registry.training.features import classification_features
-    from adapter_registry.training.heads import detect_pooling, fit_linear_probe
+    from adapter_registry.training.heads import detect_pooling, fit_linear_probe, refit_linear_probe
     from adapter_registry.training.models import load_base_model, load_tokenizer, trainable_parameters
 
     index = {label: i for i, label in enumerate(data.labels)}
@@ -170,16 +170,10 @@ def run_probe(base: Any, data: LabelledData, max_length: int, refit: bool = Fals
         len(data.labels),
     )
     if refit:
-        chosen = probe
-        probe = fit_linear_probe(
-            np.concatenate([train_x, val_x]),
-            np.array([f["label"] for f in train_f + val_f]),
-            val_x,
-            np.array([f["label"] for f in val_f]),
+        probe = refit_linear_probe(
+            probe, train_x, np.array([f["label"] for f in train_f]), val_x, np.array([f["label"] for f in val_f]),
             len(data.labels),
-            cs=(chosen.C,),
-        )
-        probe.candidates = chosen.candidates
+        )  # fmt: skip
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     y = np.array([f["label"] for f in test_f])

@@ -30,6 +30,7 @@ from adapter_registry.training.heads import (
     detect_pooling,
     fit_linear_probe,
     pool,
+    refit_linear_probe,
 )
 from adapter_registry.training.loop import LoopConfig, TrainResult, seed_everything, train
 from adapter_registry.training.models import (
@@ -269,15 +270,12 @@ def train_classifier(
         # as many epochs as the selected step reached, on train + validation, from a probe fitted on both
         every = train_feats + val_feats
         refit_steps = max(1, math.ceil(result.best_step * len(every) / len(train_feats)))
-        head = fit_linear_probe(
-            np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]), val_x, val_y, len(labels),
-            cs=(probe.C,),
-        )  # fmt: skip
+        probe = refit_linear_probe(
+            probe, train_x, train_y, val_x, val_y, len(labels)
+        )  # same rows as the adapter
         encoder = load_base_model(base.path, task.type)
         folder = checkpoint_dir / "refit" if checkpoint_dir else None
-        model, refit = fit(encoder, head, every, [], refit_steps, folder, f"{run_key}:refit")
-        head.validation_accuracy, head.candidates = probe.validation_accuracy, probe.candidates
-        probe = head  # the baseline saw the same rows as the adapter
+        model, refit = fit(encoder, probe, every, [], refit_steps, folder, f"{run_key}:refit")
         result.refit_steps, result.tokens, result.wall_s = (
             refit.steps,
             result.tokens + refit.tokens,

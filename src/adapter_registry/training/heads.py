@@ -153,3 +153,24 @@ def fit_linear_probe(
     assert best is not None
     best.candidates = scores
     return best
+
+
+def refit_linear_probe(
+    chosen: LinearProbe,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    num_labels: int,
+) -> LinearProbe:
+    """``chosen``'s C, fitted again on train + validation; its validation scores (what chose C) are kept."""
+    probe = fit_linear_probe(
+        np.concatenate([train_x, val_x]),
+        np.concatenate([train_y, val_y]),
+        val_x,
+        val_y,
+        num_labels,
+        cs=(chosen.C,),
+    )
+    probe.validation_accuracy, probe.candidates = chosen.validation_accuracy, chosen.candidates
+    return probe
