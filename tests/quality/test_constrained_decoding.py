@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from adapter_registry.evaluation.evaluate import choice_trie, evaluate_adapter, generate
+from adapter_registry.datasets import AdapterFolderDataset
+from adapter_registry.decoding import choice_trie, read_answers
+from adapter_registry.evaluation.evaluate import evaluate_adapter, generate
 from adapter_registry.recipes import RecipeError, parse_recipe
 from adapter_registry.training.adapter import train_adapter
 from helpers import build_tiny_llama, classifier_recipe, sft_recipe, splits
@@ -51,6 +53,9 @@ def test_sft_recipe_with_constrained_decoding_scores_labels_seen_in_training(
     answers = {s[who].strip() for s in report.samples for who in ("adapter", "base")}
     assert answers <= categories  # the base too: same prompts, same decoding
     assert "constrained" in report.baseline
+    # the answer set travels with the registered adapter, so that serving decodes it the same way
+    AdapterFolderDataset(str(tmp_path / "adapter")).save(trained)
+    assert read_answers(tmp_path / "adapter") == trained.labels
 
 
 @pytest.mark.parametrize("make", ["classifier", "compose"])

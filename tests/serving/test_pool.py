@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from adapter_registry.decoding import ANSWERS_FILE, write_answers
 from adapter_registry.serving.pool import AdapterPool, PoolError
 
 from .conftest import build_adapter, build_base
@@ -76,6 +78,42 @@ def test_mixed_batch_equals_one_batch_per_adapter(pool, batch):
     for i, name in enumerate(rows):
         alone = logits(pool, batch, [name] * len(rows))[i]
         torch.testing.assert_close(mixed[i], alone, atol=1e-4, rtol=0, msg=f"row {i} ({name})")
+
+
+ANSWERS = ["a b", "c", "d e f 7"]  # the longest needs 5 new tokens, its end included
+
+
+@pytest.fixture
+def closed(adapters: dict[str, Path], tmp_path: Path) -> Path:
+    """Adapter alpha's weights with a closed answer set, as save_adapter writes it for constrained recipes."""
+    folder = Path(shutil.copytree(adapters["alpha"], tmp_path / "closed"))
+    write_answers(folder, ANSWERS)
+    return folder
+
+
+def test_an_adapter_with_an_answer_set_spells_only_its_answers_beside_free_rows(pool, closed):
+    info = pool.add("closed", closed)
+    assert info.answers == 3 and pool.adapters()[0].answers == 0  # alpha decodes freely
+    names = ["closed", "alpha", "closed", None, "closed", "beta"]
+    mixed = pool.generate(PROMPTS, names, max_new_tokens=2)  # 2 < 5: a constrained row gets what it needs
+    free = pool.generate(PROMPTS, ["alpha"] * 6, max_new_tokens=6)
+    assert not {g.text for g in free} <= set(ANSWERS)  # a random adapter babbles when free ...
+    for i, (g, name) in enumerate(zip(mixed, names, strict=True)):
+        assert g.constrained == (name == "closed")
+        if name == "closed":
+            assert g.text in ANSWERS  # ... and spells an answer when its adapter carries a closed set
+        else:  # free rows keep their own budget
+            alone = pool.generate(PROMPTS, [name] * 6, max_new_tokens=2)[i]
+            assert (g.text, g.new_tokens) == (alone.text, alone.new_tokens), (i, name)
+
+
+@pytest.mark.parametrize("content", ["not json", '{"answers": []}', '{"answers": ["ok", 3]}'])
+def test_a_malformed_answer_set_is_refused_and_the_old_version_keeps_serving(pool, closed, content):
+    (closed / ANSWERS_FILE).write_text(content)
+    before = pool.adapters()
+    with pytest.raises(PoolError, match="answers"):
+        pool.add("alpha", closed)
+    assert pool.adapters() == before
 
 
 def test_mixed_generation_equals_single_generation(pool):

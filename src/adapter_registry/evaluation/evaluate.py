@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adapter_registry.decoding import allowed_tokens, choice_trie, longest_answer
 from adapter_registry.evaluation.metrics import (
     HIGHER_IS_BETTER,
     accuracy,
@@ -129,7 +130,7 @@ def generate(
         width = max(len(ids[r]) for r in rows)
         input_ids = torch.tensor([[pad] * (width - len(ids[r])) + ids[r] for r in rows])
         mask = torch.tensor([[0] * (width - len(ids[r])) + [1] * len(ids[r]) for r in rows])
-        constrain = None if allowed is None else _allowed_tokens(*allowed, width)
+        constrain = None if allowed is None else allowed_tokens(*allowed, width)
         out = model.generate(
             input_ids=input_ids,
             attention_mask=mask,
@@ -142,28 +143,6 @@ def generate(
         for r, row in zip(rows, out[:, width:], strict=True):
             answers[r] = tokenizer.decode(row, skip_special_tokens=True)
     return answers
-
-
-def choice_trie(choices: Sequence[str], tokenizer: Any) -> tuple[dict[tuple[int, ...], list[int]], int]:
-    """({generated prefix: allowed next tokens}, end-of-sequence id) for constrained decoding."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("constrained decoding needs a tokenizer with an end-of-sequence token")
-    nexts: dict[tuple[int, ...], set[int]] = {}
-    for choice in choices:
-        tokens = tokenizer(choice, add_special_tokens=False)["input_ids"] + [eos]
-        for i, token in enumerate(tokens):
-            nexts.setdefault(tuple(tokens[:i]), set()).add(token)
-    return {prefix: sorted(tokens) for prefix, tokens in nexts.items()}, eos
-
-
-def _allowed_tokens(trie: dict[tuple[int, ...], list[int]], eos: int, width: int) -> Any:
-    """``prefix_allowed_tokens_fn`` for prompts left-padded to ``width``: the trie's next tokens, else EOS."""
-
-    def allowed(_: int, sequence: torch.Tensor) -> list[int]:
-        return trie.get(tuple(sequence[width:].tolist()), [eos])
-
-    return allowed
 
 
 def answer_key(text: str, separator: str) -> str:
@@ -195,8 +174,7 @@ def evaluate_causal_lm(
                 "constrained decoding needs the answers seen in training (trained.labels is empty)"
             )
         choices = trained.labels
-        longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in choices)
-        max_new_tokens = max(max_new_tokens, longest + 1)  # room for the longest answer and its end
+        max_new_tokens = max(max_new_tokens, longest_answer(choices, tokenizer))  # room for any answer
     n = spec.bootstrap_samples
     scores: dict[str, dict[str, float]] = {"adapter": {}, "base": {}}
     outputs: dict[str, list[str]] = {}

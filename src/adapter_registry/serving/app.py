@@ -1,7 +1,8 @@
 """HTTP serving of every registered adapter of one stage on one base model (FastAPI).
 
     POST /v1/generate   {"adapter": NAME | "tenant": T, "prompt": str, "max_new_tokens": int}
-    GET  /v1/adapters   what is served (name, version, fingerprint) and what was refused, with the reason
+    GET  /v1/adapters   what is served (name, version, fingerprint, size of its closed answer set) and what was
+                        refused, with the reason
     GET  /health
 
 Adapters come from an :class:`AdapterSource` (the MLflow registry through ``AdapterStore``): the version of each
@@ -11,7 +12,9 @@ the registry every ``poll_seconds``: when an alias moves, the new version is pul
 beside the old one, which keeps serving until the pool swaps the name over.
 
 Concurrent requests are gathered by one worker thread into mixed batches (up to ``max_batch`` requests with the
-same ``max_new_tokens``) and run through the pool's mixed-batch path.
+same ``max_new_tokens``) and run through the pool's mixed-batch path. An adapter registered with a closed answer set
+(its recipe's ``evaluation.decoding: constrained``) is decoded over that set, as it was evaluated; the response says
+``"constrained": true``.
 """
 
 from __future__ import annotations
@@ -383,6 +386,7 @@ def create_app(
             "tenant": body.tenant,
             "version": int(info.metadata["version"]) if info and "version" in info.metadata else None,
             "text": result.text,
+            "constrained": result.constrained,
             "prompt_tokens": result.prompt_tokens,
             "new_tokens": result.new_tokens,
             "latency_ms": round((time.perf_counter() - started) * 1000, 1),
@@ -395,7 +399,7 @@ def create_app(
             {
                 "name": a.name, "version": int(a.metadata.get("version", 0)) or None,
                 "fingerprint": a.metadata.get("fingerprint", ""), "loaded_at": a.metadata.get("loaded_at"),
-                "layers": a.layers, "ranks": list(a.ranks), "bytes": a.nbytes,
+                "layers": a.layers, "ranks": list(a.ranks), "bytes": a.nbytes, "answers": a.answers,
                 "stage_holder": stale.get(a.name, int(a.metadata.get("version", 0)) or None),
             }
             for a in pool.adapters()

@@ -13,6 +13,9 @@ batch × adapter size while a mixed request runs.
 
 Replacing an adapter loads it under a new slot, swaps the name → slot mapping under the lock, then drops the
 old slot: a request sees the old adapter or the new one, never half of one.
+
+An adapter saved with a closed answer set (``answers.json``: its recipe was evaluated with constrained decoding)
+is decoded the same way here: its rows of a batch may only spell one of its answers, other rows decode freely.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from adapter_registry.decoding import Trie, allowed_tokens_per_row, choice_trie, longest_answer, read_answers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -145,6 +150,7 @@ class AdapterInfo:
     ranks: tuple[int, ...]  # distinct ranks
     nbytes: int  # bytes of its A/B matrices as resident in the pool
     metadata: dict[str, str] = field(default_factory=dict)  # e.g. registry version, fingerprint
+    answers: int = 0  # size of its closed answer set (constrained decoding); 0: it decodes freely
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,7 @@ class Generation:
     prompt_tokens: int
     new_tokens: int
     served_by: AdapterInfo | None = None  # the adapter version that produced it (None: the base)
+    constrained: bool = False  # decoded over the adapter's closed answer set
 
 
 def _lora_config(folder: Path) -> dict[str, Any]:
@@ -212,6 +219,7 @@ class AdapterPool:
         self._router = _Router()
         self._layers: dict[str, PooledLinear] = {}  # module name -> wrapped layer
         self._names: dict[str, AdapterInfo] = {}  # adapter name -> what serves it now
+        self._tries: dict[str, tuple[Trie, int, int]] = {}  # slot -> (answer trie, eos, longest answer)
         self._lock = threading.RLock()
         self._counter = itertools.count(1)
 
@@ -230,16 +238,19 @@ class AdapterPool:
         """Load (or replace) adapter ``name`` from a peft LoRA folder; requests switch over atomically."""
         folder = Path(folder)
         weights = self._prepare(folder)  # outside the lock: file reads and checks while serving goes on
+        answers = self._answers(folder)
         with self._lock:
             slot = f"{name}#{next(self._counter)}"
             layers = {module: self._wrap(module) for module in weights}
             for module, triple in weights.items():
                 layers[module].adapters[slot] = triple
+            if answers is not None:
+                self._tries[slot] = answers[1]
             info = AdapterInfo(
                 name=name, slot=slot, source=str(folder), layers=len(weights),
                 ranks=tuple(sorted({a.shape[0] for a, _, _ in weights.values()})),
                 nbytes=sum(a.nbytes + b.nbytes for a, b, _ in weights.values()),
-                metadata=dict(metadata or {}),
+                metadata=dict(metadata or {}), answers=answers[0] if answers else 0,
             )  # fmt: skip
             old = self._names.get(name)
             self._names[name] = info
@@ -307,6 +318,17 @@ class AdapterPool:
             )
         return out
 
+    def _answers(self, folder: Path) -> tuple[int, tuple[Trie, int, int]] | None:
+        """(count, (trie, eos, longest)) of the adapter's closed answer set; None if it decodes freely."""
+        try:
+            answers = read_answers(folder)
+            if not answers:
+                return None
+            trie, eos = choice_trie(answers, self.tokenizer)
+        except ValueError as exc:
+            raise PoolError(f"{folder}: {exc}") from exc
+        return len(answers), (trie, eos, longest_answer(answers, self.tokenizer))
+
     def _wrap(self, module: str) -> PooledLinear:
         layer = self._layers.get(module)
         if layer is None:
@@ -320,6 +342,7 @@ class AdapterPool:
     def _drop_slot(self, slot: str) -> None:
         for layer in self._layers.values():
             layer.adapters.pop(slot, None)
+        self._tries.pop(slot, None)
 
     # ------------------------------------------------------------------------------------ routing
     def route(self, adapters: Sequence[str | None]) -> Route | None:
@@ -375,21 +398,36 @@ class AdapterPool:
     def generate(
         self, prompts: Sequence[str], adapters: Sequence[str | None], max_new_tokens: int = 32
     ) -> list[Generation]:
-        """Greedy completions of a mixed batch: prompt i through ``adapters[i]``."""
+        """Greedy completions of a mixed batch: prompt i through ``adapters[i]``.
+
+        Rows of an adapter with a closed answer set are constrained to spell one of its answers (given the
+        tokens the longest answer needs, even beyond ``max_new_tokens``); the other rows decode freely and
+        stop at ``max_new_tokens``.
+        """
         if len(prompts) != len(adapters):
             raise PoolError(f"{len(prompts)} prompts but {len(adapters)} adapter names: give one per prompt")
         if not prompts:
             return []
         encoded = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        width = encoded["input_ids"].shape[1]
         with self.routed(adapters):
             served_by = [None if a is BASE else self._names[a] for a in adapters]
+            tries = [None if info is None else self._tries.get(info.slot) for info in served_by]
+            limits = [max_new_tokens if t is None else max(max_new_tokens, t[2]) for t in tries]
+            constrain = None
+            if any(t is not None for t in tries):
+                vocab = self.model.get_output_embeddings().weight.shape[0]
+                constrain = allowed_tokens_per_row(
+                    [None if t is None else t[:2] for t in tries], width, vocab
+                )
             output = self.model.generate(  # type: ignore[operator]
-                **encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
+                **encoded, max_new_tokens=max(limits), do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id, prefix_allowed_tokens_fn=constrain,
             )  # fmt: skip
-        new = output[:, encoded["input_ids"].shape[1] :]
+        new = output[:, width:]
         results = []
         for i, (adapter, row) in enumerate(zip(adapters, new, strict=True)):
+            row = row[: limits[i]]  # greedy: a free row's first tokens do not depend on a longer budget
             ends = (row == self.tokenizer.eos_token_id).nonzero()
             kept = row[: int(ends[0]) + 1] if len(ends) else row
             results.append(
@@ -399,6 +437,7 @@ class AdapterPool:
                     prompt_tokens=int(encoded["attention_mask"][i].sum()),
                     new_tokens=len(kept),
                     served_by=served_by[i],
+                    constrained=tries[i] is not None,
                 )
             )
         return results

@@ -1,13 +1,15 @@
 """Loading bases and adapters, saving adapters: the model side of training, evaluation, merge and round trips.
 
 An adapter folder holds what ``peft`` saves (``adapter_config.json``, ``adapter_model.safetensors``) and, for
-classification, the head (``head.safetensors``, ``head_config.json``): enough to rebuild the exact model with
+classification, the head (``head.safetensors``, ``head_config.json``), and for a causal LM evaluated with constrained
+decoding, its answer set (``answers.json``): enough to rebuild the exact model with
 transformers + peft alone (see the model card written by ``evaluation.report``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from adapter_registry.decoding import write_answers
 from adapter_registry.training.heads import HEAD_CONFIG, PooledClassifier, Pooling
 
 
@@ -66,8 +69,12 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_adapter(model: Any, folder: Path | str) -> Path:
-    """Write the adapter (and head) into ``folder``; returns it."""
+def save_adapter(model: Any, folder: Path | str, answers: Sequence[str] = ()) -> Path:
+    """Write the adapter (and head) into ``folder``; returns it.
+
+    ``answers``: the closed answer set of a causal LM evaluated with constrained decoding, written as
+    ``answers.json`` so that serving decodes it the same way.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PooledClassifier):
@@ -75,6 +82,8 @@ def save_adapter(model: Any, folder: Path | str) -> Path:
         model.save_head(folder)
     else:
         model.save_pretrained(str(folder))
+        if answers:
+            write_answers(folder, answers)
     return folder
 
 
