@@ -73,10 +73,17 @@ def test_gates_refuse_and_force_needs_reason(store: AdapterStore, adapter_dir: P
     assert info.value.code == "GATE_FAILED"
     with pytest.raises(RegistryError, match=r"--force needs --reason"):
         promote(store, f"{NAME}/1", "staging", force=True)
-    assert stages(store) == {1: "candidate"} and AuditLog(store).read(NAME).events == ()
+    assert stages(store) == {1: "candidate"}
+    (refused,) = AuditLog(store).read(NAME).events  # the refusal is on record, the bad --force call is not
+    assert (refused.action, refused.to_stage, [g.passed for g in refused.gates]) == (
+        "refused", "staging", [False, False, True],
+    )  # fmt: skip
+    assert refused.reason.startswith("gates failed: exact_match >= 0.8")
 
     event = promote(store, f"{NAME}/1", "staging", force=True, reason="demo for the board")
     assert event.forced and [g.passed for g in event.gates] == [False, False, True]
+    trail = AuditLog(store).read(NAME)
+    assert trail.intact and [e.action for e in trail.events] == ["refused", "promote"]
 
 
 def test_gate_on_unrecorded_metric_and_production_only_from_staging(

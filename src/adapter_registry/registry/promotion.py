@@ -2,7 +2,8 @@
 
 A promotion checks the gates (each reported pass/fail), the who-may-promote policy, then moves the stage's
 alias, archives the version it replaces and appends one event to the audit trail. ``--force`` skips failing
-gates (never the policy), needs a reason and is audited as forced. Rollback replays the audit trail of the
+gates (never the policy), needs a reason and is audited as forced. A promotion refused by the policy or by a
+failing gate is audited too (action ``refused``, with the gate results). Rollback replays the audit trail of the
 stage to find the version that held it before.
 """
 
@@ -135,6 +136,14 @@ def promote(
     failed = [g for g in gates if not g.passed]
     if failed and not force:
         listing = "; ".join(f"{g.gate}: {g.detail}" for g in failed)
+        audit.append(
+            StageChange(
+                model=version.name, version=version.version, from_stage=version.stage, to_stage=to,
+                who=actor.user, when=dt.datetime.now(dt.UTC),
+                reason=f"gates failed: {listing}" + (f"; asked: {reason}" if reason else ""),
+                action="refused", gates=tuple(gates),
+            )
+        )  # fmt: skip
         raise RegistryError("GATE_FAILED", f"promotion of {version.ref} to {to} refused: {listing}")
 
     previous_alias = store.holder(version.name, version.stage) if version.stage != "archived" else None
