@@ -16,7 +16,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Node
 
 EXPERIMENT = "adapter-registry"
-REPORTING_ROOT = "data/08_reporting"  # run_timings.json: wall seconds per node of the last `kedro run`
+REPORTING_ROOT = "data/08_reporting"  # unless parameters.yml sets reporting_root
 
 
 def tracking_uri() -> str:
@@ -29,6 +29,11 @@ class MlflowRecipeHooks:
         self._registrations: list[dict[str, Any]] = []
         self._started: dict[str, float] = {}
         self.node_seconds: dict[str, float] = {}
+        self.reporting_root = Path(REPORTING_ROOT)  # Data Docs per recipe; run_timings.json (seconds per node)
+
+    @hook_impl
+    def after_catalog_created(self, parameters: dict[str, Any]) -> None:
+        self.reporting_root = Path(parameters.get("reporting_root") or REPORTING_ROOT)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
@@ -112,7 +117,7 @@ class MlflowRecipeHooks:
 
         if not (dataset_name.endswith(".validation_report") and node.namespace in self._runs):
             return
-        docs = Path(REPORTING_ROOT) / node.namespace / "data_docs"
+        docs = self.reporting_root / node.namespace / "data_docs"
         if docs.is_dir():
             with mlflow.start_run(run_id=self._runs[node.namespace]):
                 mlflow.log_artifacts(str(docs), "reports/data_docs")
@@ -130,7 +135,7 @@ class MlflowRecipeHooks:
             "total_seconds": round(time.perf_counter() - self._pipeline_started, 3),
             "nodes": self.node_seconds,
         }
-        out = Path(REPORTING_ROOT) / "run_timings.json"
+        out = self.reporting_root / "run_timings.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(timings, indent=2))
         if self._registrations:
