@@ -206,6 +206,18 @@ def test_unknown_version_and_empty_commit_are_refused(project: dict[str, Any]) -
         missing = cli(project, f"{RECIPE}/1")
     assert missing.exit_code == 1 and "is not in" in error_line(missing)
 
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=project["uri"], registry_uri=project["uri"])
+    client.set_model_version_tag(RECIPE, "1", Tag.COMPOSE, json.dumps({"combination_type": "linear"}))
+    client.set_model_version_tag(RECIPE, "1", Tag.PARENTS, json.dumps([{"version": "a/1", "weight": 1.0}]))
+    try:
+        composed = cli(project, f"{RECIPE}/1")
+    finally:
+        client.delete_model_version_tag(RECIPE, "1", Tag.COMPOSE)
+        client.delete_model_version_tag(RECIPE, "1", Tag.PARENTS)
+    assert composed.exit_code == 1 and "composed from registered versions (a/1)" in error_line(composed)
+
 
 @pytest.mark.slow
 def test_tampered_data_is_refused(project: dict[str, Any]) -> None:

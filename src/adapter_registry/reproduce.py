@@ -3,7 +3,8 @@
 ``reproduce(store, "NAME/VERSION")``:
 
 1. resolves the version and refuses when its recorded code commit is empty, unknown to the repository, or was
-   trained from a dirty tree (``allow_dirty`` proceeds with a warning);
+   trained from a dirty tree (``allow_dirty`` proceeds with a warning), and when it was composed from other
+   registered versions rather than trained (reproduce its parents);
 2. checks that commit out with ``git worktree add --detach`` in its own folder (the user's working tree is never
    touched), and points the worktree's DVC at the original repository's cache and remotes (``.dvc/config.local``:
    a local remote such as ``../.dvc-storage`` is a path relative to the original checkout);
@@ -303,6 +304,13 @@ def reproduce(
         )
     if not recipe:
         raise ReproduceError("NO_RECIPE", f"{version.ref} records no recipe name ({Tag.RECIPE_NAME})")
+    if tags.get(Tag.COMPOSE):
+        parents = ", ".join(p["version"] for p in json.loads(tags.get(Tag.PARENTS) or "[]")) or "its parents"
+        raise ReproduceError(
+            "COMPOSED",
+            f"{version.ref} was composed from registered versions ({parents}), not trained: reproduce each "
+            "parent instead; the composition itself is recorded in its lineage (adapter-registry lineage)",
+        )
     dirty = tags.get(Tag.GIT_DIRTY, "")
     if dirty != "false":
         what = "a dirty working tree" if dirty == "true" else "a working tree of unknown state"
