@@ -139,6 +139,12 @@ def model_card(recipe: Recipe, evaluation: dict[str, Any], base_identity: str, b
         snippet = LOAD_CAUSAL.replace(
             "PROMPT", repr(recipe.task.prompt_template.replace("{prompt}", "REQUEST"))
         )
+        if recipe.evaluation.decoding == "constrained":
+            snippet += (
+                "\n\nIt was scored with constrained decoding: each answer may only spell one of the answers in "
+                "`answers.json` (pass `prefix_allowed_tokens_fn` to `generate` for the same; "
+                "`adapter-registry serve` does it). The snippet above decodes freely."
+            )
     warnings = "".join(f"- {w}\n" for w in evaluation.get("warnings", [])) or "- none\n"
     return f"""# {recipe.model_name}
 
