@@ -87,3 +87,22 @@ def test_answers_keep_labels_distinct() -> None:
         "top_up": "top up",
     }
     assert quality.answers_for(["a_b", "a b"]) == {"a_b": "a_b", "a b": "a b"}  # would collide: kept as given
+
+
+def test_seeds_below_one_is_refused(pair, capsys) -> None:
+    assert quality.main(["--train", str(pair[0]), "--test", str(pair[1]), "--seeds", "0"]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err
+
+
+def test_goals_read_the_shipped_recipe_not_a_variant() -> None:
+    def row(approach: str, accuracy: float) -> dict:
+        return {"approach": approach, "scoring": "argmax", "accuracy": accuracy, "train_wall_s": 300.0}
+
+    rows = {
+        "probe": row("linear probe (frozen features)", 0.925),
+        "mean": row(quality.RECIPE_ROW + ", mean of 3 seeds (93.5%, 93.3%, 93.4%)", 0.934),
+        "variant": row(quality.RECIPE_ROW + " with method.r=64", 0.950),  # newer, but a proposed change
+    }
+    lines = quality.goals(rows)
+    assert lines[0] == "default recipe >= 94.0% within 10 min: NOT MET (93.40% in 5.0 min)"
+    assert lines[1] == ">= 1 point above the linear probe: NOT MET (+0.90 points)"
