@@ -213,10 +213,13 @@ def test_unknown_version_and_empty_commit_are_refused(project: dict[str, Any]) -
     client.set_model_version_tag(RECIPE, "1", Tag.PARENTS, json.dumps([{"version": "a/1", "weight": 1.0}]))
     try:
         composed = cli(project, f"{RECIPE}/1")
+        client.set_model_version_tag(RECIPE, "1", Tag.PARENTS, '{"truncated": true, "head": "[{"}')
+        truncated = cli(project, f"{RECIPE}/1")
     finally:
         client.delete_model_version_tag(RECIPE, "1", Tag.COMPOSE)
         client.delete_model_version_tag(RECIPE, "1", Tag.PARENTS)
     assert composed.exit_code == 1 and "composed from registered versions (a/1)" in error_line(composed)
+    assert truncated.exit_code == 1 and "(see its lineage)" in error_line(truncated)
 
 
 @pytest.mark.slow

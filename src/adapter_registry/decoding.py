@@ -2,7 +2,7 @@
 
 An SFT recipe with ``evaluation.decoding: constrained`` is scored this way. The answers it was trained on travel
 with the adapter (``answers.json`` in its folder, written by ``training.models.save_adapter``), so that serving
-decodes the registered adapter exactly as it was evaluated.
+decodes the registered adapter over the same answer set it was evaluated with.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 ANSWERS_FILE = "answers.json"
 
 Trie = dict[tuple[int, ...], list[int]]
-AllowedFn = Callable[[int, torch.Tensor], list[int]]
+AllowedFn = Callable[[int, torch.Tensor], "list[int] | torch.Tensor"]
 
 
 def choice_trie(choices: Sequence[str], tokenizer: Any) -> tuple[Trie, int]:
@@ -53,9 +53,9 @@ def allowed_tokens_per_row(
     tries: Sequence[tuple[Trie, int] | None], width: int, vocab_size: int
 ) -> AllowedFn:
     """``prefix_allowed_tokens_fn`` for a mixed batch: row i follows ``tries[i]``, or decodes freely if None."""
-    everything = list(range(vocab_size))
+    everything = torch.arange(vocab_size)  # one tensor index per free row and step, not a 49k-element list
 
-    def allowed(row: int, sequence: torch.Tensor) -> list[int]:
+    def allowed(row: int, sequence: torch.Tensor) -> list[int] | torch.Tensor:
         entry = tries[row]
         if entry is None:
             return everything

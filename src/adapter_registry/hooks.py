@@ -35,7 +35,8 @@ class MlflowRecipeHooks:
 
     @hook_impl
     def after_catalog_created(self, parameters: dict[str, Any]) -> None:
-        self.reporting_root = Path(parameters.get("reporting_root") or REPORTING_ROOT)
+        # Kedro passes {"parameters": {...}, "params:<name>": value, ...}
+        self.reporting_root = Path(parameters.get("params:reporting_root") or REPORTING_ROOT)
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:

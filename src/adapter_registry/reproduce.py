@@ -268,6 +268,20 @@ def _last_error_line(log: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def _refuse_composed(ref: str, parents_tag: str | None) -> None:
+    """A composed version has no training to re-run: name its parents (the tag may be truncated or malformed)."""
+    try:
+        parents = json.loads(parents_tag or "[]")
+        names = ", ".join(str(p["version"]) for p in parents) if isinstance(parents, list) else ""
+    except (ValueError, KeyError, TypeError):
+        names = ""
+    raise ReproduceError(
+        "COMPOSED",
+        f"{ref} was composed from registered versions ({names or 'see its lineage'}), not trained: reproduce "
+        "each parent instead; the composition itself is recorded in its lineage (adapter-registry lineage)",
+    )
+
+
 def reproduce(
     store: Any,
     ref: str,
@@ -294,6 +308,8 @@ def reproduce(
     version = store.resolve(ref)
     tags = version.tags
     warnings: list[str] = []
+    if tags.get(Tag.COMPOSE):
+        _refuse_composed(version.ref, tags.get(Tag.PARENTS))
     commit = tags.get(Tag.GIT_COMMIT, "")
     recipe = tags.get(Tag.RECIPE_NAME, "")
     if not commit:
@@ -304,13 +320,6 @@ def reproduce(
         )
     if not recipe:
         raise ReproduceError("NO_RECIPE", f"{version.ref} records no recipe name ({Tag.RECIPE_NAME})")
-    if tags.get(Tag.COMPOSE):
-        parents = ", ".join(p["version"] for p in json.loads(tags.get(Tag.PARENTS) or "[]")) or "its parents"
-        raise ReproduceError(
-            "COMPOSED",
-            f"{version.ref} was composed from registered versions ({parents}), not trained: reproduce each "
-            "parent instead; the composition itself is recorded in its lineage (adapter-registry lineage)",
-        )
     dirty = tags.get(Tag.GIT_DIRTY, "")
     if dirty != "false":
         what = "a dirty working tree" if dirty == "true" else "a working tree of unknown state"

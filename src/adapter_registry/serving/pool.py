@@ -15,7 +15,8 @@ Replacing an adapter loads it under a new slot, swaps the name → slot mapping 
 old slot: a request sees the old adapter or the new one, never half of one.
 
 An adapter saved with a closed answer set (``answers.json``: its recipe was evaluated with constrained decoding)
-is decoded the same way here: its rows of a batch may only spell one of its answers, other rows decode freely.
+is decoded over the same answer set here: its rows of a batch may only spell one of its answers, other rows
+decode freely.
 """
 
 from __future__ import annotations
@@ -324,10 +325,12 @@ class AdapterPool:
             answers = read_answers(folder)
             if not answers:
                 return None
-            trie, eos = choice_trie(answers, self.tokenizer)
+            with self._lock:  # a fast tokenizer is not safe to call from two threads at once
+                trie, eos = choice_trie(answers, self.tokenizer)
+                longest = longest_answer(answers, self.tokenizer)
         except ValueError as exc:
             raise PoolError(f"{folder}: {exc}") from exc
-        return len(answers), (trie, eos, longest_answer(answers, self.tokenizer))
+        return len(answers), (trie, eos, longest)
 
     def _wrap(self, module: str) -> PooledLinear:
         layer = self._layers.get(module)
@@ -408,7 +411,12 @@ class AdapterPool:
             raise PoolError(f"{len(prompts)} prompts but {len(adapters)} adapter names: give one per prompt")
         if not prompts:
             return []
-        encoded = self.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        with (
+            self._lock
+        ):  # tokenised as in training and evaluation: the prompt template's text, no special tokens
+            encoded = self.tokenizer(
+                list(prompts), return_tensors="pt", padding=True, add_special_tokens=False
+            )
         width = encoded["input_ids"].shape[1]
         with self.routed(adapters):
             served_by = [None if a is BASE else self._names[a] for a in adapters]
@@ -422,7 +430,8 @@ class AdapterPool:
                 )
             output = self.model.generate(  # type: ignore[operator]
                 **encoded, max_new_tokens=max(limits), do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id, prefix_allowed_tokens_fn=constrain,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                prefix_allowed_tokens_fn=constrain,
             )  # fmt: skip
         new = output[:, width:]
         results = []

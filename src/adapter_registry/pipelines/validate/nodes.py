@@ -70,7 +70,8 @@ def prepare_examples(
     if not validation["success"]:
         raise DataValidationError(
             f"recipe {recipe.name!r}: the data failed validation; nothing was trained or registered "
-            f"(full report: data/08_reporting/{recipe.name}/validation.json)\n{validation['summary']}"
+            f"(full report: {recipe.name}/validation.json under the reporting root, data/08_reporting unless "
+            f"conf/base/globals.yml moves it)\n{validation['summary']}"
         )
     data = recipe.data
     paths = {"train": data.train, "validation": data.validation, "test": data.test}
