@@ -68,6 +68,10 @@ def test_kedro_run_trains_evaluates_merges_and_registers(
     project = make_project(
         tmp_path / "project", [sft_recipe(tiny_llama, sft_data), classifier_recipe(tiny_bert, intent_data)]
     )
+    # roots moved in globals.yml: catalog, parameters and the MLflow hooks must all follow
+    (project / "conf" / "base" / "globals.yml").write_text(
+        "models_root: out/models\nreporting_root: out/reports\n"
+    )
     db = tmp_path / "mlflow.db"
     done = kedro_run(project, db)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -85,7 +89,9 @@ def test_kedro_run_trains_evaluates_merges_and_registers(
     cls = store.get_version("tiny_cls", 1)
     assert Tag.sha256("head.safetensors") in cls.tags and cls.tags[Tag.TASK] == "sequence_classification"
 
-    reports = project / "data" / "08_reporting"
+    assert not (project / "data").exists()
+    reports = project / "out" / "reports"
+    assert (project / "out" / "models" / "tiny_cls" / "adapter" / "head.safetensors").is_file()
     evaluation = json.loads((reports / "tiny_cls" / "evaluation.json").read_text())
     assert set(evaluation["per_class_f1"]) == {"delivery", "password", "refund"}
     assert (reports / "tiny_cls" / "figures" / "confusion_matrix.png").stat().st_size > 1000

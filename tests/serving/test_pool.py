@@ -80,7 +80,7 @@ def test_mixed_batch_equals_one_batch_per_adapter(pool, batch):
         torch.testing.assert_close(mixed[i], alone, atol=1e-4, rtol=0, msg=f"row {i} ({name})")
 
 
-ANSWERS = ["a b", "c", "d e f 7"]  # the longest needs 5 new tokens, its end included
+ANSWERS = ["a b c", "d e f 7"]  # 4 and 5 new tokens, the end included: more than the 2 a request asks for
 
 
 @pytest.fixture
@@ -93,27 +93,49 @@ def closed(adapters: dict[str, Path], tmp_path: Path) -> Path:
 
 def test_an_adapter_with_an_answer_set_spells_only_its_answers_beside_free_rows(pool, closed):
     info = pool.add("closed", closed)
-    assert info.answers == 3 and pool.adapters()[0].answers == 0  # alpha decodes freely
+    assert info.answers == 2 and pool.adapters()[0].answers == 0  # alpha decodes freely
     names = ["closed", "alpha", "closed", None, "closed", "beta"]
-    mixed = pool.generate(PROMPTS, names, max_new_tokens=2)  # 2 < 5: a constrained row gets what it needs
+    mixed = pool.generate(PROMPTS, names, max_new_tokens=2)  # a constrained row gets what its answer needs
     free = pool.generate(PROMPTS, ["alpha"] * 6, max_new_tokens=6)
     assert not {g.text for g in free} <= set(ANSWERS)  # a random adapter babbles when free ...
     for i, (g, name) in enumerate(zip(mixed, names, strict=True)):
         assert g.constrained == (name == "closed")
         if name == "closed":
-            assert g.text in ANSWERS  # ... and spells an answer when its adapter carries a closed set
+            assert g.text in ANSWERS and g.new_tokens >= 4  # ... spells a whole answer when its set is closed
         else:  # free rows keep their own budget
             alone = pool.generate(PROMPTS, [name] * 6, max_new_tokens=2)[i]
             assert (g.text, g.new_tokens) == (alone.text, alone.new_tokens), (i, name)
 
 
-@pytest.mark.parametrize("content", ["not json", '{"answers": []}', '{"answers": ["ok", 3]}'])
-def test_a_malformed_answer_set_is_refused_and_the_old_version_keeps_serving(pool, closed, content):
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ("not json", "not JSON"),
+        ('{"answers": []}', "must be a non-empty list"),
+        ('{"answers": ["ok", 3]}', "must be a non-empty list of non-empty strings"),
+    ],
+)
+def test_a_malformed_answer_set_is_refused_and_the_old_version_keeps_serving(pool, closed, content, error):
     (closed / ANSWERS_FILE).write_text(content)
     before = pool.adapters()
-    with pytest.raises(PoolError, match="answers"):
+    with pytest.raises(PoolError, match=error):
         pool.add("alpha", closed)
     assert pool.adapters() == before
+
+
+def test_the_pool_decodes_a_closed_adapter_as_evaluation_does(pool, closed, tiny_base):
+    """Served = evaluated: the pool's mixed-batch path and evaluation's constrained generate give the same answers."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adapter_registry.evaluation.evaluate import generate
+
+    pool.add("closed", closed)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), closed).eval()
+    evaluated = generate(model, pool.tokenizer, PROMPTS, 5, 64, choices=ANSWERS)
+    served = pool.generate(PROMPTS, ["closed", "alpha"] * 3, max_new_tokens=2)
+    assert [g.text for g in served[::2]] == evaluated[::2]
+    assert len(set(evaluated)) > 1  # the prompts do not all pick the same answer
 
 
 def test_mixed_generation_equals_single_generation(pool):
