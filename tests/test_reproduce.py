@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from adapter_registry.cli import app
 from adapter_registry.registry.entities import Tag
-from adapter_registry.reproduce import MetricCheck, ReproduceReport, compare_metrics
+from adapter_registry.reproduce import MetricCheck, ReproduceReport, _reporting_root, compare_metrics
 from helpers import build_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,3 +258,10 @@ def test_compare_metrics_tolerance_and_missing_metrics() -> None:
         "x/1", "x", "c" * 40, "/tmp/w", 1e-6, metrics=[MetricCheck("a", 1.0, 1.0, 0.0, True)]
     )
     assert ok.passed and ok.reason == "" and ok.max_abs_diff == 0.0
+
+
+def test_reports_are_read_where_the_checked_out_commit_writes_them(tmp_path: Path) -> None:
+    assert _reporting_root(tmp_path) == tmp_path / "data" / "08_reporting"  # a commit from before globals.yml
+    (tmp_path / "conf" / "base").mkdir(parents=True)
+    (tmp_path / "conf" / "base" / "globals.yml").write_text("reporting_root: out/reports\n")
+    assert _reporting_root(tmp_path) == tmp_path / "out" / "reports"

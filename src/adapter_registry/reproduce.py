@@ -268,6 +268,16 @@ def _last_error_line(log: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def _reporting_root(worktree: Path) -> Path:
+    """Where the checked-out commit's catalog writes reports: its ``conf/base/globals.yml``, else the old default."""
+    import yaml
+
+    globals_file = worktree / "conf" / "base" / "globals.yml"
+    configured = yaml.safe_load(globals_file.read_text()) if globals_file.is_file() else None
+    root = configured.get("reporting_root") if isinstance(configured, dict) else None
+    return worktree / (root or "data/08_reporting")
+
+
 def _refuse_composed(ref: str, parents_tag: str | None) -> None:
     """A composed version has no training to re-run: name its parents (the tag may be truncated or malformed)."""
     try:
@@ -423,7 +433,7 @@ def _reproduce_in(
     done = _run([sys.executable, "-m", "kedro", "run", "--namespaces", recipe], worktree, env)
     output = done.stdout + done.stderr
     (worktree / LOG_FILE).write_text(output)
-    evaluation = worktree / "data" / "08_reporting" / recipe / "evaluation.json"
+    evaluation = _reporting_root(worktree) / recipe / "evaluation.json"
     if done.returncode != 0 or not evaluation.is_file():
         raise ReproduceError(
             "RUN_FAILED",
