@@ -118,7 +118,12 @@ class AdapterFolderDataset(AbstractDataset[Any, Path]):
         staging = self._path.with_name(self._path.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         causal = trained.task != "sequence_classification"  # a classifier's labels are its head's
-        save_adapter(trained.model, staging, answers=trained.labels if causal else ())
+        save_adapter(
+            trained.model,
+            staging,
+            answers=trained.labels if causal else (),
+            separator=trained.answer_separator if causal else "",
+        )
         shutil.rmtree(self._path, ignore_errors=True)
         staging.rename(self._path)  # readers never see a half-written adapter
 

@@ -2,13 +2,16 @@
 
 An SFT recipe with ``evaluation.decoding: constrained`` is scored this way. The answers it was trained on travel
 with the adapter (``answers.json`` in its folder, written by ``training.models.save_adapter``), so that serving
-decodes the registered adapter over the same answer set it was evaluated with.
+decodes the registered adapter over the same answer set it was evaluated with. With the recipe's
+``answer_field_separator`` (``"refund | Refund issued."``), serving lets an answer go on freely once the closed
+part and the separator are written: the category is always one of the set, the reply after it is the model's.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,34 +52,68 @@ def allowed_tokens(trie: Trie, eos: int, width: int) -> AllowedFn:
     return allowed
 
 
+@dataclass(frozen=True)
+class AnswerConstraint:
+    """A closed answer set as a token trie. With a separator, ``answer + separator`` may go on freely."""
+
+    trie: Trie
+    eos: int
+    longest: int  # new tokens that the longest closed part needs, its end included
+    free_after: frozenset[tuple[int, ...]] = frozenset()  # generated prefixes after which decoding is free
+
+    @classmethod
+    def build(cls, answers: Sequence[str], tokenizer: Any, separator: str = "") -> AnswerConstraint:
+        trie, eos = choice_trie(answers, tokenizer)
+        core = separator.rstrip()  # " | " -> " |": the reply's own first token carries its space
+        if not core.strip():
+            return cls(trie, eos, longest_answer(answers, tokenizer))
+        nexts = {prefix: set(tokens) for prefix, tokens in trie.items()}
+        free = set()
+        for answer in answers:
+            ids = tokenizer(answer + core, add_special_tokens=False)["input_ids"]  # as training tokenised it
+            for i, token in enumerate(ids):
+                nexts.setdefault(tuple(ids[:i]), set()).add(token)
+            free.add(tuple(ids))
+        longest = max(longest_answer(answers, tokenizer), max(len(f) for f in free))
+        return cls({p: sorted(t) for p, t in nexts.items()}, eos, longest, frozenset(free))
+
+    def allowed(self, generated: tuple[int, ...]) -> list[int] | None:
+        """The tokens allowed after ``generated``; None once an answer and its separator are written (free)."""
+        if any(generated[: len(prefix)] == prefix for prefix in self.free_after):
+            return None
+        return self.trie.get(generated, [self.eos])
+
+
 def allowed_tokens_per_row(
-    tries: Sequence[tuple[Trie, int] | None], width: int, vocab_size: int
+    constraints: Sequence[AnswerConstraint | None], width: int, vocab_size: int
 ) -> AllowedFn:
-    """``prefix_allowed_tokens_fn`` for a mixed batch: row i follows ``tries[i]``, or decodes freely if None."""
+    """``prefix_allowed_tokens_fn`` for a mixed batch: row i follows ``constraints[i]``, or decodes freely if None."""
     everything = torch.arange(vocab_size)  # one tensor index per free row and step, not a 49k-element list
 
     def allowed(row: int, sequence: torch.Tensor) -> list[int] | torch.Tensor:
-        entry = tries[row]
-        if entry is None:
-            return everything
-        trie, eos = entry
-        return trie.get(tuple(sequence[width:].tolist()), [eos])
+        constraint = constraints[row]
+        options = None if constraint is None else constraint.allowed(tuple(sequence[width:].tolist()))
+        return everything if options is None else options
 
     return allowed
 
 
-def write_answers(folder: Path | str, answers: Sequence[str]) -> None:
-    """Record the closed answer set beside an adapter's weights."""
+def write_answers(folder: Path | str, answers: Sequence[str], separator: str = "") -> None:
+    """Record the closed answer set (and the separator after which an answer goes on freely) beside an adapter."""
     (Path(folder) / ANSWERS_FILE).write_text(
-        json.dumps({"decoding": "constrained", "answers": list(answers)}, indent=2, ensure_ascii=False)
+        json.dumps(
+            {"decoding": "constrained", "answers": list(answers), "separator": separator},
+            indent=2,
+            ensure_ascii=False,
+        )
     )
 
 
-def read_answers(folder: Path | str) -> list[str]:
-    """The adapter's closed answer set; [] for an adapter that decodes freely (no ``answers.json``)."""
+def read_answers(folder: Path | str) -> tuple[list[str], str]:
+    """(closed answer set, separator); ([], "") for an adapter that decodes freely (no ``answers.json``)."""
     path = Path(folder) / ANSWERS_FILE
     if not path.is_file():
-        return []
+        return [], ""
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -84,4 +121,7 @@ def read_answers(folder: Path | str) -> list[str]:
     answers = data.get("answers") if isinstance(data, dict) else None
     if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
         raise ValueError(f"{path}: 'answers' must be a non-empty list of non-empty strings")
-    return answers
+    separator = data.get("separator", "")
+    if not isinstance(separator, str):
+        raise ValueError(f"{path}: 'separator' must be a string")
+    return answers, separator

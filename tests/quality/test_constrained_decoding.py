@@ -55,7 +55,7 @@ def test_sft_recipe_with_constrained_decoding_scores_labels_seen_in_training(
     assert "constrained" in report.baseline
     # the answer set travels with the registered adapter, so that serving decodes it the same way
     AdapterFolderDataset(str(tmp_path / "adapter")).save(trained)
-    assert read_answers(tmp_path / "adapter") == trained.labels
+    assert read_answers(tmp_path / "adapter") == (trained.labels, " | ")
 
 
 @pytest.mark.parametrize("make", ["classifier", "compose"])

@@ -123,6 +123,25 @@ def test_a_malformed_answer_set_is_refused_and_the_old_version_keeps_serving(poo
     assert pool.adapters() == before
 
 
+def test_with_a_separator_the_answer_is_closed_and_the_reply_after_it_is_free(pool, closed):
+    from adapter_registry.decoding import AnswerConstraint
+
+    write_answers(closed, ANSWERS, separator=" 9 ")  # "category 9 reply", as "category | reply"
+    ids = {w: pool.tokenizer.convert_tokens_to_ids(w) for w in ("a", "b", "c", "9")}
+    eos = pool.tokenizer.eos_token_id
+    constraint = AnswerConstraint.build(ANSWERS, pool.tokenizer, " 9 ")
+    assert constraint.allowed((ids["a"], ids["b"])) == [ids["c"]]
+    assert set(constraint.allowed((ids["a"], ids["b"], ids["c"])) or []) == {eos, ids["9"]}  # end, or reply
+    assert constraint.allowed((ids["a"], ids["b"], ids["c"], ids["9"])) is None  # free from here
+    assert constraint.allowed((ids["a"], ids["b"], ids["c"], ids["9"], ids["a"], ids["a"])) is None
+
+    pool.add("closed", closed)
+    served = pool.generate(PROMPTS, ["closed"] * 6, max_new_tokens=12)
+    assert all(g.text in ANSWERS or g.text.startswith(tuple(a + " 9" for a in ANSWERS)) for g in served)
+    replies = [g.text for g in served if g.text not in ANSWERS]
+    assert replies and any(len(r.split()) > 5 for r in replies)  # it went on past the separator
+
+
 def test_the_pool_decodes_a_closed_adapter_as_evaluation_does(pool, closed, tiny_base):
     """Served = evaluated: the pool's mixed-batch path and evaluation's constrained generate give the same answers."""
     from peft import PeftModel

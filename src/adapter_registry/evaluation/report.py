@@ -141,9 +141,10 @@ def model_card(recipe: Recipe, evaluation: dict[str, Any], base_identity: str, b
         )
         if recipe.evaluation.decoding == "constrained":
             snippet += (
-                "\n\nIt was scored with constrained decoding: each answer may only spell one of the answers in "
-                "`answers.json` (pass `prefix_allowed_tokens_fn` to `generate` for the same; "
-                "`adapter-registry serve` does it). The snippet above decodes freely."
+                "\n\nIt was scored with constrained decoding: the part of each answer before the separator may "
+                "only be one of the answers in `answers.json` (pass `prefix_allowed_tokens_fn` to `generate` for "
+                "the same; `adapter-registry serve` does it, and leaves the reply after the separator free). "
+                "The snippet above decodes freely."
             )
     warnings = "".join(f"- {w}\n" for w in evaluation.get("warnings", [])) or "- none\n"
     return f"""# {recipe.model_name}

@@ -13,8 +13,8 @@ beside the old one, which keeps serving until the pool swaps the name over.
 
 Concurrent requests are gathered by one worker thread into mixed batches (up to ``max_batch`` requests with the
 same ``max_new_tokens``) and run through the pool's mixed-batch path. An adapter registered with a closed answer set
-(its recipe's ``evaluation.decoding: constrained``) is decoded over that set, as it was evaluated; the response says
-``"constrained": true``.
+(its recipe's ``evaluation.decoding: constrained``) is decoded over that set, as it was evaluated, with the reply
+after its separator left free; the response says ``"constrained": true``.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ Replacing an adapter loads it under a new slot, swaps the name → slot mapping 
 old slot: a request sees the old adapter or the new one, never half of one.
 
 An adapter saved with a closed answer set (``answers.json``: its recipe was evaluated with constrained decoding)
-is decoded over the same answer set here: its rows of a batch may only spell one of its answers, other rows
-decode freely.
+is decoded over the same answer set here: its rows of a batch may only start with one of its answers (and go
+on freely after the recipe's separator, ``category | reply``), other rows decode freely.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapter_registry.decoding import Trie, allowed_tokens_per_row, choice_trie, longest_answer, read_answers
+from adapter_registry.decoding import AnswerConstraint, allowed_tokens_per_row, read_answers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -220,7 +220,7 @@ class AdapterPool:
         self._router = _Router()
         self._layers: dict[str, PooledLinear] = {}  # module name -> wrapped layer
         self._names: dict[str, AdapterInfo] = {}  # adapter name -> what serves it now
-        self._tries: dict[str, tuple[Trie, int, int]] = {}  # slot -> (answer trie, eos, longest answer)
+        self._constraints: dict[str, AnswerConstraint] = {}  # slot -> its closed answer set
         self._lock = threading.RLock()
         self._counter = itertools.count(1)
 
@@ -246,7 +246,7 @@ class AdapterPool:
             for module, triple in weights.items():
                 layers[module].adapters[slot] = triple
             if answers is not None:
-                self._tries[slot] = answers[1]
+                self._constraints[slot] = answers[1]
             info = AdapterInfo(
                 name=name, slot=slot, source=str(folder), layers=len(weights),
                 ranks=tuple(sorted({a.shape[0] for a, _, _ in weights.values()})),
@@ -319,18 +319,17 @@ class AdapterPool:
             )
         return out
 
-    def _answers(self, folder: Path) -> tuple[int, tuple[Trie, int, int]] | None:
-        """(count, (trie, eos, longest)) of the adapter's closed answer set; None if it decodes freely."""
+    def _answers(self, folder: Path) -> tuple[int, AnswerConstraint] | None:
+        """(size, constraint) of the adapter's closed answer set; None if it decodes freely."""
         try:
-            answers = read_answers(folder)
+            answers, separator = read_answers(folder)
             if not answers:
                 return None
             with self._lock:  # a fast tokenizer is not safe to call from two threads at once
-                trie, eos = choice_trie(answers, self.tokenizer)
-                longest = longest_answer(answers, self.tokenizer)
+                constraint = AnswerConstraint.build(answers, self.tokenizer, separator)
         except ValueError as exc:
             raise PoolError(f"{folder}: {exc}") from exc
-        return len(answers), (trie, eos, longest)
+        return len(answers), constraint
 
     def _wrap(self, module: str) -> PooledLinear:
         layer = self._layers.get(module)
@@ -345,7 +344,7 @@ class AdapterPool:
     def _drop_slot(self, slot: str) -> None:
         for layer in self._layers.values():
             layer.adapters.pop(slot, None)
-        self._tries.pop(slot, None)
+        self._constraints.pop(slot, None)
 
     # ------------------------------------------------------------------------------------ routing
     def route(self, adapters: Sequence[str | None]) -> Route | None:
@@ -404,8 +403,8 @@ class AdapterPool:
         """Greedy completions of a mixed batch: prompt i through ``adapters[i]``.
 
         Rows of an adapter with a closed answer set are constrained to spell one of its answers (given the
-        tokens the longest answer needs, even beyond ``max_new_tokens``); the other rows decode freely and
-        stop at ``max_new_tokens``.
+        tokens the longest answer needs, even beyond ``max_new_tokens``), then, if it has a separator, go on
+        freely after it; the other rows decode freely. Every row stops at its budget or its end of sequence.
         """
         if len(prompts) != len(adapters):
             raise PoolError(f"{len(prompts)} prompts but {len(adapters)} adapter names: give one per prompt")
@@ -420,14 +419,12 @@ class AdapterPool:
         width = encoded["input_ids"].shape[1]
         with self.routed(adapters):
             served_by = [None if a is BASE else self._names[a] for a in adapters]
-            tries = [None if info is None else self._tries.get(info.slot) for info in served_by]
-            limits = [max_new_tokens if t is None else max(max_new_tokens, t[2]) for t in tries]
+            constraints = [None if info is None else self._constraints.get(info.slot) for info in served_by]
+            limits = [max_new_tokens if c is None else max(max_new_tokens, c.longest) for c in constraints]
             constrain = None
-            if any(t is not None for t in tries):
+            if any(c is not None for c in constraints):
                 vocab = self.model.get_output_embeddings().weight.shape[0]
-                constrain = allowed_tokens_per_row(
-                    [None if t is None else t[:2] for t in tries], width, vocab
-                )
+                constrain = allowed_tokens_per_row(constraints, width, vocab)
             output = self.model.generate(  # type: ignore[operator]
                 **encoded, max_new_tokens=max(limits), do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
@@ -446,7 +443,7 @@ class AdapterPool:
                     prompt_tokens=int(encoded["attention_mask"][i].sum()),
                     new_tokens=len(kept),
                     served_by=served_by[i],
-                    constrained=tries[i] is not None,
+                    constrained=constraints[i] is not None,
                 )
             )
         return results

@@ -56,6 +56,7 @@ class TrainedAdapter:
     trainable_params: int
     total_params: int
     labels: list[str] = field(default_factory=list)
+    answer_separator: str = ""  # causal LM with a closed answer set: what may follow an answer (its reply)
     probe: LinearProbe | None = None
     warnings: list[str] = field(default_factory=list)
     # a composed adapter's parents: [{"version": "NAME/VERSION", "weight": w}]; empty for a trained one
@@ -187,6 +188,7 @@ def train_causal_lm(
         loss_fn=answer_only_loss_fn(model),
     )  # fmt: skip
     trainable, total = trainable_parameters(model)
+    answers = answer_labels(recipe, train_examples)
     return TrainedAdapter(
         model,
         tokenizer,
@@ -195,7 +197,8 @@ def train_causal_lm(
         result,
         trainable,
         total,
-        labels=answer_labels(recipe, train_examples),
+        labels=answers,
+        answer_separator=getattr(recipe.task, "answer_field_separator", "") if answers else "",
         warnings=size_warnings(len(train_feats)),
     )
 

@@ -69,11 +69,12 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_adapter(model: Any, folder: Path | str, answers: Sequence[str] = ()) -> Path:
+def save_adapter(model: Any, folder: Path | str, answers: Sequence[str] = (), separator: str = "") -> Path:
     """Write the adapter (and head) into ``folder``; returns it.
 
-    ``answers``: the closed answer set of a causal LM evaluated with constrained decoding, written as
-    ``answers.json`` so that serving decodes it the same way.
+    ``answers``: the closed answer set of a causal LM evaluated with constrained decoding, written with the
+    ``separator`` after which an answer goes on (its reply) as ``answers.json``, so that serving decodes it the
+    same way.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,7 @@ def save_adapter(model: Any, folder: Path | str, answers: Sequence[str] = ()) ->
     else:
         model.save_pretrained(str(folder))
         if answers:
-            write_answers(folder, answers)
+            write_answers(folder, answers, separator)
     return folder
 
 
