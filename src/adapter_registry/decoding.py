@@ -58,6 +58,7 @@ class AnswerConstraint:
 
     trie: Trie
     eos: int
+    size: int  # answers in the set
     longest: int  # new tokens that the longest closed part needs, its end included
     free_after: frozenset[tuple[int, ...]] = frozenset()  # generated prefixes after which decoding is free
 
@@ -66,7 +67,7 @@ class AnswerConstraint:
         trie, eos = choice_trie(answers, tokenizer)
         core = separator.rstrip()  # " | " -> " |": the reply's own first token carries its space
         if not core.strip():
-            return cls(trie, eos, longest_answer(answers, tokenizer))
+            return cls(trie, eos, len(answers), longest_answer(answers, tokenizer))
         nexts = {prefix: set(tokens) for prefix, tokens in trie.items()}
         free = set()
         for answer in answers:
@@ -75,7 +76,7 @@ class AnswerConstraint:
                 nexts.setdefault(tuple(ids[:i]), set()).add(token)
             free.add(tuple(ids))
         longest = max(longest_answer(answers, tokenizer), max(len(f) for f in free))
-        return cls({p: sorted(t) for p, t in nexts.items()}, eos, longest, frozenset(free))
+        return cls({p: sorted(t) for p, t in nexts.items()}, eos, len(answers), longest, frozenset(free))
 
     def allowed(self, generated: tuple[int, ...]) -> list[int] | None:
         """The tokens allowed after ``generated``; None once an answer and its separator are written (free)."""

@@ -29,9 +29,8 @@ class MlflowRecipeHooks:
         self._registrations: list[dict[str, Any]] = []
         self._started: dict[str, float] = {}
         self.node_seconds: dict[str, float] = {}
-        self.reporting_root = Path(
-            REPORTING_ROOT
-        )  # Data Docs per recipe; run_timings.json (seconds per node)
+        # Data Docs per recipe; run_timings.json (seconds per node)
+        self.reporting_root = Path(REPORTING_ROOT)
 
     @hook_impl
     def after_catalog_created(self, parameters: dict[str, Any]) -> None:

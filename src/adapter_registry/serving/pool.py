@@ -239,19 +239,19 @@ class AdapterPool:
         """Load (or replace) adapter ``name`` from a peft LoRA folder; requests switch over atomically."""
         folder = Path(folder)
         weights = self._prepare(folder)  # outside the lock: file reads and checks while serving goes on
-        answers = self._answers(folder)
+        constraint = self._constraint(folder)
         with self._lock:
             slot = f"{name}#{next(self._counter)}"
             layers = {module: self._wrap(module) for module in weights}
             for module, triple in weights.items():
                 layers[module].adapters[slot] = triple
-            if answers is not None:
-                self._constraints[slot] = answers[1]
+            if constraint is not None:
+                self._constraints[slot] = constraint
             info = AdapterInfo(
                 name=name, slot=slot, source=str(folder), layers=len(weights),
                 ranks=tuple(sorted({a.shape[0] for a, _, _ in weights.values()})),
                 nbytes=sum(a.nbytes + b.nbytes for a, b, _ in weights.values()),
-                metadata=dict(metadata or {}), answers=answers[0] if answers else 0,
+                metadata=dict(metadata or {}), answers=constraint.size if constraint else 0,
             )  # fmt: skip
             old = self._names.get(name)
             self._names[name] = info
@@ -319,8 +319,8 @@ class AdapterPool:
             )
         return out
 
-    def _answers(self, folder: Path) -> tuple[int, AnswerConstraint] | None:
-        """(size, constraint) of the adapter's closed answer set; None if it decodes freely."""
+    def _constraint(self, folder: Path) -> AnswerConstraint | None:
+        """The adapter's closed answer set; None if it decodes freely."""
         try:
             answers, separator = read_answers(folder)
             if not answers:
@@ -329,7 +329,7 @@ class AdapterPool:
                 constraint = AnswerConstraint.build(answers, self.tokenizer, separator)
         except ValueError as exc:
             raise PoolError(f"{folder}: {exc}") from exc
-        return len(answers), constraint
+        return constraint
 
     def _wrap(self, module: str) -> PooledLinear:
         layer = self._layers.get(module)
@@ -410,9 +410,8 @@ class AdapterPool:
             raise PoolError(f"{len(prompts)} prompts but {len(adapters)} adapter names: give one per prompt")
         if not prompts:
             return []
-        with (
-            self._lock
-        ):  # tokenised as in training and evaluation: the prompt template's text, no special tokens
+        # tokenised as in training and evaluation (the prompt template's text, no special tokens), under the lock
+        with self._lock:
             encoded = self.tokenizer(
                 list(prompts), return_tensors="pt", padding=True, add_special_tokens=False
             )
