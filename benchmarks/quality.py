@@ -233,9 +233,8 @@ def run_recipe(
     recipe: Any, base: Any, data: LabelledData, changes: Sequence[str] = ()
 ) -> tuple[Row, np.ndarray]:
     """The recipe trained and scored by the project's own functions; (row, per-test-row hits)."""
-    from adapter_registry.evaluation.evaluate import classifier_logits, evaluate_adapter
+    from adapter_registry.evaluation.evaluate import evaluate_adapter
     from adapter_registry.training.adapter import train_adapter
-    from adapter_registry.training.features import classification_features
 
     start = time.perf_counter()
     trained = train_adapter(recipe, base, data.train, data.validation)
@@ -245,11 +244,7 @@ def run_recipe(
     eval_s = time.perf_counter() - start
     m = report.metrics
     index = {label: i for i, label in enumerate(trained.labels)}  # per-row hits, for a mean over seeds
-    y = np.array([index[e.label] for e in data.test])
-    feats = classification_features(
-        [e.text for e in data.test], y.tolist(), trained.tokenizer, recipe.training.max_length
-    )
-    hits = classifier_logits(trained.model, feats, trained.tokenizer.pad_token_id).argmax(1) == y
+    hits = np.array(report.predictions) == np.array([index[e.label] for e in data.test[: report.rows]])
     row = Row(
         RECIPE_ROW + (f" with {', '.join(changes)}" if changes else ""),
         "argmax",

@@ -137,11 +137,24 @@ def test_classifier_starts_from_the_probe(tiny_bert: Path, intent_data: Path) ->
             tiny_bert, intent_data, training={"max_steps": 1, "batch_size": 8, "learning_rate": 1e-9}
         )
     )
-    train_examples, val_examples, _ = splits(recipe.model_dump())
+    train_examples, val_examples, test_examples = splits(recipe.model_dump())
     trained = train_adapter(recipe, describe_folder(tiny_bert), train_examples, val_examples)
     assert trained.probe is not None and trained.labels == ["delivery", "password", "refund"]
     head = trained.model.head.weight.detach().numpy()
     assert np.allclose(head, trained.probe.weight, atol=1e-4)  # lr 1e-9: still the probe's head
+
+    from adapter_registry.evaluation.evaluate import evaluate_adapter
+    from adapter_registry.evaluation.report import report_dict
+
+    report = evaluate_adapter(trained, test_examples, recipe.evaluation, 64)
+    assert len(report.predictions) == report.rows == len(test_examples)  # one per row, in order
+    gold = [trained.labels.index(e.label) for e in test_examples]
+    hits = sum(p == g for p, g in zip(report.predictions, gold, strict=True))
+    assert hits / report.rows == pytest.approx(report.metrics["accuracy"])
+    counts = np.zeros((3, 3), dtype=int)
+    np.add.at(counts, (gold, report.predictions), 1)
+    assert counts.tolist() == report.confusion
+    assert "predictions" not in report_dict(recipe, trained, report)  # summarised, not listed, in the JSON
 
 
 def test_small_data_warnings() -> None:

@@ -52,6 +52,8 @@ class EvaluationReport:
     confusion: list[list[int]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     samples: list[dict[str, str]] = field(default_factory=list)  # a few predictions, for people
+    # classification: the adapter's label index for each test row, in order (kept out of the JSON report)
+    predictions: list[int] = field(default_factory=list)
 
     def flat_metrics(self) -> dict[str, float]:
         """Adapter metrics, the base's as ``base.<name>``, ``beats_base`` and forgetting figures."""
@@ -286,6 +288,7 @@ def evaluate_classifier(
     report.per_class_f1 = per_class_f1(y, pred, labels)
     report.confusion = confusion_matrix(y, pred, labels=list(range(len(labels)))).tolist()
     report.labels = labels
+    report.predictions = pred.tolist()
     report.samples = [
         {"text": e.text, "expected": e.label, "adapter": labels[p]}
         for e, p in zip(test_examples[:5], pred[:5], strict=True)

@@ -18,6 +18,7 @@ from adapter_registry.training.adapter import TrainedAdapter
 def report_dict(recipe: Recipe, trained: TrainedAdapter, report: EvaluationReport) -> dict[str, Any]:
     """Everything evaluation knows, JSON-ready: scores with intervals, baseline, training summary, warnings."""
     data = asdict(report)
+    data.pop("predictions")  # one per test row: the confusion matrix and per-class F1 summarise them
     data["flat_metrics"] = report.flat_metrics()
     data["gates"] = [
         {
