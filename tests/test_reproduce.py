@@ -263,5 +263,9 @@ def test_compare_metrics_tolerance_and_missing_metrics() -> None:
 def test_reports_are_read_where_the_checked_out_commit_writes_them(tmp_path: Path) -> None:
     assert _reporting_root(tmp_path) == tmp_path / "data" / "08_reporting"  # a commit from before globals.yml
     (tmp_path / "conf" / "base").mkdir(parents=True)
+    (tmp_path / "conf" / "local").mkdir()
+    assert _reporting_root(tmp_path) == tmp_path / "data" / "08_reporting"  # conf/, but no globals.yml
     (tmp_path / "conf" / "base" / "globals.yml").write_text("reporting_root: out/reports\n")
     assert _reporting_root(tmp_path) == tmp_path / "out" / "reports"
+    (tmp_path / "conf" / "local" / "globals.yml").write_text("reporting_root: mine/reports\n")
+    assert _reporting_root(tmp_path) == tmp_path / "mine" / "reports"  # local overrides base, as in kedro run

@@ -269,13 +269,17 @@ def _last_error_line(log: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ main
 def _reporting_root(worktree: Path) -> Path:
-    """Where the checked-out commit's catalog writes reports: its ``conf/base/globals.yml``, else the old default."""
-    import yaml
+    """Where the checked-out commit's catalog writes reports: its globals as Kedro merges them (``conf/base``, then
+    ``conf/local``), else the default of commits from before ``globals.yml``."""
+    from kedro.config import OmegaConfigLoader
 
-    globals_file = worktree / "conf" / "base" / "globals.yml"
-    configured = yaml.safe_load(globals_file.read_text()) if globals_file.is_file() else None
-    root = configured.get("reporting_root") if isinstance(configured, dict) else None
-    return worktree / (root or "data/08_reporting")
+    conf = worktree / "conf"
+    configured = (
+        OmegaConfigLoader(str(conf), base_env="base", default_run_env="local")["globals"]
+        if conf.is_dir()
+        else {}
+    )
+    return worktree / (configured.get("reporting_root") or "data/08_reporting")
 
 
 def _refuse_composed(ref: str, parents_tag: str | None) -> None:
