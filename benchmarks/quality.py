@@ -270,19 +270,23 @@ def run_recipe(
     return row, hits
 
 
-def run_recipe_seeds(args: argparse.Namespace, base: Any, data: LabelledData) -> Row:
-    """The recipe with ``--seeds`` training seeds (the recipe's own, then the next ones): one row of their mean.
+def run_recipe_seeds(args: argparse.Namespace, first: Any, base: Any, data: LabelledData) -> Row:
+    """``first`` (the recipe), then with the next ``--seeds`` - 1 training seeds: one row of their mean.
 
     The interval is a bootstrap over test rows of the seed-averaged hits: it covers the test-row sampling of the
-    mean, while the per-seed accuracies (in the row's label) show the seed-to-seed spread.
+    mean, while the per-seed accuracies (``details.seed_accuracies``, beside the row in the table) show the
+    seed-to-seed spread.
     """
     from adapter_registry.evaluation.metrics import bootstrap_interval
 
-    first = default_recipe(args, args.quick)
     rows, hits = [], []
     for k in range(args.seeds):
         changes = [*args.recipe_set] + ([f"training.seed={first.training.seed + k}"] if k else [])
-        recipe = default_recipe(argparse.Namespace(**{**vars(args), "recipe_set": changes}), args.quick)
+        recipe = (
+            default_recipe(argparse.Namespace(**{**vars(args), "recipe_set": changes}), args.quick)
+            if k
+            else first
+        )
         row, row_hits = run_recipe(recipe, base, data, changes)
         print(f"    seed {recipe.training.seed}: {row.accuracy:.4f} in {row.train_wall_s:.0f} s", flush=True)
         rows.append(row)
@@ -409,7 +413,7 @@ def run_classification(args: argparse.Namespace, data: LabelledData) -> list[Row
     rows = []
     runs = {
         "probe": lambda: run_probe(base, data, recipe.training.max_length, refit=recipe.training.refit),
-        "recipe": lambda: run_recipe_seeds(args, base, data),
+        "recipe": lambda: run_recipe_seeds(args, recipe, base, data),
         "full_ft": lambda: run_full_ft(ft_model, base, data, budget_s, step_s, args.quick),
     }
     for name, run in runs.items():
