@@ -371,6 +371,12 @@ def serve(
         Optional[Path],  # noqa: UP045
         typer.Option("--tenants", help="tenant -> adapter YAML (default conf/base/tenants.yml)"),
     ] = None,
+    max_prompt_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-prompt-tokens", min=1, help="longer prompts are refused (413): one would stall its whole batch"
+        ),
+    ] = 2048,
 ) -> None:
     """Serve every STAGE adapter registered for BASE over HTTP: many adapters on one base model."""
     from adapter_registry.serving.app import serve as run_server
@@ -384,6 +390,7 @@ def serve(
             tracking_uri=_state["tracking_uri"],
             poll_seconds=poll_seconds,
             tenants_file=tenants,
+            max_prompt_tokens=max_prompt_tokens,
         )
 
 

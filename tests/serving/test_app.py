@@ -152,3 +152,17 @@ def test_http_errors_name_the_problem(server):
     assert both.status_code == 422 and "exactly one of 'adapter' or 'tenant'" in both.text
     extra = generate(server, adapter="alpha", temperature=0.7)
     assert extra.status_code == 422 and "temperature" in extra.text
+
+
+def test_a_prompt_too_long_is_answered_413_and_its_batch_is_served(server):
+    """The tiny base's context window is 128 tokens; the requests batched with the long one are answered."""
+    long_prompt = " ".join(["a"] * 125)
+    with ThreadPoolExecutor(4) as executor:
+        bodies = [{"adapter": "alpha", "prompt": long_prompt}, {"adapter": "alpha"}, {"adapter": "beta"}] * 2
+        answers = list(executor.map(lambda body: generate(server, **body), bodies))
+    assert [a.status_code for a in answers] == [413, 200, 200] * 2, [a.text for a in answers]
+    detail = answers[0].json()["detail"]
+    assert (
+        "the prompt has 125 tokens and may generate 6: 131 overrun the base's context window of 128" in detail
+    )
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapter_registry.decoding import ANSWERS_FILE, write_answers
-from adapter_registry.serving.pool import AdapterPool, PoolError
+from adapter_registry.decoding import ANSWERS_FILE, AnswerConstraint, write_answers
+from adapter_registry.serving.pool import AdapterPool, PoolError, PromptTooLong
 
 from .conftest import build_adapter, build_base
 
@@ -164,6 +164,42 @@ def test_mixed_generation_equals_single_generation(pool):
         alone = pool.generate([PROMPTS[i]], [name], max_new_tokens=6)[0]
         assert mixed[i].text == alone.text, (i, name)
     assert len({g.text for g in mixed}) > 1  # different adapters, different completions
+
+
+def test_a_prompt_that_overruns_the_context_window_is_refused_before_anything_runs(pool):
+    """The tiny base's window is 128 tokens: 120 prompt tokens leave room for 8 new ones, not 9."""
+    long_prompt = " ".join(["a"] * 120)
+    assert pool.generate([long_prompt], ["alpha"], max_new_tokens=8)[0].prompt_tokens == 120
+    with pytest.raises(
+        PromptTooLong, match="has 120 tokens and may generate 9: 129 overrun the base's context window of 128"
+    ):
+        pool.generate([long_prompt], ["alpha"], max_new_tokens=9)
+    with pytest.raises(PromptTooLong, match="prompt 1 of the batch has 120 tokens"):
+        pool.generate(["a b", long_prompt], ["alpha", "beta"], max_new_tokens=9)
+    assert pool.generate(["a b"], ["alpha"], max_new_tokens=9)[0].new_tokens > 0  # the pool still serves
+
+
+def test_a_closed_adapters_budget_counts_its_longest_answer(pool, closed):
+    """A constrained row may need more tokens than asked for: the window check counts those."""
+    pool.add("closed", closed)
+    longest = AnswerConstraint.build(ANSWERS, pool.tokenizer).longest
+    assert longest > 1
+    fits = " ".join(["a"] * (128 - longest))
+    pool.generate([fits], ["closed"], max_new_tokens=1)
+    with pytest.raises(PromptTooLong, match=f"may generate {longest}:"):
+        pool.generate([fits + " a"], ["closed"], max_new_tokens=1)
+
+
+def test_max_prompt_tokens_caps_a_prompt_below_the_window(tiny_base, adapters):
+    capped = AdapterPool.from_pretrained(tiny_base, max_prompt_tokens=5)
+    capped.add("alpha", adapters["alpha"])
+    assert capped.generate(["a b c d e"], ["alpha"], max_new_tokens=2)[0].prompt_tokens == 5
+    with pytest.raises(
+        PromptTooLong, match=r"has 6 tokens; this server takes at most 5 \(max_prompt_tokens\)"
+    ):
+        capped.generate(["a b c d e f"], ["alpha"], max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_prompt_tokens=0 must be at least 1"):
+        AdapterPool.from_pretrained(tiny_base, max_prompt_tokens=0)
 
 
 def test_replacing_an_adapter_is_atomic_for_concurrent_requests(pool, batch, adapters):

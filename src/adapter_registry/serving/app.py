@@ -12,9 +12,13 @@ the registry every ``poll_seconds``: when an alias moves, the new version is pul
 beside the old one, which keeps serving until the pool swaps the name over.
 
 Concurrent requests are gathered by one worker thread into mixed batches (up to ``max_batch`` requests with the
-same ``max_new_tokens``) and run through the pool's mixed-batch path. An adapter registered with a closed answer set
-(its recipe's ``evaluation.decoding: constrained``) is decoded over that set, as it was evaluated, with the reply
-after its separator left free; the response says ``"constrained": true``.
+same ``max_new_tokens``) and run through the pool's mixed-batch path. A prompt over ``max_prompt_tokens`` (2048 by
+default: one long prompt would otherwise stall every request batched with it), or one that with its
+``max_new_tokens`` overruns the base's context window, is answered 413 and the rest of its batch is served.
+
+An adapter registered with a closed answer set (its recipe's ``evaluation.decoding: constrained``) is decoded
+over that set, as it was evaluated, with the reply after its separator left free; the response says
+``"constrained": true``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapter_registry.registry.entities import AdapterVersion
-from adapter_registry.serving.pool import AdapterPool, Generation, PoolError
+from adapter_registry.serving.pool import AdapterPool, Generation, PoolError, PromptTooLong
 
 if TYPE_CHECKING:
     import uvicorn
@@ -252,9 +256,12 @@ class Batcher:
             results = self.pool.generate(
                 [r.prompt for r in batch], [r.adapter for r in batch], batch[0].max_new_tokens
             )
-        except PoolError:
-            if len(batch) == 1:  # the adapter left the pool since the request was accepted
-                batch[0].future.set_exception(PoolError(f"adapter {batch[0].adapter!r} is no longer served"))
+        except PoolError as exc:
+            if (
+                len(batch) == 1
+            ):  # a prompt too long, or the adapter left the pool since the request was accepted
+                gone = PoolError(f"adapter {batch[0].adapter!r} is no longer served")
+                batch[0].future.set_exception(exc if isinstance(exc, PromptTooLong) else gone)
                 return
             for request in batch:  # one bad row must not fail the others
                 self._generate([request])
@@ -378,6 +385,8 @@ def create_app(
         started = time.perf_counter()
         try:
             result = await asyncio.wrap_future(service.batcher.submit(name, body.prompt, body.max_new_tokens))
+        except PromptTooLong as exc:
+            raise HTTPException(413, str(exc)) from exc
         except PoolError as exc:
             raise HTTPException(404, str(exc)) from exc
         info = result.served_by
@@ -436,6 +445,7 @@ def build_server(
     poll_seconds: float = 10.0,
     tenants_file: Path | None = None,
     max_batch: int = 8,
+    max_prompt_tokens: int | None = 2048,
 ) -> uvicorn.Server:
     """Load the base, connect the registry and return the (not yet started) uvicorn server."""
     import uvicorn
@@ -448,7 +458,9 @@ def build_server(
         raise ValueError(f"stage {stage!r} cannot be served; use production, staging or candidate")
     resolved = resolve_reference(base)
     store = AdapterStore(tracking_uri) if tracking_uri else AdapterStore.from_env()
-    pool = AdapterPool.from_pretrained(resolved.path, fingerprint=resolved.fingerprint)
+    pool = AdapterPool.from_pretrained(
+        resolved.path, fingerprint=resolved.fingerprint, max_prompt_tokens=max_prompt_tokens
+    )
     app = create_app(
         pool, RegistrySource(store, stage), base_identity=resolved.identity, stage=stage,
         tenants=load_tenants(tenants_file), poll_seconds=poll_seconds, max_batch=max_batch,
@@ -465,7 +477,10 @@ def serve(
     poll_seconds: float = 10.0,
     tenants_file: Path | None = None,
     max_batch: int = 8,
+    max_prompt_tokens: int | None = 2048,
 ) -> None:
     """Serve every ``stage`` adapter registered for ``base`` until interrupted (``adapter-registry serve``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    build_server(base, stage, host, port, tracking_uri, poll_seconds, tenants_file, max_batch).run()
+    build_server(
+        base, stage, host, port, tracking_uri, poll_seconds, tenants_file, max_batch, max_prompt_tokens
+    ).run()

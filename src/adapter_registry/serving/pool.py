@@ -17,6 +17,9 @@ old slot: a request sees the old adapter or the new one, never half of one.
 An adapter saved with a closed answer set (``answers.json``: its recipe was evaluated with constrained decoding)
 is decoded over the same answer set here: its rows of a batch may only start with one of its answers (and go
 on freely after the recipe's separator, ``category | reply``), other rows decode freely.
+
+A prompt that, with the tokens it may generate, does not fit the base's context window (or the pool's
+``max_prompt_tokens``) is refused with :class:`PromptTooLong` before anything runs: nothing is truncated silently.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from adapter_registry.decoding import AnswerConstraint, allowed_tokens_per_row, 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["AdapterInfo", "AdapterPool", "Generation", "PoolError", "PooledLinear", "Route"]
+__all__ = ["AdapterInfo", "AdapterPool", "Generation", "PoolError", "PooledLinear", "PromptTooLong", "Route"]
 
 BASE = None  # a row that names no adapter runs the bare base model
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -55,6 +58,10 @@ _UNSUPPORTED: dict[str, Any] = {
 
 class PoolError(ValueError):
     """An adapter the pool cannot load, or a request naming an adapter it does not hold."""
+
+
+class PromptTooLong(PoolError):
+    """A prompt longer than the pool takes, or too long to leave room for the tokens it may generate."""
 
 
 # ------------------------------------------------------------------------------------------------ routing
@@ -207,13 +214,21 @@ class AdapterPool:
     """One causal LM base and many LoRA adapters, served by name. Thread-safe: one lock around the model."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fingerprint: str = ""
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        fingerprint: str = "",
+        max_prompt_tokens: int | None = None,
     ) -> None:
+        if max_prompt_tokens is not None and max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens={max_prompt_tokens} must be at least 1 (or None: no limit)")
         model.eval()
         model.requires_grad_(False)
         self.model = model
         self.tokenizer = tokenizer
         self.fingerprint = fingerprint
+        self.max_prompt_tokens = max_prompt_tokens  # None: only the context window limits a prompt
+        self.context_window: int | None = getattr(model.config, "max_position_embeddings", None)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
@@ -226,13 +241,18 @@ class AdapterPool:
 
     @classmethod
     def from_pretrained(
-        cls, base_path: Path | str, fingerprint: str = "", dtype: torch.dtype = torch.float32
+        cls,
+        base_path: Path | str,
+        fingerprint: str = "",
+        dtype: torch.dtype = torch.float32,
+        max_prompt_tokens: int | None = None,
     ) -> AdapterPool:
         """Load a base model folder (and its tokenizer) into an empty pool."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-        return cls(model, AutoTokenizer.from_pretrained(base_path), fingerprint=fingerprint)
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+        return cls(model, tokenizer, fingerprint=fingerprint, max_prompt_tokens=max_prompt_tokens)
 
     # ------------------------------------------------------------------------------------ adapters
     def add(self, name: str, folder: Path | str, metadata: dict[str, str] | None = None) -> AdapterInfo:
@@ -405,6 +425,8 @@ class AdapterPool:
         Rows of an adapter with a closed answer set are constrained to spell one of its answers (given the
         tokens the longest answer needs, even beyond ``max_new_tokens``), then, if it has a separator, go on
         freely after it; the other rows decode freely. Every row stops at its budget or its end of sequence.
+        Raises :class:`PromptTooLong` (and generates nothing) if a prompt is over ``max_prompt_tokens`` or would,
+        with its budget, overrun the base's context window.
         """
         if len(prompts) != len(adapters):
             raise PoolError(f"{len(prompts)} prompts but {len(adapters)} adapter names: give one per prompt")
@@ -420,6 +442,7 @@ class AdapterPool:
             served_by = [None if a is BASE else self._names[a] for a in adapters]
             constraints = [None if info is None else self._constraints.get(info.slot) for info in served_by]
             limits = [max_new_tokens if c is None else max(max_new_tokens, c.longest) for c in constraints]
+            self._check_lengths([int(n) for n in encoded["attention_mask"].sum(1)], limits)
             constrain = None
             if any(c is not None for c in constraints):
                 vocab = self.model.get_output_embeddings().weight.shape[0]
@@ -446,6 +469,20 @@ class AdapterPool:
                 )
             )
         return results
+
+    def _check_lengths(self, prompt_tokens: Sequence[int], limits: Sequence[int]) -> None:
+        for row, (tokens, budget) in enumerate(zip(prompt_tokens, limits, strict=True)):
+            where = f"prompt {row} of the batch" if len(prompt_tokens) > 1 else "the prompt"
+            if self.max_prompt_tokens is not None and tokens > self.max_prompt_tokens:
+                raise PromptTooLong(
+                    f"{where} has {tokens} tokens; this server takes at most {self.max_prompt_tokens} "
+                    "(max_prompt_tokens): shorten it"
+                )
+            if self.context_window is not None and tokens + budget > self.context_window:
+                raise PromptTooLong(
+                    f"{where} has {tokens} tokens and may generate {budget}: {tokens + budget} overrun the base's "
+                    f"context window of {self.context_window} tokens; shorten it or ask for fewer new tokens"
+                )
 
     # ------------------------------------------------------------------------------------ accounting
     def memory(self) -> dict[str, Any]:
