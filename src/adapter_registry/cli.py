@@ -374,7 +374,9 @@ def serve(
     max_prompt_tokens: Annotated[
         int,
         typer.Option(
-            "--max-prompt-tokens", min=1, help="longer prompts are refused (413): one would stall its whole batch"
+            "--max-prompt-tokens",
+            min=1,
+            help="longer prompts are refused (413): one would stall its whole batch",
         ),
     ] = 2048,
 ) -> None:

@@ -43,15 +43,6 @@ def longest_answer(choices: Sequence[str], tokenizer: Any) -> int:
     return 1 + max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in choices)
 
 
-def allowed_tokens(trie: Trie, eos: int, width: int) -> AllowedFn:
-    """``prefix_allowed_tokens_fn`` for prompts left-padded to ``width``: the trie's next tokens, else EOS."""
-
-    def allowed(_: int, sequence: torch.Tensor) -> list[int]:
-        return trie.get(tuple(sequence[width:].tolist()), [eos])
-
-    return allowed
-
-
 @dataclass(frozen=True)
 class AnswerConstraint:
     """A closed answer set as a token trie. With a separator, ``answer + separator`` may go on freely."""

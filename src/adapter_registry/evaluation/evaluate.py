@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapter_registry.decoding import allowed_tokens, choice_trie, longest_answer
+from adapter_registry.decoding import AnswerConstraint, allowed_tokens_per_row, longest_answer
 from adapter_registry.evaluation.metrics import (
     HIGHER_IS_BETTER,
     accuracy,
@@ -119,12 +119,13 @@ def generate(
 
     With ``choices`` the decoding is constrained: each step may only extend a prefix of one of the choices (a
     token trie, each choice closed by end-of-sequence), so every answer is one of them. It costs what greedy
-    decoding costs, unlike scoring every choice's likelihood.
+    decoding costs, unlike scoring every choice's likelihood. Serving decodes a registered adapter's rows with
+    the same :class:`AnswerConstraint` and the same ``prefix_allowed_tokens_fn``.
     """
     model.eval()
     ids = prompt_ids(prompts, tokenizer, max_length)
     pad = tokenizer.pad_token_id
-    allowed = None if choices is None else choice_trie(choices, tokenizer)
+    constraint = None if choices is None else AnswerConstraint.build(choices, tokenizer)
     answers = [""] * len(prompts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for idx in sequential_batches(len(order), batch_size):
@@ -132,7 +133,11 @@ def generate(
         width = max(len(ids[r]) for r in rows)
         input_ids = torch.tensor([[pad] * (width - len(ids[r])) + ids[r] for r in rows])
         mask = torch.tensor([[0] * (width - len(ids[r])) + [1] * len(ids[r]) for r in rows])
-        constrain = None if allowed is None else allowed_tokens(*allowed, width)
+        constrain = (
+            None
+            if constraint is None
+            else allowed_tokens_per_row([constraint] * len(rows), width, model.config.vocab_size)
+        )
         out = model.generate(
             input_ids=input_ids,
             attention_mask=mask,
