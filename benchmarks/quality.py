@@ -15,7 +15,8 @@ on a stratified validation split carved from train), (b) the project's default c
 three epochs) scored by exact match with greedy decoding, with the recipe's constrained decoding (a token trie of
 the training answers) and by label scoring over the known label set. Hyper-parameters are chosen on validation data only; each model
 touches the test split once. Results: ``benchmarks/results/quality.{json,md}`` (rows of earlier invocations with
-other ``--parts`` are kept) and an MLflow run in ``benchmarks/results/mlflow.db``.
+other ``--parts`` are kept; ``--results NAME`` writes ``NAME.{json,md}`` instead) and an MLflow run in
+``benchmarks/results/mlflow.db``.
 """
 
 from __future__ import annotations
@@ -656,7 +657,7 @@ def write_results(
     rows: list[Row], args: argparse.Namespace, data: LabelledData, quick: bool
 ) -> dict[str, Any]:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("quality_quick.json" if quick else "quality.json")
+    path = RESULTS / (f"{args.results}_quick.json" if quick else f"{args.results}.json")
     payload: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"rows": {}, "runs": {}}
     if payload.get("dataset") not in (None, str(args.train)):
         payload = {"rows": {}, "runs": {}}  # another dataset: start a fresh table
@@ -752,8 +753,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="torch threads; 0: all cores when idle, 1 when others load them",
     )
+    p.add_argument(
+        "--results",
+        default="quality",
+        help="stem of the tables in benchmarks/results/ (another name keeps Banking77's quality.md as it is)",
+    )
     p.add_argument("--mlflow-uri", default=f"sqlite:///{RESULTS / 'mlflow.db'}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.results or Path(args.results).name != args.results:
+        p.error(f"--results {args.results!r} must be a plain file stem such as quality_clinc")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
