@@ -94,6 +94,13 @@ def test_seeds_below_one_is_refused(pair, capsys) -> None:
     assert "--seeds must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stem", ["../quality", "a/b", ""])
+def test_a_results_name_that_is_not_a_plain_stem_is_refused(pair, capsys, stem) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main(["--train", str(pair[0]), "--test", str(pair[1]), "--results", stem])
+    assert exit_info.value.code == 2 and "must be a plain file stem" in capsys.readouterr().err
+
+
 def test_goals_read_the_shipped_recipe_not_a_variant() -> None:
     def row(approach: str, accuracy: float) -> dict:
         return {"approach": approach, "scoring": "argmax", "accuracy": accuracy, "train_wall_s": 300.0}
