@@ -257,9 +257,8 @@ class Batcher:
                 [r.prompt for r in batch], [r.adapter for r in batch], batch[0].max_new_tokens
             )
         except PoolError as exc:
-            if (
-                len(batch) == 1
-            ):  # a prompt too long, or the adapter left the pool since the request was accepted
+            # alone in its batch: its prompt is too long, or its adapter left the pool since it was accepted
+            if len(batch) == 1:
                 gone = PoolError(f"adapter {batch[0].adapter!r} is no longer served")
                 batch[0].future.set_exception(exc if isinstance(exc, PromptTooLong) else gone)
                 return
