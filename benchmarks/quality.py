@@ -446,6 +446,7 @@ def run_sft(args: argparse.Namespace, data: LabelledData) -> list[Row]:
 
     from adapter_registry.bases.resolve import resolve_reference
     from adapter_registry.data.formats import to_sft_examples
+    from adapter_registry.decoding import AnswerConstraint
     from adapter_registry.evaluation.evaluate import answer_key, generate
     from adapter_registry.evaluation.label_scoring import label_log_likelihoods, label_token_ids
     from adapter_registry.methods import build_peft_config
@@ -510,6 +511,9 @@ def run_sft(args: argparse.Namespace, data: LabelledData) -> list[Row]:
     print(f"    trained in {train_s:.0f} s ({trained.result.steps} steps)", flush=True)
 
     label_names = [answer[label] for label in data.labels]
+    constrained = AnswerConstraint.build(
+        label_names, tokenizer
+    )  # the recipe's decoding, over the label names
     index = {name: i for i, name in enumerate(label_names)}
     y = np.array([index[answer[e.label]] for e in test_rows])
     prompts = [x.prompt for x in test_x]
@@ -542,7 +546,7 @@ def run_sft(args: argparse.Namespace, data: LabelledData) -> list[Row]:
             if scoring.startswith("exact"):
                 outputs = generate(
                     model, tokenizer, prompts, recipe.evaluation.max_new_tokens, recipe.training.max_length,
-                    choices=label_names if "constrained" in scoring else None,
+                    constraint=constrained if "constrained" in scoring else None,
                 )  # fmt: skip
                 keys = [answer_key(o, sep) for o in outputs]
                 pred = np.array([index.get(k, -1) for k in keys])  # -1: not a known label

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from adapter_registry.datasets import AdapterFolderDataset
-from adapter_registry.decoding import choice_trie, read_answers
+from adapter_registry.decoding import AnswerConstraint, choice_trie, read_answers
 from adapter_registry.evaluation.evaluate import evaluate_adapter, generate
 from adapter_registry.recipes import RecipeError, parse_recipe
 from adapter_registry.training.adapter import train_adapter
@@ -31,7 +31,9 @@ def test_trie_holds_every_prefix_and_closes_each_choice_with_eos(tiny_llama) -> 
 def test_a_random_model_answers_only_with_choices(tiny_llama) -> None:
     model, tokenizer = tiny_llama
     free = generate(model, tokenizer, PROMPTS, 8, 64)
-    constrained = generate(model, tokenizer, PROMPTS, 12, 64, batch_size=4, choices=CHOICES)
+    constrained = generate(
+        model, tokenizer, PROMPTS, 12, 64, batch_size=4, constraint=AnswerConstraint.build(CHOICES, tokenizer)
+    )
     assert not set(free) <= set(CHOICES)  # an untrained model babbles ...
     assert set(constrained) <= set(CHOICES)  # ... unless it may only spell a choice
 

@@ -151,7 +151,9 @@ def test_the_pool_decodes_a_closed_adapter_as_evaluation_does(pool, closed, tiny
 
     pool.add("closed", closed)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), closed).eval()
-    evaluated = generate(model, pool.tokenizer, PROMPTS, 5, 64, choices=ANSWERS)
+    evaluated = generate(
+        model, pool.tokenizer, PROMPTS, 5, 64, constraint=AnswerConstraint.build(ANSWERS, pool.tokenizer)
+    )
     served = pool.generate(PROMPTS, ["closed", "alpha"] * 3, max_new_tokens=2)
     assert [g.text for g in served[::2]] == evaluated[::2]
     assert len(set(evaluated)) > 1  # the prompts do not all pick the same answer

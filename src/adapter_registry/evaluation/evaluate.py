@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapter_registry.decoding import AnswerConstraint, allowed_tokens_per_row, longest_answer
+from adapter_registry.decoding import AnswerConstraint, allowed_tokens_per_row
 from adapter_registry.evaluation.metrics import (
     HIGHER_IS_BETTER,
     accuracy,
@@ -113,19 +113,18 @@ def generate(
     max_new_tokens: int,
     max_length: int,
     batch_size: int = 16,
-    choices: Sequence[str] | None = None,
+    constraint: AnswerConstraint | None = None,
 ) -> list[str]:
     """Greedy answers, prompts left-padded in length-sorted batches.
 
-    With ``choices`` the decoding is constrained: each step may only extend a prefix of one of the choices (a
-    token trie, each choice closed by end-of-sequence), so every answer is one of them. It costs what greedy
+    With a ``constraint`` the decoding is constrained: each step may only extend a prefix of one of its answers
+    (a token trie, each answer closed by end-of-sequence), so every answer is one of them. It costs what greedy
     decoding costs, unlike scoring every choice's likelihood. Serving decodes a registered adapter's rows with
     the same :class:`AnswerConstraint` and the same ``prefix_allowed_tokens_fn``.
     """
     model.eval()
     ids = prompt_ids(prompts, tokenizer, max_length)
     pad = tokenizer.pad_token_id
-    constraint = None if choices is None else AnswerConstraint.build(choices, tokenizer)
     answers = [""] * len(prompts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for idx in sequential_batches(len(order), batch_size):
@@ -174,14 +173,16 @@ def evaluate_causal_lm(
     feats = sft_features(test_examples, tokenizer, max_length)
     prompts = [e.prompt for e in test_examples]
     gold = [answer_key(e.answer, separator) for e in test_examples]
-    choices, max_new_tokens = None, spec.max_new_tokens
+    constraint, max_new_tokens = None, spec.max_new_tokens
     if spec.decoding == "constrained":
         if not trained.labels:
             raise ValueError(
                 "constrained decoding needs the answers seen in training (trained.labels is empty)"
             )
-        choices = trained.labels
-        max_new_tokens = max(max_new_tokens, longest_answer(choices, tokenizer))  # room for any answer
+        constraint = AnswerConstraint.build(
+            trained.labels, tokenizer
+        )  # built once: adapter and base share it
+        max_new_tokens = max(max_new_tokens, constraint.longest)  # room for any answer
     n = spec.bootstrap_samples
     scores: dict[str, dict[str, float]] = {"adapter": {}, "base": {}}
     outputs: dict[str, list[str]] = {}
@@ -190,7 +191,7 @@ def evaluate_causal_lm(
         with context:
             if "exact_match" in spec.metrics:
                 outputs[who] = generate(
-                    model, tokenizer, prompts, max_new_tokens, max_length, choices=choices
+                    model, tokenizer, prompts, max_new_tokens, max_length, constraint=constraint
                 )
                 hits = np.array(
                     [answer_key(o, separator) == g for o, g in zip(outputs[who], gold, strict=True)]
@@ -215,7 +216,7 @@ def evaluate_causal_lm(
         spec,
         scores,
         "the base model itself (adapter disabled, same prompts and decoding"
-        + (", constrained to the training answers)" if choices else ")"),
+        + (", constrained to the training answers)" if constraint else ")"),
         len(feats),
         {
             "general_loss_base": float(forgetting_base.mean()),
