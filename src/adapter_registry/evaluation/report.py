@@ -108,9 +108,14 @@ head = load_file("ADAPTER_DIR/head.safetensors")
 config = json.load(open("ADAPTER_DIR/head_config.json"))  # pooling, normalize, labels
 batch = tokenizer(["TEXT"], return_tensors="pt", padding=True)
 with torch.no_grad():
-    hidden = encoder(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    features = (hidden * mask).sum(1) / mask.sum(1)  # pooling: mean (cls: hidden[:, 0])
+    out = encoder(**batch)
+    if config["pooling"] == "mean":
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        features = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
+    elif config["pooling"] == "cls":
+        features = out.last_hidden_state[:, 0]
+    else:  # pooler
+        features = out.pooler_output
     if config["normalize"]:
         features = torch.nn.functional.normalize(features, dim=-1)
     logits = features @ head["weight"].T + head["bias"]
