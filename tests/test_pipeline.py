@@ -100,8 +100,16 @@ def test_kedro_run_trains_evaluates_merges_and_registers(
     assert (reports / "tiny_sft" / "data_docs" / "index.html").is_file()
     from mlflow import MlflowClient
 
-    logged = [a.path for a in MlflowClient(f"sqlite:///{db}").list_artifacts(sft.run_id, "reports/data_docs")]
+    client = MlflowClient(f"sqlite:///{db}")
+    logged = [a.path for a in client.list_artifacts(sft.run_id, "reports/data_docs")]
     assert "reports/data_docs/index.html" in logged
+    figures = {a.path for a in client.list_artifacts(cls.run_id, "reports/figures")}
+    assert {"reports/figures/confusion_matrix.png", "reports/figures/learning_curves.png"} <= figures
+    # warnings found before training are recorded on the version (tiny data; SFT's 6 steps end mid-epoch)
+    sft_warnings = json.loads(sft.tags[Tag.WARNINGS])
+    assert any(w.startswith("trained on") for w in sft_warnings), sft_warnings
+    assert any("of one epoch" in w for w in sft_warnings), sft_warnings
+    assert "of one epoch" in done.stdout + done.stderr  # and said before training started
     timings = json.loads((reports / "run_timings.json").read_text())
     assert "tiny_sft.train_adapter_node" in timings["nodes"]
 

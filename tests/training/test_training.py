@@ -9,11 +9,19 @@ import pytest
 import torch
 
 from adapter_registry.bases.resolve import describe_folder
+from adapter_registry.data.formats import SftExample
 from adapter_registry.recipes import parse_recipe
-from adapter_registry.training.adapter import size_warnings, train_adapter
+from adapter_registry.training.adapter import budget_warnings, size_warnings, train_adapter
 from adapter_registry.training.features import IGNORE, length_grouped_batches, sft_features
 from adapter_registry.training.heads import detect_pooling, fit_linear_probe
-from adapter_registry.training.loop import CHECKPOINT, LoopConfig, TrainResult, is_overfitting, train
+from adapter_registry.training.loop import (
+    CHECKPOINT,
+    LoopConfig,
+    TrainResult,
+    is_overfitting,
+    mean_loss,
+    train,
+)
 from adapter_registry.training.models import load_base_model, load_tokenizer
 from helpers import classifier_recipe, sft_recipe, splits
 
@@ -46,6 +54,42 @@ def test_sft_adapter_learns_and_restores_best_state(tiny_llama: Path, sft_data: 
     assert result.train_loss[-1][1] < result.train_loss[0][1]
     assert result.best_val_loss == min(v for _, v in result.val_loss)
     assert 0 < trained.trainable_share < 0.5 and result.tokens > 0
+    n = len(train_examples)  # 6 steps x 4 rows: less than one epoch, and said so on the adapter
+    assert f"covers 24 of the {n} training rows" in " ".join(trained.warnings)
+
+
+def test_early_stopping_stops_when_validation_loss_rises_and_restores_the_best_state(
+    tiny_llama: Path, sft_data: Path
+) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = load_tokenizer(tiny_llama)
+    (train_examples,) = splits(sft_recipe(tiny_llama, sft_data), ("train",))
+    # validation: the training prompts with an answer made of words never trained on, which loses probability
+    # as the model learns the training answers
+    contradicting = [
+        SftExample(((e.prompt, False), (" zebra quartz xylophone", True))) for e in train_examples
+    ]
+    train_feats, val_feats = (sft_features(x, tokenizer, 64) for x in (train_examples, contradicting))
+    torch.manual_seed(0)
+    model = get_peft_model(
+        load_base_model(tiny_llama, "causal_lm_sft"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )
+    config = LoopConfig(
+        max_steps=200,
+        batch_size=8,
+        learning_rate=1e-2,
+        eval_every=4,
+        early_stopping_patience=3,
+        warmup_ratio=0,
+    )
+    result = train(model, train_feats, val_feats, config, tokenizer.pad_token_id)
+    assert result.stopped_early and result.steps < 200
+    assert result.steps == result.best_step + 3 * 4  # three checks without a gain, then stop
+    assert result.val_loss[-1][1] > result.best_val_loss
+    restored = mean_loss(model, val_feats, 16, tokenizer.pad_token_id)
+    assert restored == pytest.approx(result.best_val_loss, abs=1e-5)  # the best state, not the last
 
 
 def _tiny_loop(tiny_llama: Path, sft_data: Path, tmp_path: Path, stop_at: int | None) -> TrainResult:
@@ -163,6 +207,19 @@ def test_small_data_warnings() -> None:
         "1 classes have fewer than 10 training examples: ['b']",
     ]
     assert size_warnings(1000) == []
+
+
+def test_budget_warning_when_training_ends_before_one_epoch(tiny_llama: Path, sft_data: Path) -> None:
+    recipe = parse_recipe(sft_recipe(tiny_llama, sft_data))  # max_steps 6 at batch 4
+    assert budget_warnings(recipe, 24) == []
+    (warning,) = budget_warnings(recipe, 100)
+    assert warning == (
+        "training.max_steps=6 at batch_size=4 covers 24 of the 100 training rows (24% of one epoch): the rest "
+        "are never trained on. Fix: max_steps >= 25, or epochs >= 1"
+    )
+    half = sft_recipe(tiny_llama, sft_data, training={"epochs": 0.5, "batch_size": 4, "learning_rate": 1e-3})
+    (warning,) = budget_warnings(parse_recipe(half), 100)
+    assert warning.startswith("training.epochs=0.5 at batch_size=4 covers 52 of the 100 training rows (52%")
 
 
 def test_empty_training_split_is_refused(tiny_llama: Path, sft_data: Path) -> None:

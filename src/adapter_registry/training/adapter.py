@@ -7,6 +7,7 @@ together, the head at its own learning rate.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -42,6 +43,8 @@ from adapter_registry.training.models import (
 
 MIN_EXAMPLES = 500
 MIN_PER_CLASS = 10
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,6 +115,20 @@ def size_warnings(n_train: int, labels: Sequence[str] = ()) -> list[str]:
                 f"{len(rare)} classes have fewer than {MIN_PER_CLASS} training examples: {rare[:5]}"
             )
     return warnings
+
+
+def budget_warnings(recipe: Recipe, n_train: int) -> list[str]:
+    """A warning when training ends before one epoch (``max_steps`` or ``epochs`` < 1): some rows are never seen."""
+    t = training_of(recipe)
+    rows = total_steps(recipe, n_train) * t.batch_size
+    if rows >= n_train:
+        return []
+    setting = f"epochs={t.epochs:g}" if t.max_steps is None else f"max_steps={t.max_steps}"
+    return [
+        f"training.{setting} at batch_size={t.batch_size} covers {rows} of the {n_train} training rows "
+        f"({rows / n_train:.0%} of one epoch): the rest are never trained on. Fix: max_steps >= "
+        f"{math.ceil(n_train / t.batch_size)}, or epochs >= 1"
+    ]
 
 
 @torch.no_grad()
@@ -199,7 +216,6 @@ def train_causal_lm(
         total,
         labels=answers,
         answer_separator=getattr(recipe.task, "answer_field_separator", "") if answers else "",
-        warnings=size_warnings(len(train_feats)),
     )
 
 
@@ -295,7 +311,6 @@ def train_classifier(
         total,
         labels=labels,
         probe=probe,
-        warnings=size_warnings(len(train_feats), [e.label for e in train_examples]),
     )
 
 
@@ -307,8 +322,19 @@ def train_adapter(
     checkpoint_dir: Path | None = None,
     run_key: str = "",
 ) -> TrainedAdapter:
-    """Train the recipe's adapter; ``run_key`` (the recipe hash) guards resuming from a checkpoint."""
+    """Train the recipe's adapter; ``run_key`` (the recipe hash) guards resuming from a checkpoint.
+
+    Too little data, or ``max_steps`` that end before one epoch, is warned about before training starts, and the
+    warnings are recorded on the trained adapter (and so on its registered version).
+    """
     if not train_examples:
         raise ValueError("the training split is empty")
-    trainer = train_classifier if recipe.task.type == "sequence_classification" else train_causal_lm
-    return trainer(recipe, base, train_examples, val_examples, checkpoint_dir, run_key)
+    classifier = recipe.task.type == "sequence_classification"
+    labels = [e.label for e in train_examples] if classifier else []
+    warnings = size_warnings(len(train_examples), labels) + budget_warnings(recipe, len(train_examples))
+    for warning in warnings:
+        logger.warning("%s: %s", recipe.name, warning)
+    trainer = train_classifier if classifier else train_causal_lm
+    trained = trainer(recipe, base, train_examples, val_examples, checkpoint_dir, run_key)
+    trained.warnings = warnings + trained.warnings
+    return trained
