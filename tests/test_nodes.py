@@ -51,6 +51,18 @@ def test_validation_failure_is_reported_and_stops_prepare(tiny_bert: Path, inten
         prepare_examples(recipe, raw, base, report)
 
 
+def test_a_missing_label_column_is_named_and_stops_prepare(tiny_bert: Path, intent_data: Path) -> None:
+    rows = [json.loads(line) for line in (intent_data / "train.jsonl").read_text().splitlines()]
+    write_jsonl(intent_data / "train.jsonl", [{"text": r["text"], "intent": r["label"]} for r in rows])
+    recipe = parse_recipe(classifier_recipe(tiny_bert, intent_data))
+    raw, versions = _inputs(recipe.model_dump())
+    base = resolve_base_model(recipe)
+    report = validate_data(recipe, raw, base, versions)
+    assert report["success"] is False and "'label'" in report["summary"]
+    with pytest.raises(DataValidationError, match=r"the data failed validation; nothing was trained"):
+        prepare_examples(recipe, raw, base, report)
+
+
 def test_edited_dvc_data_fails_validation(tiny_bert: Path, intent_data: Path) -> None:
     recipe = parse_recipe(classifier_recipe(tiny_bert, intent_data))
     raw, versions = _inputs(recipe.model_dump())

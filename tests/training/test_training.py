@@ -201,6 +201,19 @@ def test_classifier_starts_from_the_probe(tiny_bert: Path, intent_data: Path) ->
     assert "predictions" not in report_dict(recipe, trained, report)  # summarised, not listed, in the JSON
 
 
+def test_head_init_random_is_not_the_probe(tiny_bert: Path, intent_data: Path) -> None:
+    raw = classifier_recipe(
+        tiny_bert, intent_data, training={"max_steps": 1, "batch_size": 8, "learning_rate": 1e-9}
+    )
+    raw["task"]["head_init"] = "random"
+    recipe = parse_recipe(raw)
+    train_examples, val_examples, _ = splits(raw)
+    trained = train_adapter(recipe, describe_folder(tiny_bert), train_examples, val_examples)
+    assert trained.probe is not None  # still fitted: it is the baseline the adapter must beat
+    head = trained.model.head.weight.detach().numpy()
+    assert not np.allclose(head, trained.probe.weight, atol=1e-2)
+
+
 def test_small_data_warnings() -> None:
     assert size_warnings(100, ["a"] * 95 + ["b"] * 5) == [
         "trained on 100 examples (< 500): scores may not generalise",
