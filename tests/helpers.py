@@ -11,6 +11,7 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 CATEGORIES = {
     "refund": [
@@ -187,3 +188,18 @@ def splits(recipe: dict, names: tuple[str, ...] = ("train", "validation", "test"
     data = recipe["data"]
     template = recipe["task"].get("prompt_template", "### Request:\n{prompt}\n### Answer:\n")
     return [load_split(data[n], data["format"], prompt_template=template) for n in names]
+
+
+def neighbour_vote(trained: Any, examples: list) -> Any:
+    """A vote over ``examples`` (k=5, temperature 0.1, weight 0.5) for ``trained``'s classifier."""
+    import torch
+
+    from adapter_registry.training.adapter import pooled_features
+    from adapter_registry.training.features import classification_features
+    from adapter_registry.training.heads import NeighbourVote
+
+    index = {label: i for i, label in enumerate(trained.labels)}
+    features = classification_features([e.text for e in examples], None, trained.tokenizer, 32)
+    keys = torch.from_numpy(pooled_features(trained.model, features, trained.tokenizer.pad_token_id))
+    labels = torch.tensor([index[e.label] for e in examples])
+    return NeighbourVote(torch.nn.functional.normalize(keys, dim=-1), labels, 5, 0.1, 0.5)

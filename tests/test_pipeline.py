@@ -24,7 +24,7 @@ from adapter_registry.registry.store import AdapterStore
 from adapter_registry.training.adapter import train_adapter
 from adapter_registry.training.features import classification_features, collate, sft_features
 from adapter_registry.training.models import load_adapter, save_adapter
-from helpers import classifier_recipe, sft_recipe, splits, write_jsonl
+from helpers import classifier_recipe, neighbour_vote, sft_recipe, splits, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -94,6 +94,7 @@ def test_kedro_run_trains_evaluates_merges_and_registers(
     assert (project / "out" / "models" / "tiny_cls" / "adapter" / "head.safetensors").is_file()
     evaluation = json.loads((reports / "tiny_cls" / "evaluation.json").read_text())
     assert set(evaluation["per_class_f1"]) == {"delivery", "password", "refund"}
+    assert "head" in evaluation["neighbours"]["validation_log_loss"]  # the vote was chosen on validation
     assert (reports / "tiny_cls" / "figures" / "confusion_matrix.png").stat().st_size > 1000
     assert (reports / "tiny_sft" / "figures" / "learning_curves.png").is_file()
     assert json.loads((reports / "tiny_sft" / "merge.json").read_text())["passed"] is True
@@ -155,6 +156,8 @@ def test_round_trip_register_pull_load_gives_the_same_logits(
         features = sft_features(test_examples, trained.tokenizer, 64)
     else:
         features = classification_features([e.text for e in test_examples], None, trained.tokenizer, 32)
+        if trained.model.neighbours is None:  # the vote travels too, whatever tiny validation data chose
+            trained.model.neighbours = neighbour_vote(trained, train_examples)
     batch = collate(features, trained.tokenizer.pad_token_id)
     with torch.no_grad():
         before = trained.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

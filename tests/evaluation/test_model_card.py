@@ -17,7 +17,7 @@ from adapter_registry.recipes import parse_recipe
 from adapter_registry.training.adapter import train_adapter
 from adapter_registry.training.features import classification_features, collate
 from adapter_registry.training.models import save_adapter
-from helpers import classifier_recipe, sft_recipe, splits
+from helpers import classifier_recipe, neighbour_vote, sft_recipe, splits
 
 pytestmark = pytest.mark.slow
 
@@ -37,16 +37,18 @@ def run_card_snippet(card: str, **placeholders: str) -> tuple[dict, str]:
     return namespace, printed.getvalue().strip()
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls", "pooler"])
+@pytest.mark.parametrize(("pooling", "vote"), [("mean", True), ("cls", False), ("pooler", True)])
 def test_classifier_card_snippet_gives_the_trained_models_logits(
-    pooling: str, tiny_bert: Path, intent_data: Path, tmp_path: Path
+    pooling: str, vote: bool, tiny_bert: Path, intent_data: Path, tmp_path: Path
 ) -> None:
     raw = classifier_recipe(tiny_bert, intent_data)
-    raw["task"]["pooling"] = pooling
+    raw["task"].update(pooling=pooling, neighbours=False)
     recipe = parse_recipe(raw)
     train_examples, val_examples, test_examples = splits(raw)
     trained = train_adapter(recipe, describe_folder(tiny_bert), train_examples, val_examples)
-    assert trained.model.pooling.mode == pooling
+    assert trained.model.pooling.mode == pooling and trained.model.neighbours is None
+    if vote:  # a vote of the training rows, whatever validation would choose on such tiny data
+        trained.model.neighbours = neighbour_vote(trained, train_examples)
     folder = save_adapter(trained.model, tmp_path / "adapter")
     evaluation = report_dict(recipe, trained, evaluate_adapter(trained, test_examples, recipe.evaluation, 32))
     card = model_card(recipe, evaluation, "tiny-bert", "f" * 16)
@@ -60,6 +62,9 @@ def test_classifier_card_snippet_gives_the_trained_models_logits(
         expected = trained.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.allclose(namespace["logits"], expected, atol=1e-5)
     assert printed == trained.labels[int(expected.argmax())]
+    if vote:  # the vote changes the logits (a snippet that skipped it would fail above)
+        head_only = trained.model.head(trained.model.features(batch["input_ids"], batch["attention_mask"]))
+        assert not torch.allclose(expected, head_only.log_softmax(-1), atol=1e-3)
 
 
 def test_causal_card_snippet_generates_what_evaluation_generates(

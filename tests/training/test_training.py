@@ -13,7 +13,12 @@ from adapter_registry.data.formats import SftExample
 from adapter_registry.recipes import parse_recipe
 from adapter_registry.training.adapter import budget_warnings, size_warnings, train_adapter
 from adapter_registry.training.features import IGNORE, length_grouped_batches, sft_features
-from adapter_registry.training.heads import detect_pooling, fit_linear_probe
+from adapter_registry.training.heads import (
+    NeighbourVote,
+    detect_pooling,
+    fit_linear_probe,
+    fit_neighbour_vote,
+)
 from adapter_registry.training.loop import (
     CHECKPOINT,
     LoopConfig,
@@ -199,6 +204,39 @@ def test_classifier_starts_from_the_probe(tiny_bert: Path, intent_data: Path) ->
     np.add.at(counts, (gold, report.predictions), 1)
     assert counts.tolist() == report.confusion
     assert "predictions" not in report_dict(recipe, trained, report)  # summarised, not listed, in the JSON
+
+
+def test_neighbour_vote_weights_the_nearest_rows() -> None:
+    keys = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]]), dim=-1
+    )
+    vote = NeighbourVote(keys, torch.tensor([0, 1, 2, 2]), k=2, temperature=0.1, weight=0.5)
+    probs = vote.vote(torch.tensor([[2.0, 0.0]]), num_labels=3)  # the query's length does not matter
+    assert probs.sum().item() == pytest.approx(1.0)
+    assert probs[0, 0] > probs[0, 1] > 0 and probs[0, 2] == 0  # the two nearest only, the nearest most
+    mixed = vote.mix(torch.tensor([[0.0, 0.0, 10.0]]), torch.tensor([[2.0, 0.0]])).exp()
+    assert mixed[0, 2].item() == pytest.approx(0.5, abs=1e-3)  # half the head's (certain) answer ...
+    assert (mixed[0, :2] / 0.5).tolist() == pytest.approx(
+        probs[0, :2].tolist(), abs=1e-3
+    )  # ... half the vote
+
+
+def test_neighbour_vote_is_chosen_on_validation_only_when_it_helps() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)).astype(np.float32)
+    train_y, val_y = np.repeat(np.arange(4), 30), np.repeat(np.arange(4), 10)
+    train_x = centres[train_y] + 0.3 * rng.normal(size=(120, 16)).astype(np.float32)
+    val_x = centres[val_y] + 0.3 * rng.normal(size=(40, 16)).astype(np.float32)
+    unsure = np.zeros((40, 4), dtype=np.float32)  # a head that knows nothing: the neighbours know the classes
+    vote, scores = fit_neighbour_vote(train_x, train_y, val_x, val_y, unsure)
+    assert (
+        vote is not None
+        and scores[f"k={vote.k},temperature={vote.temperature:g},weight={vote.weight:g}"] < (scores["head"])
+    )
+    sure = np.eye(4, dtype=np.float32)[val_y] * 20  # a confident, correct head: any vote only adds doubt
+    shuffled = rng.permutation(train_y)  # ... and these neighbours carry no information
+    vote, scores = fit_neighbour_vote(train_x, shuffled, val_x, val_y, sure)
+    assert vote is None and scores["head"] == min(scores.values())
 
 
 def test_head_init_random_is_not_the_probe(tiny_bert: Path, intent_data: Path) -> None:

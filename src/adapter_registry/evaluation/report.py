@@ -48,6 +48,12 @@ def report_dict(recipe: Recipe, trained: TrainedAdapter, report: EvaluationRepor
             "validation_accuracy": trained.probe.validation_accuracy,
             "candidates": {str(k): v for k, v in trained.probe.candidates.items()},
         }
+    if trained.neighbour_scores:
+        vote = getattr(trained.model, "neighbours", None)
+        data["neighbours"] = {
+            "chosen": vote.settings() if vote is not None else None,  # None: the head alone scored best
+            "validation_log_loss": trained.neighbour_scores,
+        }
     return data
 
 
@@ -105,7 +111,7 @@ from transformers import AutoModel, AutoTokenizer
 encoder = PeftModel.from_pretrained(AutoModel.from_pretrained("BASE_PATH"), "ADAPTER_DIR").eval()
 tokenizer = AutoTokenizer.from_pretrained("BASE_PATH")
 head = load_file("ADAPTER_DIR/head.safetensors")
-config = json.load(open("ADAPTER_DIR/head_config.json"))  # pooling, normalize, labels
+config = json.load(open("ADAPTER_DIR/head_config.json"))  # pooling, normalize, labels, neighbours
 batch = tokenizer(["TEXT"], return_tensors="pt", padding=True)
 with torch.no_grad():
     out = encoder(**batch)
@@ -119,6 +125,14 @@ with torch.no_grad():
     if config["normalize"]:
         features = torch.nn.functional.normalize(features, dim=-1)
     logits = features @ head["weight"].T + head["bias"]
+    if config.get("neighbours"):  # a vote of the nearest labelled rows, mixed into the head's probabilities
+        vote, memory = config["neighbours"], load_file("ADAPTER_DIR/neighbours.safetensors")
+        similarity = torch.nn.functional.normalize(features, dim=-1) @ memory["keys"].T
+        top, index = similarity.topk(min(vote["k"], len(memory["keys"])), dim=1)
+        weights = torch.softmax(top / vote["temperature"], dim=1)
+        votes = torch.zeros_like(logits).scatter_add_(1, memory["labels"][index], weights)
+        probs = (1 - vote["weight"]) * logits.softmax(-1) + vote["weight"] * votes
+        logits = probs.clamp_min(1e-12).log()
 print(config["labels"][int(logits.argmax())])
 ```"""
 

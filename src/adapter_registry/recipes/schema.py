@@ -97,6 +97,12 @@ class SequenceClassificationTask(Closed):
         "linear_probe",
         description="linear_probe (LP-FT): start the head from logistic regression on frozen features",
     )
+    neighbours: bool = Field(
+        True,
+        description="mix a vote of the nearest labelled rows (adapted features) into the head's probabilities, "
+        "its k, temperature and weight chosen on the validation split (the head alone when that scores best); "
+        "false: the head alone",
+    )
 
 
 TaskSpec = Annotated[CausalLmSftTask | SequenceClassificationTask, Field(discriminator="type")]

@@ -27,9 +27,11 @@ from adapter_registry.recipes.schema import Recipe, TrainingSpec
 from adapter_registry.training.features import classification_features, sft_features, sorted_batches
 from adapter_registry.training.heads import (
     LinearProbe,
+    NeighbourVote,
     PooledClassifier,
     detect_pooling,
     fit_linear_probe,
+    fit_neighbour_vote,
     pool,
     refit_linear_probe,
 )
@@ -61,6 +63,8 @@ class TrainedAdapter:
     labels: list[str] = field(default_factory=list)
     answer_separator: str = ""  # causal LM with a closed answer set: what may follow an answer (its reply)
     probe: LinearProbe | None = None
+    # classification: validation log-loss of the head alone ("head") and of each neighbour-vote candidate
+    neighbour_scores: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     # a composed adapter's parents: [{"version": "NAME/VERSION", "weight": w}]; empty for a trained one
     parents: list[dict[str, Any]] = field(default_factory=list)
@@ -285,6 +289,15 @@ def train_classifier(
 
     steps = total_steps(recipe, len(train_feats))
     model, result = fit(encoder, probe, train_feats, val_feats, steps, checkpoint_dir, run_key)
+    vote: NeighbourVote | None = None
+    vote_scores: dict[str, float] = {}
+    keys = np.zeros((0, 0), dtype=np.float32)
+    if task.neighbours and val_feats:  # chosen with this model, before a refit sees the validation rows
+        adapted_train, adapted_val = (pooled_features(model, f, pad) for f in (train_feats, val_feats))
+        with torch.no_grad():
+            val_logits = model.head(torch.from_numpy(adapted_val)).numpy()
+        vote, vote_scores = fit_neighbour_vote(adapted_train, train_y, adapted_val, val_y, val_logits)
+        keys = np.concatenate([adapted_train, adapted_val])
     if training_of(recipe).refit and val_feats:
         # as many epochs as the selected step reached, on train + validation, from a probe fitted on both
         every = train_feats + val_feats
@@ -300,6 +313,16 @@ def train_classifier(
             result.tokens + refit.tokens,
             result.wall_s + refit.wall_s,
         )
+        if vote is not None:
+            keys = pooled_features(model, every, pad)  # the refitted encoder's features
+    if vote is not None:  # the chosen vote, over every labelled row (train + validation)
+        model.neighbours = NeighbourVote(
+            nn.functional.normalize(torch.from_numpy(keys), dim=-1),
+            torch.from_numpy(np.concatenate([train_y, val_y])).long(),
+            vote.k,
+            vote.temperature,
+            vote.weight,
+        )
     trainable, total = trainable_parameters(model)
     return TrainedAdapter(
         model,
@@ -311,6 +334,7 @@ def train_classifier(
         total,
         labels=labels,
         probe=probe,
+        neighbour_scores=vote_scores,
     )
 
 

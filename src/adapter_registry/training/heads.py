@@ -4,6 +4,11 @@ The pooling follows how the base was pretrained: a sentence-embedding base (sent
 ``modules.json`` + ``1_Pooling/config.json``) declares mean pooling and usually L2 normalisation; other encoders
 use their pooler (or the CLS token). A head fitted by logistic regression on frozen pooled features is the
 baseline the adapter must beat, and the adapter starts from it.
+
+After training, a vote of the nearest labelled rows in the adapted feature space (cosine similarity) can be mixed
+into the head's probabilities: ``NeighbourVote``, its k, temperature and weight chosen on the validation split by
+log-loss (weight 0, the head alone, is one of the candidates). On Banking77 it lifted test accuracy by 0.5 to 1
+point over the head alone (``benchmarks/results/classification_experiments.md``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import nn
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head_config.json"
+NEIGHBOURS = "neighbours.safetensors"
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,81 @@ def pool(
     return nn.functional.normalize(features, dim=-1) if pooling.normalize else features
 
 
+@dataclass
+class NeighbourVote:
+    """The k most similar labelled rows vote with softmax(similarity / temperature); the vote is mixed into the
+    head's probabilities with ``weight``: p = (1 - weight) * softmax(logits) + weight * vote."""
+
+    keys: torch.Tensor  # (rows, hidden) L2-normalised pooled features of the labelled rows
+    labels: torch.Tensor  # (rows,) their label indices
+    k: int
+    temperature: float
+    weight: float
+
+    def vote(self, features: torch.Tensor, num_labels: int) -> torch.Tensor:
+        """(batch, num_labels) probabilities from the ``k`` nearest keys."""
+        similarity = nn.functional.normalize(features, dim=-1) @ self.keys.T
+        top, index = similarity.topk(min(self.k, len(self.keys)), dim=1)
+        weights = torch.softmax(top / self.temperature, dim=1)
+        return torch.zeros(len(features), num_labels).scatter_add_(1, self.labels[index], weights)
+
+    def mix(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the mixture (what the classifier returns as its logits)."""
+        probs = (1 - self.weight) * torch.softmax(logits, dim=-1) + self.weight * self.vote(
+            features, logits.shape[-1]
+        )
+        return probs.clamp_min(1e-12).log()
+
+    def settings(self) -> dict[str, Any]:
+        return {"k": self.k, "temperature": self.temperature, "weight": self.weight, "rows": len(self.keys)}
+
+
+def fit_neighbour_vote(
+    keys: np.ndarray,
+    key_labels: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    val_logits: np.ndarray,
+    ks: tuple[int, ...] = (5, 10, 20, 50),
+    temperatures: tuple[float, ...] = (0.02, 0.05, 0.1),
+    weights: tuple[float, ...] = (0.25, 0.5, 0.75),
+) -> tuple[NeighbourVote | None, dict[str, float]]:
+    """The vote (k, temperature, weight) with the lowest validation log-loss, or None when the head alone has it.
+
+    ``keys`` are the training rows' pooled features, never the validation rows'. Returns the choice and every
+    candidate's validation log-loss (``"head"`` for the head alone).
+    """
+    logits, features = torch.from_numpy(val_logits), torch.from_numpy(val_x)
+    y = torch.from_numpy(val_y).long()
+    rows = torch.arange(len(y))
+    normalised, labels = (
+        nn.functional.normalize(torch.from_numpy(keys), dim=-1),
+        torch.from_numpy(key_labels).long(),
+    )
+
+    def log_loss(log_probs: torch.Tensor) -> float:
+        return float(-log_probs[rows, y].mean())
+
+    scores = {"head": log_loss(torch.log_softmax(logits, dim=-1))}
+    best: NeighbourVote | None = None
+    best_loss = scores["head"]
+    for k in ks:
+        for temperature in temperatures:
+            for weight in weights:
+                vote = NeighbourVote(normalised, labels, k, temperature, weight)
+                loss = log_loss(vote.mix(logits, features))
+                scores[f"k={k},temperature={temperature:g},weight={weight:g}"] = loss
+                if loss < best_loss:
+                    best, best_loss = vote, loss
+    return best, scores
+
+
 class PooledClassifier(nn.Module):
-    """encoder (possibly peft-wrapped) → pooling → linear head. ``forward`` returns an object with .loss/.logits."""
+    """encoder (possibly peft-wrapped) → pooling → linear head. ``forward`` returns an object with .loss/.logits.
+
+    With a ``neighbours`` vote, evaluation-mode logits are the log-probabilities of the head mixed with the vote
+    (training always sees the head alone).
+    """
 
     encoder: Any  # a transformers encoder, or the peft model wrapping it
 
@@ -73,6 +152,7 @@ class PooledClassifier(nn.Module):
         self.labels = list(labels)
         hidden = encoder.config.hidden_size
         self.head = nn.Linear(hidden, num_labels)
+        self.neighbours: NeighbourVote | None = None
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
@@ -81,24 +161,45 @@ class PooledClassifier(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None
     ) -> ClassifierOutput:
-        logits = self.head(self.features(input_ids, attention_mask))
+        features = self.features(input_ids, attention_mask)
+        logits = self.head(features)
+        if self.neighbours is not None and not self.training:
+            logits = self.neighbours.mix(logits, features)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return ClassifierOutput(loss=loss, logits=logits)
 
     def head_config(self) -> dict[str, Any]:
-        return {"pooling": self.pooling.mode, "normalize": self.pooling.normalize, "labels": self.labels}
+        return {
+            "pooling": self.pooling.mode,
+            "normalize": self.pooling.normalize,
+            "labels": self.labels,
+            "neighbours": self.neighbours.settings() if self.neighbours is not None else None,
+        }
 
     def save_head(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
         state = {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
         save_file(state, str(folder / HEAD_WEIGHTS))
+        if self.neighbours is not None:
+            save_file(
+                {"keys": self.neighbours.keys.contiguous(), "labels": self.neighbours.labels.contiguous()},
+                str(folder / NEIGHBOURS),
+            )
         (folder / HEAD_CONFIG).write_text(json.dumps(self.head_config(), indent=2))
 
     def load_head(self, folder: Path) -> None:
+        """The head's weights, and the neighbour vote when ``head_config.json`` records one."""
         from safetensors.torch import load_file
 
         self.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+        settings = json.loads((folder / HEAD_CONFIG).read_text()).get("neighbours")
+        self.neighbours = None
+        if settings:
+            memory = load_file(str(folder / NEIGHBOURS))
+            self.neighbours = NeighbourVote(
+                memory["keys"], memory["labels"], settings["k"], settings["temperature"], settings["weight"]
+            )
 
 
 @dataclass
