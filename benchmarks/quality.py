@@ -227,7 +227,9 @@ def default_recipe(args: argparse.Namespace, quick: bool) -> Any:
     return parse_recipe(raw, "pipelines/intent_router.yaml (data changed)")
 
 
-RECIPE_ROW = "default classification recipe (intent_router.yaml: LP-FT, LoRA r=16, mean pooling)"
+RECIPE_ROW = (
+    "default classification recipe (intent_router.yaml: LP-FT, LoRA r=16, mean pooling, neighbour vote)"
+)
 
 
 def run_recipe(
@@ -245,7 +247,8 @@ def run_recipe(
     eval_s = time.perf_counter() - start
     m = report.metrics
     index = {label: i for i, label in enumerate(trained.labels)}  # per-row hits, for a mean over seeds
-    hits = np.array(report.predictions) == np.array([index[e.label] for e in data.test[: report.rows]])
+    gold = np.array([index[e.label] for e in data.test[: report.rows]])
+    hits = np.array(report.predictions) == gold
     row = Row(
         RECIPE_ROW + (f" with {', '.join(changes)}" if changes else ""),
         "argmax",
@@ -266,9 +269,27 @@ def run_recipe(
             "beats_base": report.beats_base,
             "warnings": trained.warnings,
             "val_loss": trained.result.val_loss,
+            "neighbours": trained.model.neighbours.settings() if trained.model.neighbours else None,
+            "head_alone_accuracy": head_alone_accuracy(trained, data.test[: report.rows], gold, recipe),
         },
     )
     return row, hits
+
+
+def head_alone_accuracy(trained: Any, examples: Sequence[Any], gold: np.ndarray, recipe: Any) -> float:
+    """Test accuracy of the same trained classifier without its neighbour vote (what the vote adds)."""
+    from adapter_registry.evaluation.evaluate import classifier_logits
+    from adapter_registry.training.features import classification_features
+
+    vote, trained.model.neighbours = trained.model.neighbours, None
+    try:
+        feats = classification_features(
+            [e.text for e in examples], None, trained.tokenizer, recipe.training.max_length
+        )
+        pred = classifier_logits(trained.model, feats, trained.tokenizer.pad_token_id).argmax(1)
+    finally:
+        trained.model.neighbours = vote
+    return float((pred == gold).mean())
 
 
 def run_recipe_seeds(args: argparse.Namespace, first: Any, base: Any, data: LabelledData) -> Row:
@@ -289,7 +310,11 @@ def run_recipe_seeds(args: argparse.Namespace, first: Any, base: Any, data: Labe
             else first
         )
         row, row_hits = run_recipe(recipe, base, data, changes)
-        print(f"    seed {recipe.training.seed}: {row.accuracy:.4f} in {row.train_wall_s:.0f} s", flush=True)
+        print(
+            f"    seed {recipe.training.seed}: {row.accuracy:.4f} (head alone {row.details['head_alone_accuracy']:.4f})"
+            f" in {row.train_wall_s:.0f} s",
+            flush=True,
+        )
         rows.append(row)
         hits.append(row_hits.astype(float))
     if len(rows) == 1:
@@ -312,6 +337,7 @@ def run_recipe_seeds(args: argparse.Namespace, first: Any, base: Any, data: Labe
         rows[0].test_rows,
         {
             "seed_accuracies": accuracies,
+            "head_alone_accuracies": [r.details["head_alone_accuracy"] for r in rows],
             "seeds": [r.details | {"accuracy": r.accuracy, "train_wall_s": r.train_wall_s} for r in rows],
             "accuracy_std": float(np.std(accuracies, ddof=1)),
             "train_wall_s_total": sum(r.train_wall_s for r in rows),
@@ -623,7 +649,13 @@ def goals(rows: dict[str, dict]) -> list[str]:
 
 def _per_seed(row: dict[str, Any]) -> str:
     seeds = row["details"].get("seed_accuracies")
-    return f" ({', '.join(f'{a:.2%}' for a in seeds)})" if seeds else ""
+    alone = row["details"].get("head_alone_accuracies") or (
+        [row["details"]["head_alone_accuracy"]] if "head_alone_accuracy" in row["details"] else []
+    )
+    text = f"{', '.join(f'{a:.2%}' for a in seeds)}" if seeds else ""
+    if alone:
+        text += f"{'; ' if text else ''}head alone, without the vote: {', '.join(f'{a:.2%}' for a in alone)}"
+    return f" ({text})" if text else ""
 
 
 def markdown(payload: dict[str, Any]) -> str:
