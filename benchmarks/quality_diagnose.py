@@ -52,7 +52,7 @@ def main() -> None:
 
     data = load_labelled(args.train, args.train, label_column="category")  # test = train: never scored
     ns = argparse.Namespace(train=args.train, test=args.train, text_column="text", label_column="category")
-    raw = default_recipe(ns, False).model_dump(mode="json", exclude_none=True)
+    raw = default_recipe(ns, False).model_dump(mode="json")  # None values kept: patience null stays off
     for item in args.set:
         key, value = item.split("=", 1)
         *parents, leaf = key.split(".")
