@@ -51,7 +51,10 @@ def test_classifier_card_snippet_gives_the_trained_models_logits(
         trained.model.neighbours = neighbour_vote(trained, train_examples)
     folder = save_adapter(trained.model, tmp_path / "adapter")
     evaluation = report_dict(recipe, trained, evaluate_adapter(trained, test_examples, recipe.evaluation, 32))
+    if vote:  # as report_dict writes it when training chose the vote
+        evaluation["neighbours"] = {"chosen": trained.model.neighbours.settings(), "validation_log_loss": {}}
     card = model_card(recipe, evaluation, "tiny-bert", "f" * 16)
+    assert ("- neighbour vote: the 5 nearest of" in card) is vote
 
     text = test_examples[0].text
     namespace, printed = run_card_snippet(card, BASE_PATH=str(tiny_bert), ADAPTER_DIR=str(folder), TEXT=text)

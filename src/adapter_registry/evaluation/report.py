@@ -153,8 +153,15 @@ def model_card(recipe: Recipe, evaluation: dict[str, Any], base_identity: str, b
         f"{evaluation['metrics'][name + '_ci_high']:.4f}] | {evaluation['base_metrics'][name]:.4f} |"
         for name in recipe.evaluation.metrics
     )
+    vote_line = ""
     if recipe.task.type == "sequence_classification":
         snippet = LOAD_CLASSIFIER
+        vote = (evaluation.get("neighbours") or {}).get("chosen")
+        if vote:
+            vote_line = (
+                f"- neighbour vote: the {vote['k']} nearest of {vote['rows']:,} labelled rows (temperature "
+                f"{vote['temperature']:g}) carry {vote['weight']:.0%} of each prediction (chosen on validation)\n"
+            )
     else:
         snippet = LOAD_CAUSAL.replace(
             "PROMPT", repr(recipe.task.prompt_template.replace("{prompt}", "REQUEST"))
@@ -174,7 +181,7 @@ def model_card(recipe: Recipe, evaluation: dict[str, Any], base_identity: str, b
 - base model: `{base_identity}` (fingerprint `{base_fingerprint}`)
 - task: {recipe.task.type}; method: {_method_line(recipe)},
   {evaluation["trainable_params"]:,} trainable parameters ({100 * evaluation["trainable_share"]:.2f}% of the model)
-- baseline: {evaluation["baseline"]}
+{vote_line}- baseline: {evaluation["baseline"]}
 - beats its baseline on {metric} (95% interval above the baseline's score): {evaluation["beats_base"]}
 
 | metric | adapter [95% interval] | baseline |
