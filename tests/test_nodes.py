@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,27 +39,27 @@ def test_carved_validation_is_stratified_and_disjoint() -> None:
     assert sorted(e.label for e in val) == ["a"] * 4 + ["b"] * 4 + ["c"] * 2
 
 
-def test_validation_failure_is_reported_and_stops_prepare(tiny_bert: Path, intent_data: Path) -> None:
+@pytest.mark.parametrize(
+    ("spoil", "named"),
+    [
+        (lambda rows: [*rows, {"text": "a request nobody labelled", "label": None}], "label"),
+        (
+            lambda rows: [{"text": r["text"], "intent": r["label"]} for r in rows],
+            "'label'",
+        ),  # no label column
+    ],
+    ids=["unlabelled-row", "missing-label-column"],
+)
+def test_validation_failure_is_reported_and_stops_prepare(
+    spoil: Callable[[list[dict]], list[dict]], named: str, tiny_bert: Path, intent_data: Path
+) -> None:
     rows = [json.loads(line) for line in (intent_data / "train.jsonl").read_text().splitlines()]
-    rows.append({"text": "a request nobody labelled", "label": None})
-    write_jsonl(intent_data / "train.jsonl", rows)
+    write_jsonl(intent_data / "train.jsonl", spoil(rows))
     recipe = parse_recipe(classifier_recipe(tiny_bert, intent_data))
     raw, versions = _inputs(recipe.model_dump())
     base = resolve_base_model(recipe)
     report = validate_data(recipe, raw, base, versions)
-    assert report["success"] is False and "label" in report["summary"]
-    with pytest.raises(DataValidationError, match=r"the data failed validation; nothing was trained"):
-        prepare_examples(recipe, raw, base, report)
-
-
-def test_a_missing_label_column_is_named_and_stops_prepare(tiny_bert: Path, intent_data: Path) -> None:
-    rows = [json.loads(line) for line in (intent_data / "train.jsonl").read_text().splitlines()]
-    write_jsonl(intent_data / "train.jsonl", [{"text": r["text"], "intent": r["label"]} for r in rows])
-    recipe = parse_recipe(classifier_recipe(tiny_bert, intent_data))
-    raw, versions = _inputs(recipe.model_dump())
-    base = resolve_base_model(recipe)
-    report = validate_data(recipe, raw, base, versions)
-    assert report["success"] is False and "'label'" in report["summary"]
+    assert report["success"] is False and named in report["summary"]
     with pytest.raises(DataValidationError, match=r"the data failed validation; nothing was trained"):
         prepare_examples(recipe, raw, base, report)
 
