@@ -41,8 +41,13 @@ class MergeReport:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def _logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A causal LM's logits; a classifier's head logits, without its neighbour vote (a function of the same
+    features, so their parity covers it; with it, a float-level tie among the k nearest rows could fail parity)."""
     model.eval()
+    if isinstance(model, PooledClassifier):
+        return model.head(model.features(batch["input_ids"], batch["attention_mask"])).float()
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
 
 

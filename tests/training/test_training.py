@@ -11,8 +11,14 @@ import torch
 from adapter_registry.bases.resolve import describe_folder
 from adapter_registry.data.formats import SftExample
 from adapter_registry.recipes import parse_recipe
-from adapter_registry.training.adapter import budget_warnings, size_warnings, train_adapter
-from adapter_registry.training.features import IGNORE, length_grouped_batches, sft_features
+from adapter_registry.training.adapter import budget_warnings, pooled_features, size_warnings, train_adapter
+from adapter_registry.training.features import (
+    IGNORE,
+    classification_features,
+    collate,
+    length_grouped_batches,
+    sft_features,
+)
 from adapter_registry.training.heads import (
     NeighbourVote,
     detect_pooling,
@@ -223,11 +229,11 @@ def test_neighbour_vote_weights_the_nearest_rows() -> None:
 
 def test_neighbour_vote_is_chosen_on_validation_only_when_it_helps() -> None:
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(4, 16)).astype(np.float32)
+    centres = rng.normal(size=(4, 16))  # float64, as numpy makes them: taken as float32 features are
     train_y, val_y = np.repeat(np.arange(4), 30), np.repeat(np.arange(4), 10)
-    train_x = centres[train_y] + 0.3 * rng.normal(size=(120, 16)).astype(np.float32)
-    val_x = centres[val_y] + 0.3 * rng.normal(size=(40, 16)).astype(np.float32)
-    unsure = np.zeros((40, 4), dtype=np.float32)  # a head that knows nothing: the neighbours know the classes
+    train_x = centres[train_y] + 0.3 * rng.normal(size=(120, 16))
+    val_x = centres[val_y] + 0.3 * rng.normal(size=(40, 16))
+    unsure = np.zeros((40, 4))  # a head that knows nothing: the neighbours know the classes
     vote, scores = fit_neighbour_vote(train_x, train_y, val_x, val_y, unsure)
     assert (
         vote is not None
@@ -237,6 +243,51 @@ def test_neighbour_vote_is_chosen_on_validation_only_when_it_helps() -> None:
     shuffled = rng.permutation(train_y)  # ... and these neighbours carry no information
     vote, scores = fit_neighbour_vote(train_x, shuffled, val_x, val_y, sure)
     assert vote is None and scores["head"] == min(scores.values())
+
+
+@pytest.mark.parametrize("refit", [False, True])
+def test_the_chosen_vote_keeps_every_labelled_row_as_the_final_encoder_sees_it(
+    refit: bool, tiny_bert: Path, intent_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adapter_registry.training.adapter as adapter_module
+
+    asked: dict[str, int] = {}
+
+    def choose(keys: np.ndarray, key_labels: np.ndarray, val_x: np.ndarray, *_: object) -> tuple:
+        asked.update(keys=len(keys), queries=len(val_x))
+        return NeighbourVote(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), 3, 0.1, 0.5), {"head": 1.0}
+
+    monkeypatch.setattr(adapter_module, "fit_neighbour_vote", choose)  # whatever tiny data would choose
+    raw = classifier_recipe(tiny_bert, intent_data)
+    raw["training"]["refit"] = refit
+    recipe = parse_recipe(raw)
+    train_examples, val_examples, _ = splits(raw)
+    trained = train_adapter(recipe, describe_folder(tiny_bert), train_examples, val_examples)
+    assert asked == {
+        "keys": len(train_examples),
+        "queries": len(val_examples),
+    }  # chosen without validation keys
+    vote, model = trained.model.neighbours, trained.model
+    assert (vote.k, vote.temperature, vote.weight) == (3, 0.1, 0.5)
+    every = train_examples + val_examples
+    assert vote.labels.tolist() == [trained.labels.index(e.label) for e in every]
+    features = classification_features([e.text for e in every], None, trained.tokenizer, 32)
+    pad = trained.tokenizer.pad_token_id
+    expected = torch.nn.functional.normalize(torch.from_numpy(pooled_features(model, features, pad)), dim=-1)
+    assert torch.allclose(vote.keys, expected, atol=1e-5)  # the final (refitted) encoder's features
+    batch = collate(features[:4], pad)
+    model.train()  # training mode: the head alone (the same dropout masks for both calls)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        trained_logits = model(batch["input_ids"], batch["attention_mask"]).logits
+        torch.manual_seed(0)
+        head_logits = model.head(model.features(batch["input_ids"], batch["attention_mask"]))
+    assert torch.allclose(trained_logits, head_logits)
+    model.eval()
+    with torch.no_grad():
+        voted = model(batch["input_ids"], batch["attention_mask"]).logits
+        head_logits = model.head(model.features(batch["input_ids"], batch["attention_mask"]))
+    assert not torch.allclose(voted, head_logits.log_softmax(-1), atol=1e-3)
 
 
 def test_head_init_random_is_not_the_probe(tiny_bert: Path, intent_data: Path) -> None:

@@ -83,7 +83,8 @@ class NeighbourVote:
         similarity = nn.functional.normalize(features, dim=-1) @ self.keys.T
         top, index = similarity.topk(min(self.k, len(self.keys)), dim=1)
         weights = torch.softmax(top / self.temperature, dim=1)
-        return torch.zeros(len(features), num_labels).scatter_add_(1, self.labels[index], weights)
+        votes = torch.zeros(len(features), num_labels, dtype=weights.dtype, device=weights.device)
+        return votes.scatter_add_(1, self.labels[index], weights)
 
     def mix(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of the mixture (what the classifier returns as its logits)."""
@@ -111,13 +112,11 @@ def fit_neighbour_vote(
     ``keys`` are the training rows' pooled features, never the validation rows'. Returns the choice and every
     candidate's validation log-loss (``"head"`` for the head alone).
     """
-    logits, features = torch.from_numpy(val_logits), torch.from_numpy(val_x)
+    logits, features = torch.from_numpy(val_logits).float(), torch.from_numpy(val_x).float()
     y = torch.from_numpy(val_y).long()
     rows = torch.arange(len(y))
-    normalised, labels = (
-        nn.functional.normalize(torch.from_numpy(keys), dim=-1),
-        torch.from_numpy(key_labels).long(),
-    )
+    normalised = nn.functional.normalize(torch.from_numpy(keys).float(), dim=-1)
+    labels = torch.from_numpy(key_labels).long()
 
     def log_loss(log_probs: torch.Tensor) -> float:
         return float(-log_probs[rows, y].mean())
