@@ -278,7 +278,6 @@ def run_recipe(
 
 def head_alone_accuracy(trained: Any, examples: Sequence[Any], gold: np.ndarray, recipe: Any) -> float:
     """Test accuracy of the same trained classifier without its neighbour vote (what the vote adds)."""
-    from adapter_registry.evaluation.evaluate import classifier_logits
     from adapter_registry.training.features import classification_features
 
     vote, trained.model.neighbours = trained.model.neighbours, None

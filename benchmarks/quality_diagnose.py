@@ -4,7 +4,8 @@
     python benchmarks/quality_diagnose.py --set training.epochs=3 --set training.eval_every=50
 
 The test split is never read. Each variant trains on train minus the carved validation split (as the benchmark
-does) and prints the restored model's validation accuracy, the loop summary and the validation-loss curve.
+does) and prints the restored model's validation accuracy (its head alone), the validation log-loss of the head
+and of the best neighbour vote, the loop summary and the validation-loss curve.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def main() -> None:
     index = {label: i for i, label in enumerate(trained.labels)}
     y = np.array([index[e.label] for e in data.validation])
     feats = classification_features([e.text for e in data.validation], y.tolist(), trained.tokenizer, 64)
+    # the head alone: a neighbour vote holds the validation rows themselves once chosen (its validation
+    # log-loss, scored before they joined, is printed below)
+    vote, trained.model.neighbours = trained.model.neighbours, None
     acc = float(
         (classifier_logits(trained.model, feats, trained.tokenizer.pad_token_id).argmax(1) == y).mean()
     )
@@ -76,7 +80,10 @@ def main() -> None:
                 "set": args.set,
                 "probe_cs": args.probe_cs,
                 "probe_candidates": trained.probe.candidates if trained.probe else None,
-                "validation_accuracy": acc,
+                "validation_accuracy_head_alone": acc,
+                "neighbour_vote": vote.settings() if vote is not None else None,
+                "validation_log_loss_head": trained.neighbour_scores.get("head"),
+                "validation_log_loss_best": min(trained.neighbour_scores.values(), default=None),
                 "probe_validation_accuracy": trained.probe.validation_accuracy if trained.probe else None,
                 "probe_C": trained.probe.C if trained.probe else None,
                 "wall_s": round(wall),

@@ -94,7 +94,19 @@ def test_kedro_run_trains_evaluates_merges_and_registers(
     assert (project / "out" / "models" / "tiny_cls" / "adapter" / "head.safetensors").is_file()
     evaluation = json.loads((reports / "tiny_cls" / "evaluation.json").read_text())
     assert set(evaluation["per_class_f1"]) == {"delivery", "password", "refund"}
-    assert "head" in evaluation["neighbours"]["validation_log_loss"]  # the vote was chosen on validation
+    scores = evaluation["neighbours"]["validation_log_loss"]  # the head alone and 36 votes, on validation
+    assert len(scores) == 37 and all(v > 0 for v in scores.values())
+    vote = evaluation["neighbours"]["chosen"]
+    best = min(scores, key=scores.get)
+    if vote is None:
+        assert best == "head"
+    else:  # the lowest log-loss, over every labelled row, saved with the head
+        assert best == f"k={vote['k']},temperature={vote['temperature']:g},weight={vote['weight']:g}"
+        labelled = [
+            (intent_data / f"{split}.jsonl").read_text().splitlines() for split in ("train", "validation")
+        ]
+        assert vote["rows"] == sum(map(len, labelled))
+        assert (project / "out" / "models" / "tiny_cls" / "adapter" / "neighbours.safetensors").is_file()
     assert (reports / "tiny_cls" / "figures" / "confusion_matrix.png").stat().st_size > 1000
     assert (reports / "tiny_sft" / "figures" / "learning_curves.png").is_file()
     assert json.loads((reports / "tiny_sft" / "merge.json").read_text())["passed"] is True
