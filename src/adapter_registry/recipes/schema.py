@@ -101,7 +101,7 @@ class SequenceClassificationTask(Closed):
         True,
         description="mix a vote of the nearest labelled rows (adapted features) into the head's probabilities, "
         "its k, temperature and weight chosen on the validation split (the head alone when that scores best); "
-        "false: the head alone",
+        "the adapter folder then holds the pooled features of every labelled row; false: the head alone",
     )
 
 

@@ -1,7 +1,8 @@
 """Loading bases and adapters, saving adapters: the model side of training, evaluation, merge and round trips.
 
 An adapter folder holds what ``peft`` saves (``adapter_config.json``, ``adapter_model.safetensors``) and, for
-classification, the head (``head.safetensors``, ``head_config.json``), and for a causal LM evaluated with constrained
+classification, the head (``head.safetensors``, ``head_config.json``; ``neighbours.safetensors`` when a neighbour
+vote was chosen: the pooled features and labels of every labelled row), and for a causal LM evaluated with constrained
 decoding, its answer set (``answers.json``): enough to rebuild the exact model with
 transformers + peft alone (see the model card written by ``evaluation.report``).
 """
