@@ -217,7 +217,7 @@ def run_probe(base: Any, data: LabelledData, max_length: int, refit: bool = Fals
         return torch.from_numpy((x @ probe.weight.T + probe.bias).astype(np.float32))
 
     chosen, scores = fit_neighbour_vote(train_x, train_y, val_x, val_y, logits(val_x).numpy())
-    pred = probe.predict(test_x)
+    pred, settings = probe.predict(test_x), None
     if chosen is not None:
         keys = torch.from_numpy(np.concatenate([train_x, val_x]))
         vote = dataclasses.replace(
@@ -225,7 +225,7 @@ def run_probe(base: Any, data: LabelledData, max_length: int, refit: bool = Fals
             keys=torch.nn.functional.normalize(keys, dim=-1),
             labels=torch.from_numpy(np.concatenate([train_y, val_y])).long(),
         )
-        pred = vote.mix(logits(test_x), torch.from_numpy(test_x)).argmax(1).numpy()
+        pred, settings = vote.mix(logits(test_x), torch.from_numpy(test_x)).argmax(1).numpy(), vote.settings()
     acc, low, high, f1 = scored(y, pred)
     voted = dataclasses.replace(
         row,
@@ -237,7 +237,7 @@ def run_probe(base: Any, data: LabelledData, max_length: int, refit: bool = Fals
         train_wall_s=train_s + time.perf_counter() - start,
         details={
             **row.details,
-            "neighbours": chosen.settings() if chosen is not None else None,
+            "neighbours": settings,
             "validation_log_loss_head": scores["head"],
             "validation_log_loss_best": min(scores.values()),
         },
