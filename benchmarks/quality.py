@@ -219,12 +219,7 @@ def run_probe(base: Any, data: LabelledData, max_length: int, refit: bool = Fals
     chosen, scores = fit_neighbour_vote(train_x, train_y, val_x, val_y, logits(val_x).numpy())
     pred, settings = probe.predict(test_x), None
     if chosen is not None:
-        keys = torch.from_numpy(np.concatenate([train_x, val_x]))
-        vote = dataclasses.replace(
-            chosen,
-            keys=torch.nn.functional.normalize(keys, dim=-1),
-            labels=torch.from_numpy(np.concatenate([train_y, val_y])).long(),
-        )
+        vote = chosen.over(np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y]))
         pred, settings = vote.mix(logits(test_x), torch.from_numpy(test_x)).argmax(1).numpy(), vote.settings()
     acc, low, high, f1 = scored(y, pred)
     voted = dataclasses.replace(

@@ -192,14 +192,13 @@ def splits(recipe: dict, names: tuple[str, ...] = ("train", "validation", "test"
 
 def neighbour_vote(trained: Any, examples: list) -> Any:
     """A vote over ``examples`` (k=5, temperature 0.1, weight 0.5) for ``trained``'s classifier."""
-    import torch
+    import numpy as np
 
     from adapter_registry.training.adapter import pooled_features
     from adapter_registry.training.features import classification_features
     from adapter_registry.training.heads import NeighbourVote
 
-    index = {label: i for i, label in enumerate(trained.labels)}
     features = classification_features([e.text for e in examples], None, trained.tokenizer, 32)
-    keys = torch.from_numpy(pooled_features(trained.model, features, trained.tokenizer.pad_token_id))
-    labels = torch.tensor([index[e.label] for e in examples])
-    return NeighbourVote(torch.nn.functional.normalize(keys, dim=-1), labels, 5, 0.1, 0.5)
+    keys = pooled_features(trained.model, features, trained.tokenizer.pad_token_id)
+    labels = np.array([trained.labels.index(e.label) for e in examples])
+    return NeighbourVote.build(keys, labels, 5, 0.1, 0.5)

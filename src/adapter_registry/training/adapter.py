@@ -316,13 +316,7 @@ def train_classifier(
         if vote is not None:
             keys = pooled_features(model, every, pad)  # the refitted encoder's features
     if vote is not None:  # the chosen vote, over every labelled row (train + validation)
-        model.neighbours = NeighbourVote(
-            nn.functional.normalize(torch.from_numpy(keys), dim=-1),
-            torch.from_numpy(np.concatenate([train_y, val_y])).long(),
-            vote.k,
-            vote.temperature,
-            vote.weight,
-        )
+        model.neighbours = vote.over(keys, np.concatenate([train_y, val_y]))
     trainable, total = trainable_parameters(model)
     return TrainedAdapter(
         model,

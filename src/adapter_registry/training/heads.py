@@ -96,6 +96,18 @@ class NeighbourVote:
     def settings(self) -> dict[str, Any]:
         return {"k": self.k, "temperature": self.temperature, "weight": self.weight, "rows": len(self.keys)}
 
+    @classmethod
+    def build(
+        cls, features: np.ndarray, labels: np.ndarray, k: int, temperature: float, weight: float
+    ) -> NeighbourVote:
+        """A vote over labelled rows given as their pooled features (normalised here) and label indices."""
+        keys = nn.functional.normalize(torch.from_numpy(features).float(), dim=-1)
+        return cls(keys, torch.from_numpy(labels).long(), k, temperature, weight)
+
+    def over(self, features: np.ndarray, labels: np.ndarray) -> NeighbourVote:
+        """The same vote (k, temperature, weight) over other labelled rows."""
+        return NeighbourVote.build(features, labels, self.k, self.temperature, self.weight)
+
 
 def fit_neighbour_vote(
     keys: np.ndarray,
@@ -115,8 +127,7 @@ def fit_neighbour_vote(
     logits, features = torch.from_numpy(val_logits).float(), torch.from_numpy(val_x).float()
     y = torch.from_numpy(val_y).long()
     rows = torch.arange(len(y))
-    normalised = nn.functional.normalize(torch.from_numpy(keys).float(), dim=-1)
-    labels = torch.from_numpy(key_labels).long()
+    voters = NeighbourVote.build(keys, key_labels, 1, 1.0, 0.0)  # k, temperature and weight set below
 
     def log_loss(log_probs: torch.Tensor) -> float:
         return float(-log_probs[rows, y].mean())
@@ -127,7 +138,7 @@ def fit_neighbour_vote(
     for k in ks:
         for temperature in temperatures:
             for weight in weights:
-                vote = NeighbourVote(normalised, labels, k, temperature, weight)
+                vote = NeighbourVote(voters.keys, voters.labels, k, temperature, weight)
                 loss = log_loss(vote.mix(logits, features))
                 scores[f"k={k},temperature={temperature:g},weight={weight:g}"] = loss
                 if loss < best_loss:
