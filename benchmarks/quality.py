@@ -3,12 +3,14 @@
     python benchmarks/quality.py                       # Banking77, everything (~45 min on 2 cores)
     python benchmarks/quality.py --parts classification --budget-minutes 10
     python benchmarks/quality.py --parts classification --seeds 3   # the recipe's row: a mean over 3 seeds
+    python benchmarks/quality.py --parts classification --classification-runs probe   # only the probe rows again
     python benchmarks/quality.py --parts sft --sft-budget-minutes 15
     python benchmarks/quality.py --train a.csv --test b.csv --text-column utterance --label-column intent
     python benchmarks/quality.py --quick               # a few classes and steps: minutes, for development
 
 In one process, on the same rows: (a) a linear probe (frozen mean-pooled features + logistic regression, C chosen
-on a stratified validation split carved from train), (b) the project's default classification recipe
+on a stratified validation split carved from train), scored alone and with the recipe's neighbour vote over the
+frozen features, (b) the project's default classification recipe
 (``pipelines/intent_router.yaml`` with only the data changed, trained and scored by the project's own functions),
 (c) textbook full fine-tuning of the same base under the same time budget, (d) the SmolLM2 SFT recipe
 (``pipelines/acme_support_lora.yaml``: request -> intent name, answer-only loss, steps sized to the budget, at most
