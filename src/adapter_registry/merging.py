@@ -41,7 +41,6 @@ class MergeReport:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def _logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """A causal LM's logits; a classifier's head logits, without its neighbour vote (a function of the same
     features, so their parity covers it; with it, a float-level tie among the k nearest rows could fail parity)."""

@@ -291,14 +291,13 @@ def train_classifier(
     model, result = fit(encoder, probe, train_feats, val_feats, steps, checkpoint_dir, run_key)
     vote: NeighbourVote | None = None
     vote_scores: dict[str, float] = {}
-    keys = np.zeros((0, 0), dtype=np.float32)
     if task.neighbours and val_feats:  # chosen with this model, before a refit sees the validation rows
         adapted_train, adapted_val = (pooled_features(model, f, pad) for f in (train_feats, val_feats))
         with torch.no_grad():
             val_logits = model.head(torch.from_numpy(adapted_val)).numpy()
         vote, vote_scores = fit_neighbour_vote(adapted_train, train_y, adapted_val, val_y, val_logits)
-        keys = np.concatenate([adapted_train, adapted_val])
-    if training_of(recipe).refit and val_feats:
+    refitting = bool(training_of(recipe).refit and val_feats)
+    if refitting:
         # as many epochs as the selected step reached, on train + validation, from a probe fitted on both
         every = train_feats + val_feats
         refit_steps = max(1, math.ceil(result.best_step * len(every) / len(train_feats)))
@@ -313,9 +312,12 @@ def train_classifier(
             result.tokens + refit.tokens,
             result.wall_s + refit.wall_s,
         )
-        if vote is not None:
-            keys = pooled_features(model, every, pad)  # the refitted encoder's features
-    if vote is not None:  # the chosen vote, over every labelled row (train + validation)
+    if vote is not None:  # the chosen vote, over every labelled row as the final encoder sees them
+        keys = (
+            pooled_features(model, train_feats + val_feats, pad)
+            if refitting
+            else np.concatenate([adapted_train, adapted_val])
+        )
         model.neighbours = vote.over(keys, np.concatenate([train_y, val_y]))
     trainable, total = trainable_parameters(model)
     return TrainedAdapter(
