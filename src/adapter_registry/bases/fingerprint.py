@@ -11,22 +11,20 @@ import hashlib
 import json
 from pathlib import Path
 
+from adapter_registry import checksums
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 IDENTITY_FILE = "base_identity.json"
 _CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of one file, memoised per (path, size, mtime) for this process."""
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of one weight file, memoised per (path, size, mtime) for this process (bases are GBs)."""
     path = Path(path)
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _CACHE:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while block := fh.read(chunk):
-                digest.update(block)
-        _CACHE[key] = digest.hexdigest()
+        _CACHE[key] = checksums.sha256_file(path)
     return _CACHE[key]
 
 

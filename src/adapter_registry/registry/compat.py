@@ -10,18 +10,15 @@ outputs: an adapter whose target modules match nothing loads silently and serves
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from adapter_registry.adapter_folder import AdapterFolderError, lora_modules, weight_shapes
 from adapter_registry.registry.entities import AdapterVersion, RegistryError, Tag
 
 COMPATIBLE, RETRAIN, INCOMPATIBLE = "compatible", "retrain_recommended", "incompatible"
 EXIT_CODES = {COMPATIBLE: 0, RETRAIN: 3, INCOMPATIBLE: 4}
-_LORA_KEY = re.compile(
-    r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.[\w]+)?\.weight$"
-)
 
 
 @dataclass(frozen=True)
@@ -67,22 +64,14 @@ def _base_class(task: str) -> Any:
 
 def _adapter_shapes(adapter_dir: Path) -> dict[str, dict[str, tuple[int, ...]]]:
     """Targeted module path -> {lora part -> shape}, from the saved adapter weights."""
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise RegistryError(
-            "CORRUPTED", f"adapter folder {str(adapter_dir)!r} has no adapter_model.safetensors"
-        )
-    from safetensors import safe_open
-
-    modules: dict[str, dict[str, tuple[int, ...]]] = {}
-    with safe_open(str(weights), "pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-            match = _LORA_KEY.match(key)
-            if match:
-                modules.setdefault(match["module"], {})[match["part"]] = tuple(
-                    handle.get_slice(key).get_shape()
-                )
-    return modules
+    try:
+        shapes = weight_shapes(adapter_dir)
+    except AdapterFolderError as exc:
+        raise RegistryError("CORRUPTED", str(exc)) from exc
+    return {
+        module: {part: shapes[key] for part, key in parts.items()}
+        for module, parts in lora_modules(shapes).items()
+    }
 
 
 def _structure_checks(version: AdapterVersion, base: Any, model: Any, adapter_dir: Path) -> list[Check]:

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
-import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapter_registry.adapter_folder import (
+    AdapterFolderError,
+    lora_scaling,
+    parse_lora_key,
+    read_config,
+    read_weights,
+)
 from adapter_registry.decoding import AnswerConstraint, allowed_tokens_per_row, read_answers
 
 if TYPE_CHECKING:
@@ -46,8 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["AdapterInfo", "AdapterPool", "Generation", "PoolError", "PooledLinear", "PromptTooLong", "Route"]
 
 BASE = None  # a row that names no adapter runs the bare base model
-_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-_KEY_PREFIX = "base_model.model."
 # LoraConfig fields the pool cannot apply, with the value that means "not used"
 _UNSUPPORTED: dict[str, Any] = {
     "use_dora": False, "fan_in_fan_out": False, "bias": "none", "lora_bias": False, "modules_to_save": None,
@@ -174,10 +177,10 @@ class Generation:
 
 
 def _lora_config(folder: Path) -> dict[str, Any]:
-    config_file = folder / "adapter_config.json"
-    if not config_file.is_file():
-        raise PoolError(f"{folder} is not an adapter folder: it has no adapter_config.json")
-    config: dict[str, Any] = json.loads(config_file.read_text())
+    try:
+        config = read_config(folder)
+    except AdapterFolderError as exc:
+        raise PoolError(str(exc)) from exc
     if config.get("peft_type") != "LORA":
         raise PoolError(
             f"{folder}: peft_type {config.get('peft_type')!r} is not served; the pool serves LORA"
@@ -187,26 +190,6 @@ def _lora_config(folder: Path) -> dict[str, Any]:
         if value not in (unused, [], {}) and not (unused is None and not value):
             raise PoolError(f"{folder}: {key}={value!r} is not served by the pool (plain LoRA only)")
     return config
-
-
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    for name in _WEIGHT_FILES:
-        path = folder / name
-        if path.is_file():
-            if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                return load_file(path)
-            return dict(torch.load(path, map_location="cpu", weights_only=True))
-    raise PoolError(f"{folder} holds no {' or '.join(_WEIGHT_FILES)}")
-
-
-def _scaling(config: dict[str, Any], module: str, rank: int) -> float:
-    from peft.utils.other import get_pattern_key
-
-    patterns = config.get("alpha_pattern") or {}
-    alpha = patterns.get(get_pattern_key(list(patterns), module), config.get("lora_alpha", 8))
-    return float(alpha) / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
 # ------------------------------------------------------------------------------------------------ the pool
@@ -300,13 +283,16 @@ class AdapterPool:
     def _prepare(self, folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
         """The adapter's (A, B, scaling) per base module name, checked against the base's shapes."""
         config = _lora_config(folder)
-        tensors = _read_weights(folder)
+        try:
+            tensors = read_weights(folder)
+        except AdapterFolderError as exc:
+            raise PoolError(str(exc)) from exc
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in tensors.items():
-            module, dot, kind = key.removeprefix(_KEY_PREFIX).rpartition(".lora_")
-            if not dot or kind not in ("A.weight", "B.weight"):
+            parsed = parse_lora_key(key)
+            if parsed is None or parsed.part not in ("lora_A", "lora_B"):
                 raise PoolError(f"{folder}: weight {key!r} is not a LoRA A/B matrix of a linear layer")
-            pairs.setdefault(module, {})[kind[0]] = tensor
+            pairs.setdefault(parsed.module, {})[parsed.part[-1]] = tensor
         if not pairs:
             raise PoolError(f"{folder}: the adapter holds no LoRA weights")
         modules = dict(self.model.named_modules())
@@ -335,7 +321,7 @@ class AdapterPool:
             out[module] = (
                 a.to(dtype).contiguous(),
                 b.to(dtype).contiguous(),
-                _scaling(config, module, a.shape[0]),
+                lora_scaling(config, module, a.shape[0]),
             )
         return out
 
