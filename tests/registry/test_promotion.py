@@ -10,8 +10,7 @@ import pytest
 from adapter_registry.registry import promotion
 from adapter_registry.registry.audit import AuditLog
 from adapter_registry.registry.entities import AuditTag, RegistryError, Tag
-from adapter_registry.registry.policy import PromotionPolicy, StageRule, load_policy
-from adapter_registry.registry.promotion import Actor
+from adapter_registry.registry.policy import Actor, PromotionPolicy, StageRule, load_policy
 from adapter_registry.registry.store import AdapterStore
 
 from .conftest import GOOD_METRICS, lineage_tags

@@ -14,8 +14,7 @@ from adapter_registry.cli import app
 from adapter_registry.registry import promotion
 from adapter_registry.registry.audit import AuditLog
 from adapter_registry.registry.entities import AUDIT_EXPERIMENT, RegistryError
-from adapter_registry.registry.policy import PromotionPolicy
-from adapter_registry.registry.promotion import Actor
+from adapter_registry.registry.policy import Actor, PromotionPolicy, authenticated_user
 from adapter_registry.registry.store import AdapterStore
 
 from .conftest import GOOD_METRICS, lineage_tags, start_server
@@ -52,7 +51,7 @@ def test_registry_round_trip_on_a_plain_server(
     assert trail.intact and [e.action for e in trail.events] == ["promote"] * 4 + ["rollback"]
     pulled = store.pull("served@production", tmp_path / "pulled")
     assert sorted(p.name for p in (tmp_path / "pulled").iterdir()) == sorted(pulled.checksums)
-    assert store.authenticated_user() is None  # no auth app on this server
+    assert authenticated_user(store.tracking_uri) is None  # no auth app on this server
     with pytest.raises(RegistryError, match=r"adapter 'ghost' is not registered"):
         store.resolve("ghost/1")
 
@@ -122,4 +121,4 @@ def test_only_policy_users_promote_to_production_on_a_basic_auth_server(
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password-123")
     with pytest.raises(RegistryError, match=r"tracking server refused user 'bob'"):
-        store.authenticated_user()
+        authenticated_user(store.tracking_uri)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from adapter_registry.checksums import sha256_file
 from adapter_registry.registry.entities import ADAPTER_ARTIFACT, RegistryError, Tag
-from adapter_registry.registry.store import AdapterStore, sha256_file
+from adapter_registry.registry.store import AdapterStore
 
 from .conftest import GOOD_METRICS, lineage_tags
 

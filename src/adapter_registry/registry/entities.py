@@ -187,6 +187,42 @@ class AdapterVersion:
         data["aliases"] = list(self.aliases)
         return data
 
+    @classmethod
+    def build(
+        cls,
+        *,
+        name: str,
+        version: int,
+        tags: dict[str, str],
+        run_id: str,
+        source: str,
+        created_ms: int | None,
+        description: str = "",
+        aliases: Any = (),
+    ) -> AdapterVersion:
+        """The one constructor from what a registry row holds (its stage and metrics are read from its tags)."""
+        return cls(
+            name=name,
+            version=int(version),
+            stage=tags.get(Tag.STAGE, "candidate"),
+            tags=tags,
+            metrics=cls.metrics_from_tags(tags),
+            run_id=run_id or tags.get(Tag.RUN_ID, ""),
+            source=source,
+            created=_dt.datetime.fromtimestamp((created_ms or 0) / 1000, tz=_dt.UTC),
+            description=description,
+            aliases=tuple(sorted(aliases)),
+        )
+
+    @classmethod
+    def from_model_version(cls, mv: Any) -> AdapterVersion:
+        """From an MLflow ``ModelVersion`` (the object stays inside registry/)."""
+        return cls.build(
+            name=mv.name, version=int(mv.version), tags=dict(mv.tags or {}), run_id=mv.run_id or "",
+            source=mv.source or "", created_ms=mv.creation_timestamp, description=mv.description or "",
+            aliases=mv.aliases or (),
+        )  # fmt: skip
+
     @staticmethod
     def metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
         prefix = Tag.metric("")

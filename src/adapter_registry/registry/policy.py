@@ -1,8 +1,11 @@
-"""Who may promote: a small closed YAML policy (conf/base/promotion_policy.yml) checked before a stage moves."""
+"""Who acts and who may promote: the actor's identity, and a small closed YAML policy
+(conf/base/promotion_policy.yml) checked before a stage moves."""
 
 from __future__ import annotations
 
+import getpass
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -64,4 +67,55 @@ def load_policy(path: Path | None = None) -> PromotionPolicy:
         ) from exc
 
 
-__all__ = ["DEFAULT_POLICY_PATH", "PROMOTION_STAGES", "PromotionPolicy", "StageRule", "load_policy"]
+# ------------------------------------------------------------------------------------------------ identity
+def current_user() -> str:
+    """The MLflow user (MLFLOW_TRACKING_USERNAME), else the OS user."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
+def authenticated_user(tracking_uri: str) -> str | None:
+    """The user the tracking server authenticated (MLflow basic-auth), or None when it runs no auth."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/users/current"
+    try:
+        response = requests.get(url, auth=(user, password or "") if user else None, timeout=10)
+    except requests.RequestException as exc:
+        raise RegistryError("BACKEND", f"tracking server {tracking_uri!r} unreachable: {exc}") from exc
+    if response.status_code == 404:
+        return None
+    if response.status_code == 401:
+        raise RegistryError(
+            "UNAUTHENTICATED", f"tracking server refused user {user!r}: wrong or no credentials"
+        )
+    response.raise_for_status()
+    return str(response.json().get("user", {}).get("username") or user)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, and whether the tracking server authenticated that name."""
+
+    user: str
+    authenticated: bool
+
+    @classmethod
+    def of(cls, tracking_uri: str) -> Actor:
+        server_user = authenticated_user(tracking_uri)
+        return cls(server_user, True) if server_user else cls(current_user(), False)
+
+
+__all__ = [
+    "DEFAULT_POLICY_PATH",
+    "PROMOTION_STAGES",
+    "Actor",
+    "PromotionPolicy",
+    "StageRule",
+    "authenticated_user",
+    "current_user",
+    "load_policy",
+]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from dataclasses import dataclass
 
 from adapter_registry.recipes.schema import Gate
 from adapter_registry.registry.audit import AuditLog
@@ -23,21 +22,8 @@ from adapter_registry.registry.entities import (
     StageChange,
     Tag,
 )
-from adapter_registry.registry.policy import PromotionPolicy, load_policy
-from adapter_registry.registry.store import AdapterStore, current_user
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who acts, and whether the tracking server authenticated that name."""
-
-    user: str
-    authenticated: bool
-
-    @classmethod
-    def of(cls, store: AdapterStore) -> Actor:
-        server_user = store.authenticated_user()
-        return cls(server_user, True) if server_user else cls(current_user(), False)
+from adapter_registry.registry.policy import Actor, PromotionPolicy, load_policy
+from adapter_registry.registry.store import AdapterStore
 
 
 def evaluate_gates(version: AdapterVersion, to: str, serving: AdapterVersion | None) -> list[GateResult]:
@@ -129,7 +115,7 @@ def promote(
     if version.stage == to:
         raise RegistryError("INVALID_STATE", f"{version.ref} already holds stage {to!r}")
     audit = AuditLog(store)
-    actor = actor or Actor.of(store)
+    actor = actor or Actor.of(store.tracking_uri)
     _check_policy(audit, policy or load_policy(), actor, version, to, reason, "promotion")
     serving = store.holder(version.name, to)
     gates = evaluate_gates(version, to, serving)
@@ -229,7 +215,7 @@ def rollback(
             f"{history[-1]} (moved outside adapter-registry); promote explicitly instead",
         )
     target = store.get_version(name, history[-2])
-    actor = actor or Actor.of(store)
+    actor = actor or Actor.of(store.tracking_uri)
     _check_policy(audit, policy or load_policy(), actor, target, stage, reason, "rollback")
     store.set_stage(name, target.version, stage)
     store.set_stage(name, current.version, "archived")

@@ -1,8 +1,10 @@
 """The one facade over MLflow: a method per registry operation, the project's own entities out, one error type.
 
-Everything that talks to MLflow (tracking and model registry) lives here, so the CLI, the pipeline's register
-node and the tests share one path, and MLflow exceptions are translated into ``RegistryError`` at this
-boundary. Stage logic (gates, rollback), the audit chain and lineage are pure modules on top of this one.
+Everything that talks to MLflow (tracking and model registry) goes through here, so the CLI, the pipeline's
+register node and the tests share one path, and MLflow exceptions are translated into ``RegistryError`` at this
+boundary (``registry.errors``). Searching is ``registry.search`` (filters as data, MLflow's search or a sqlite
+fast path), the checks of a registration's inputs ``registry.registration``, who acts ``registry.policy``. Stage
+logic (gates, rollback), the audit chain and lineage are pure modules on top of this one.
 
 Stages are aliases (``candidate``, ``staging``, ``production``: one version each per adapter) mirrored in the
 ``ar.stage`` tag, which also records ``archived`` and survives in search results (MLflow's version search
@@ -13,16 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import getpass
-import hashlib
 import os
-import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from adapter_registry.checksums import checksum_problem, sha256_folder
 from adapter_registry.registry.entities import (
     ADAPTER_ARTIFACT,
     AUDIT_EXPERIMENT,
@@ -32,41 +32,14 @@ from adapter_registry.registry.entities import (
     RegistryError,
     Tag,
 )
+from adapter_registry.registry.errors import lookup, mlflow_errors
+from adapter_registry.registry.registration import check_registration, version_tags_of
+from adapter_registry.registry.search import VersionFilter, quote, search_mlflow, search_sqlite
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities.model_registry import ModelVersion
 
-__all__ = ["AdapterStore", "RegistryError", "parse_ref", "sha256_file", "sha256_folder"]
-
-REQUIRED_ADAPTER_FILES = ("adapter_config.json",)
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-_SAFE_RELATIVE_PATH = re.compile(r"^[\w.\- /]+$")  # what MLflow accepts in a tag key
-SUMMARY_TAGS = (Tag.STAGE, Tag.BASE_ID, Tag.BASE_FINGERPRINT, Tag.METHOD, Tag.TASK, Tag.RUN_ID)
-_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,255}$")
-_CODES = {  # MLflow error codes -> ours
-    "RESOURCE_DOES_NOT_EXIST": "NOT_FOUND",
-    "RESOURCE_ALREADY_EXISTS": "ALREADY_EXISTS",
-    "INVALID_PARAMETER_VALUE": "INVALID_INPUT",
-    "PERMISSION_DENIED": "PERMISSION_DENIED",
-    "UNAUTHENTICATED": "UNAUTHENTICATED",
-}
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_folder(folder: Path) -> dict[str, str]:
-    """Relative POSIX path -> sha256 of every file below ``folder``."""
-    return {
-        p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+__all__ = ["AdapterStore", "RegistryError", "parse_ref"]
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -90,15 +63,6 @@ def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
     return name, version, None
 
 
-def current_user() -> str:
-    """The MLflow user (MLFLOW_TRACKING_USERNAME), else the OS user."""
-    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
-
-
-def _created(ms: int | None) -> dt.datetime:
-    return dt.datetime.fromtimestamp((ms or 0) / 1000, tz=dt.UTC)
-
-
 # ------------------------------------------------------------------------------------------------ store
 class AdapterStore:
     """Registered adapters in one MLflow tracking store (sqlite file or ``http://`` server)."""
@@ -120,21 +84,6 @@ class AdapterStore:
     def __repr__(self) -> str:
         return f"AdapterStore({self.tracking_uri!r})"
 
-    # -------------------------------------------------------------------------------------- translation
-    @contextlib.contextmanager
-    def _mlflow(self, doing: str) -> Iterator[None]:
-        """Translate MLflow (and transport) errors raised while ``doing`` into RegistryError."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            yield
-        except RegistryError:
-            raise
-        except MlflowException as exc:
-            code = _CODES.get(exc.error_code, exc.error_code or "BACKEND")
-            first_line = str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__
-            raise RegistryError(code, f"{doing}: {first_line}") from exc
-
     # -------------------------------------------------------------------------------------- register
     def register_adapter(
         self,
@@ -153,16 +102,9 @@ class AdapterStore:
         """
         adapter_dir = Path(adapter_dir)
         artifacts = dict(artifacts or {})
-        self._check_name(model_name)
-        checksums = self._check_adapter_dir(adapter_dir)
-        self._check_inputs(tags, metrics, artifacts)
-        version_tags = {
-            **dict(tags),
-            **{Tag.sha256(path): digest for path, digest in checksums.items()},
-            **{Tag.metric(name): repr(float(value)) for name, value in metrics.items()},
-        }
+        checksums = check_registration(model_name, adapter_dir, tags, metrics, artifacts)
         run_id, started_run = self._resolve_run(run_id)
-        version_tags.update({Tag.STAGE: "candidate", Tag.RUN_ID: run_id})
+        version_tags = version_tags_of(tags, checksums, metrics, run_id)
         created_model = False
         version: str | None = None
         try:
@@ -183,65 +125,15 @@ class AdapterStore:
                 "REGISTRATION_FAILED", f"registering {model_name!r} from {str(adapter_dir)!r} failed: {exc}"
             ) from exc
         if started_run:
-            with self._mlflow(f"closing run {run_id}"):
+            with mlflow_errors(f"closing run {run_id}"):
                 self._client.set_terminated(run_id, status="FINISHED")
         return self.get_version(model_name, int(version))
 
     # The steps below are separate methods so each can be replaced in a test to inject a failure.
-    @staticmethod
-    def _check_name(model_name: str) -> None:
-        if not isinstance(model_name, str) or not _NAME.match(model_name):
-            raise RegistryError(
-                "INVALID_INPUT", f"model_name {model_name!r} must be letters, digits, '_', '-' or '.'"
-            )
-
-    @staticmethod
-    def _check_adapter_dir(adapter_dir: Path) -> dict[str, str]:
-        if not adapter_dir.is_dir():
-            raise RegistryError("INVALID_ADAPTER", f"adapter_dir {str(adapter_dir)!r} is not a folder")
-        missing = [f for f in REQUIRED_ADAPTER_FILES if not (adapter_dir / f).is_file()]
-        if not any((adapter_dir / f).is_file() for f in ADAPTER_WEIGHTS):
-            missing.append(" or ".join(ADAPTER_WEIGHTS))
-        if missing:
-            raise RegistryError(
-                "INVALID_ADAPTER", f"adapter_dir {str(adapter_dir)!r} lacks {', '.join(missing)}"
-            )
-        checksums = sha256_folder(adapter_dir)
-        odd = [p for p in checksums if not _SAFE_RELATIVE_PATH.match(p)]
-        if odd:
-            raise RegistryError(
-                "INVALID_ADAPTER", f"adapter file names {odd} use characters a tag key cannot hold"
-            )
-        return checksums
-
-    @staticmethod
-    def _check_inputs(
-        tags: Mapping[str, str], metrics: Mapping[str, float], artifacts: Mapping[str, Path]
-    ) -> None:
-        bad_tags = {k: v for k, v in tags.items() if not isinstance(k, str) or not isinstance(v, str)}
-        if bad_tags:
-            raise RegistryError("INVALID_INPUT", f"tag values must be strings; got {bad_tags!r}")
-        reserved = [
-            k for k in tags if k.startswith((Tag.sha256(""), Tag.metric(""))) or k in (Tag.STAGE, Tag.RUN_ID)
-        ]
-        if reserved:
-            raise RegistryError("INVALID_INPUT", f"tags {reserved} are written by the store; leave them out")
-        for name, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise RegistryError("INVALID_INPUT", f"metric {name!r} must be a number; got {value!r}")
-        for name, path in artifacts.items():
-            parts = PurePosixPath(name).parts
-            if not parts or parts[0] == ADAPTER_ARTIFACT or ".." in parts or name.startswith("/"):
-                raise RegistryError(
-                    "INVALID_INPUT", f"artifact name {name!r} must be a relative path outside adapter/"
-                )
-            if not Path(path).exists():
-                raise RegistryError("INVALID_INPUT", f"artifact {name!r}: {str(path)!r} does not exist")
-
     def _resolve_run(self, run_id: str | None) -> tuple[str, bool]:
         """The run to log into, and whether this call started it."""
         if run_id:
-            with self._mlflow(f"run_id {run_id!r}"):
+            with mlflow_errors(f"run_id {run_id!r}"):
                 self._client.get_run(run_id)
             return run_id, False
         import mlflow
@@ -249,7 +141,7 @@ class AdapterStore:
         active = mlflow.active_run()
         if active is not None:
             return active.info.run_id, False
-        with self._mlflow(f"starting a run in experiment {DEFAULT_EXPERIMENT!r}"):
+        with mlflow_errors(f"starting a run in experiment {DEFAULT_EXPERIMENT!r}"):
             experiment_id = self._experiment_id(DEFAULT_EXPERIMENT)
             return self._client.create_run(experiment_id).info.run_id, True
 
@@ -268,7 +160,7 @@ class AdapterStore:
             return experiment.experiment_id
 
     def _upload(self, run_id: str, adapter_dir: Path, artifacts: Mapping[str, Path]) -> None:
-        with self._mlflow(f"uploading {str(adapter_dir)!r} to run {run_id}"):
+        with mlflow_errors(f"uploading {str(adapter_dir)!r} to run {run_id}"):
             self._client.log_artifacts(run_id, str(adapter_dir), ADAPTER_ARTIFACT)
             for name, path in artifacts.items():
                 path = Path(path)
@@ -290,14 +182,14 @@ class AdapterStore:
 
         now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
         batch = [Metric(key=k, value=float(v), timestamp=now, step=0) for k, v in metrics.items()]
-        with self._mlflow(f"logging metrics {sorted(metrics)} to run {run_id}"):
+        with mlflow_errors(f"logging metrics {sorted(metrics)} to run {run_id}"):
             for start in range(0, len(batch), 1000):
                 self._client.log_batch(run_id, metrics=batch[start : start + 1000])
 
     def _verify_upload(self, run_id: str, checksums: Mapping[str, str]) -> None:
         """Download ``adapter/`` back and compare every file's sha256 with the local one."""
         with tempfile.TemporaryDirectory() as tmp:
-            with self._mlflow(f"downloading {ADAPTER_ARTIFACT}/ of run {run_id} to check the upload"):
+            with mlflow_errors(f"downloading {ADAPTER_ARTIFACT}/ of run {run_id} to check the upload"):
                 local = Path(self._client.download_artifacts(run_id, ADAPTER_ARTIFACT, tmp))
             problem = checksum_problem(sha256_folder(local), checksums)
         if problem:
@@ -307,7 +199,7 @@ class AdapterStore:
         """Create the registered model if missing; True when this call created it."""
         from mlflow.exceptions import MlflowException
 
-        with self._mlflow(f"registered model {model_name!r}"):
+        with mlflow_errors(f"registered model {model_name!r}"):
             try:
                 self._client.get_registered_model(model_name)
                 return False
@@ -323,7 +215,7 @@ class AdapterStore:
                 return False
 
     def _create_version(self, model_name: str, run_id: str, tags: Mapping[str, str], description: str) -> str:
-        with self._mlflow(f"creating a version of {model_name!r} from run {run_id}"):
+        with mlflow_errors(f"creating a version of {model_name!r} from run {run_id}"):
             source = f"{self._client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ADAPTER_ARTIFACT}"
             created = self._client.create_model_version(
                 model_name, source=source, run_id=run_id, tags=dict(tags), description=description or None
@@ -331,44 +223,19 @@ class AdapterStore:
         return str(created.version)
 
     def _finalise_version(self, model_name: str, version: str) -> None:
-        with self._mlflow(f"setting alias candidate on {model_name}/{version}"):
+        with mlflow_errors(f"setting alias candidate on {model_name}/{version}"):
             self._client.set_registered_model_alias(model_name, "candidate", version)
 
     def _undo_registration(self, model_name: str, version: str | None, created_model: bool) -> None:
         with contextlib.suppress(Exception):
             if version is not None:
                 self._client.delete_model_version(model_name, version)
-            if created_model and not self._client.search_model_versions(f"name = '{_quote(model_name)}'"):
+            if created_model and not self._client.search_model_versions(f"name = '{quote(model_name)}'"):
                 self._client.delete_registered_model(model_name)
 
     # -------------------------------------------------------------------------------------- read
-    def _entity(self, mv: ModelVersion) -> AdapterVersion:
-        tags = dict(mv.tags or {})
-        return AdapterVersion(
-            name=mv.name,
-            version=int(mv.version),
-            stage=tags.get(Tag.STAGE, "candidate"),
-            tags=tags,
-            metrics=AdapterVersion.metrics_from_tags(tags),
-            run_id=mv.run_id or tags.get(Tag.RUN_ID, ""),
-            source=mv.source or "",
-            created=_created(mv.creation_timestamp),
-            description=mv.description or "",
-            aliases=tuple(mv.aliases or ()),
-        )
-
     def model_exists(self, name: str) -> bool:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self._client.get_registered_model(name)
-            return True
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return False
-            raise RegistryError(
-                _CODES.get(exc.error_code, "BACKEND"), f"adapter {name!r}: {exc.message}"
-            ) from exc
+        return lookup(lambda: self._client.get_registered_model(name), f"adapter {name!r}") is not None
 
     def _require_model(self, name: str) -> None:
         if not self.model_exists(name):
@@ -376,34 +243,25 @@ class AdapterStore:
 
     def get_version(self, name: str, version: int | str) -> AdapterVersion:
         """One version by number."""
-        from mlflow.exceptions import MlflowException
-
         if not str(version).isdigit():
             raise RegistryError("INVALID_INPUT", f"version {version!r} of {name!r} is not a positive number")
-        try:
-            mv = self._client.get_model_version(name, str(version))
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                self._require_model(name)
-                raise RegistryError("NOT_FOUND", f"adapter {name!r} has no version {version}") from exc
-            raise RegistryError(
-                _CODES.get(exc.error_code, "BACKEND"), f"{name}/{version}: {exc.message}"
-            ) from exc
-        return self._entity(mv)
+        mv = lookup(lambda: self._client.get_model_version(name, str(version)), f"{name}/{version}")
+        if mv is None:
+            self._require_model(name)
+            raise RegistryError("NOT_FOUND", f"adapter {name!r} has no version {version}")
+        return AdapterVersion.from_model_version(mv)
 
     def holder(self, name: str, stage: str) -> AdapterVersion | None:
         """The version that holds ``stage`` (an alias) for adapter ``name``, or None."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self._entity(self._client.get_model_version_by_alias(name, stage))
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                self._require_model(name)
-                return None
-            raise RegistryError(
-                _CODES.get(exc.error_code, "BACKEND"), f"{name}@{stage}: {exc.message}"
-            ) from exc
+        mv = lookup(
+            lambda: self._client.get_model_version_by_alias(name, stage),
+            f"{name}@{stage}",
+            missing=("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"),
+        )
+        if mv is None:
+            self._require_model(name)
+            return None
+        return AdapterVersion.from_model_version(mv)
 
     def resolve(self, ref: str) -> AdapterVersion:
         """``NAME/VERSION`` or ``NAME@STAGE`` -> the version."""
@@ -434,116 +292,37 @@ class AdapterStore:
             raise RegistryError(
                 "INVALID_INPUT", f"stage {stage!r} does not exist; use one of {', '.join(STAGES)}"
             )
-        clauses = []
-        if name:
-            clauses.append(f"name = '{_quote(name)}'")
+        where = VersionFilter(name or None)
         if stage:
-            clauses.append(f"tags.`{Tag.STAGE}` = '{stage}'")
+            where = where.with_tag(Tag.STAGE, stage)
         if method:
-            clauses.append(f"tags.`{Tag.METHOD}` = '{_quote(method)}'")
+            where = where.with_tag(Tag.METHOD, method)
         for key, value in (tag_equals or {}).items():
-            clauses.append(f"tags.`{key}` = '{_quote(value)}'")
+            where = where.with_tag(key, value)
         if base_model:
             found = {}
             for key in (Tag.BASE_ID, Tag.BASE_FINGERPRINT):
-                for v in self._search([*clauses, f"tags.`{key}` = '{_quote(base_model)}'"], summary):
+                for v in self._search(where.with_tag(key, base_model), summary):
                     found[(v.name, v.version)] = v
             versions = list(found.values())
         else:
-            versions = self._search(clauses, summary)
+            versions = self._search(where, summary)
         return sorted(versions, key=lambda v: (v.name, -v.version))
 
-    def _search(self, clauses: list[str], summary: bool = False) -> list[AdapterVersion]:
+    def _search(self, where: VersionFilter, summary: bool = False) -> list[AdapterVersion]:
+        """sqlite stores: the read-only SQL fast path; any other store: MLflow's search."""
         if self.tracking_uri.startswith("sqlite:"):
-            return self._search_sqlite(clauses_to_filters(clauses), summary)
-        filter_string = " AND ".join(clauses) or None
-        out: list[AdapterVersion] = []
-        token = None
-        with self._mlflow(f"searching versions where {filter_string or 'anything'}"):
-            while True:
-                page = self._client.search_model_versions(filter_string, max_results=10_000, page_token=token)
-                out.extend(self._entity(mv) for mv in page)
-                token = page.token
-                if not token:
-                    return out
+            if not hasattr(self, "_engine"):
+                import sqlalchemy as sa
 
-    def _search_sqlite(self, filters: list[tuple[str, str]], summary: bool = False) -> list[AdapterVersion]:
-        """Fast path for sqlite stores: three read-only SQL queries over MLflow's registry tables.
-
-        MLflow's ``search_model_versions`` builds an ORM object per tag and takes ~15 s to list 10,000 versions
-        with ~45 tags each; this reads the same rows (model_versions, model_version_tags,
-        registered_model_aliases; default workspace) with plain SQL and never writes. Results equal the
-        MLflow path's (tested in tests/registry/test_store.py). Server stores use MLflow's search.
-        """
-        import sqlalchemy as sa
-
-        if not hasattr(self, "_engine"):
-            self._engine = sa.create_engine(self.tracking_uri)
-        live = "current_stage != 'Deleted_Internal'"
-        with self._mlflow("reading the sqlite registry"), self._engine.connect() as conn:
-            matched: set[tuple[str, int]] | None = None
-            for key, value in filters:  # each filter is one indexed look-up; intersect in Python
-                query = (
-                    sa.text("SELECT name, version FROM model_versions WHERE name = :v")
-                    if key == "name"
-                    else sa.text("SELECT name, version FROM model_version_tags WHERE key = :k AND value = :v")
-                )
-                found = {(n, int(v)) for n, v in conn.execute(query, {"k": key, "v": value})}
-                matched = found if matched is None else matched & found
-            names = sorted({n for n, _ in matched}) if matched is not None else None
-            by_name = " AND name IN :names" if names is not None else ""
-            keys = ""
-            if summary:
-                keys = f" AND (key IN ({', '.join(repr(k) for k in SUMMARY_TAGS)}) OR key LIKE 'ar.metric.%')"
-
-            def select(sql: str) -> Any:
-                statement = sa.text(sql)
-                if names is not None:
-                    statement = statement.bindparams(sa.bindparam("names", expanding=True))
-                return conn.execute(statement, {"names": names} if names is not None else {})
-
-            rows = [
-                r
-                for r in select(
-                    "SELECT name, version, creation_time, source, run_id, description FROM model_versions "
-                    f"WHERE {live}{by_name}"
-                )
-                if matched is None or (r[0], int(r[1])) in matched
-            ]
-            tags: dict[tuple[str, int], dict[str, str]] = {(r[0], int(r[1])): {} for r in rows}
-            for name, version, key, value in select(
-                f"SELECT name, version, key, value FROM model_version_tags WHERE 1 = 1{by_name}{keys}"
-            ):
-                bucket = tags.get((name, int(version)))
-                if bucket is not None:
-                    bucket[key] = value
-            aliases: dict[tuple[str, int], list[str]] = {}
-            for name, alias, version in conn.execute(
-                sa.text("SELECT name, alias, version FROM registered_model_aliases")
-            ):
-                aliases.setdefault((name, int(version)), []).append(alias)
-        out: list[AdapterVersion] = []
-        for name, version, created, source, run_id, description in rows:
-            ident = (name, int(version))
-            version_tags = tags[ident]
-            out.append(
-                AdapterVersion(
-                    name=name,
-                    version=int(version),
-                    stage=version_tags.get(Tag.STAGE, "candidate"),
-                    tags=version_tags,
-                    metrics=AdapterVersion.metrics_from_tags(version_tags),
-                    run_id=run_id or version_tags.get(Tag.RUN_ID, ""),
-                    source=source or "",
-                    created=_created(created),
-                    description=description or "",
-                    aliases=tuple(sorted(aliases.get(ident, ()))),
-                )
-            )
-        return out
+                self._engine = sa.create_engine(self.tracking_uri)
+            with mlflow_errors("reading the sqlite registry"):
+                return search_sqlite(self._engine, where, summary)
+        with mlflow_errors(f"searching versions where {where.mlflow_filter() or 'anything'}"):
+            return search_mlflow(self._client, where)
 
     def list_models(self) -> list[str]:
-        with self._mlflow("listing registered models"):
+        with mlflow_errors("listing registered models"):
             names: list[str] = []
             token = None
             while True:
@@ -560,23 +339,23 @@ class AdapterStore:
             raise RegistryError(
                 "INVALID_INPUT", f"stage {stage!r} does not exist; use one of {', '.join(STAGES)}"
             )
-        with self._mlflow(f"moving {name}/{version} to {stage}"):
+        with mlflow_errors(f"moving {name}/{version} to {stage}"):
             self._client.set_model_version_tag(name, str(version), Tag.STAGE, stage)
             if stage != "archived":
                 self._client.set_registered_model_alias(name, stage, str(version))
 
     def drop_alias(self, name: str, stage: str) -> None:
-        with self._mlflow(f"removing alias {stage!r} of {name!r}"):
+        with mlflow_errors(f"removing alias {stage!r} of {name!r}"):
             self._client.delete_registered_model_alias(name, stage)
 
     def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
-        with self._mlflow(f"tagging {name}/{version} with {key}"):
+        with mlflow_errors(f"tagging {name}/{version} with {key}"):
             self._client.set_model_version_tag(name, str(version), key, value)
 
     # -------------------------------------------------------------------------------------- audit runs
     def append_audit_run(self, run_name: str, tags: Mapping[str, str]) -> str:
         """Write one audit event as a new, finished run in the audit experiment. Never updates a run."""
-        with self._mlflow(f"writing audit event {run_name!r}"):
+        with mlflow_errors(f"writing audit event {run_name!r}"):
             experiment_id = self._experiment_id(AUDIT_EXPERIMENT)
             run = self._client.create_run(experiment_id, tags=dict(tags), run_name=run_name)
             self._client.set_terminated(run.info.run_id, status="FINISHED")
@@ -586,7 +365,7 @@ class AdapterStore:
         """Tags of every audit run of ``model`` (deleted ones too), with a flag that says it was deleted."""
         from mlflow.entities import ViewType
 
-        with self._mlflow(f"reading the audit trail of {model!r}"):
+        with mlflow_errors(f"reading the audit trail of {model!r}"):
             experiment = self._client.get_experiment_by_name(AUDIT_EXPERIMENT)
             if experiment is None:
                 return []
@@ -595,7 +374,7 @@ class AdapterStore:
             while True:
                 page = self._client.search_runs(
                     [experiment.experiment_id],
-                    filter_string=f"tags.`ar.audit.model` = '{_quote(model)}'",
+                    filter_string=f"tags.`ar.audit.model` = '{quote(model)}'",
                     run_view_type=ViewType.ALL,
                     max_results=1000,
                     page_token=token,
@@ -608,7 +387,7 @@ class AdapterStore:
     # -------------------------------------------------------------------------------------- files
     def download_adapter(self, version: AdapterVersion, dst: Path) -> Path:
         """Download the version's adapter files into ``dst`` (a fresh folder) and return the folder."""
-        with self._mlflow(f"downloading the adapter of {version.ref}"):
+        with mlflow_errors(f"downloading the adapter of {version.ref}"):
             from mlflow.artifacts import download_artifacts
 
             return Path(
@@ -649,7 +428,7 @@ class AdapterStore:
 
     def run_info(self, run_id: str) -> dict[str, Any]:
         """Status, experiment, params and metrics of a run (for lineage)."""
-        with self._mlflow(f"run {run_id!r}"):
+        with mlflow_errors(f"run {run_id!r}"):
             run = self._client.get_run(run_id)
         return {
             "run_id": run_id,
@@ -659,57 +438,3 @@ class AdapterStore:
             "params": dict(run.data.params),
             "metrics": dict(run.data.metrics),
         }
-
-    # -------------------------------------------------------------------------------------- identity
-    def authenticated_user(self) -> str | None:
-        """The user the tracking server authenticated (MLflow basic-auth), or None when it runs no auth."""
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return None
-        import requests
-
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-        password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
-        url = f"{self.tracking_uri.rstrip('/')}/api/2.0/mlflow/users/current"
-        try:
-            response = requests.get(url, auth=(user, password or "") if user else None, timeout=10)
-        except requests.RequestException as exc:
-            raise RegistryError(
-                "BACKEND", f"tracking server {self.tracking_uri!r} unreachable: {exc}"
-            ) from exc
-        if response.status_code == 404:
-            return None
-        if response.status_code == 401:
-            raise RegistryError(
-                "UNAUTHENTICATED", f"tracking server refused user {user!r}: wrong or no credentials"
-            )
-        response.raise_for_status()
-        return str(response.json().get("user", {}).get("username") or user)
-
-
-def checksum_problem(got: Mapping[str, str], expected: Mapping[str, str]) -> str | None:
-    """A one-line description of the first difference between two checksum maps, or None."""
-    missing = sorted(set(expected) - set(got))
-    if missing:
-        return f"file {missing[0]!r} is missing"
-    extra = sorted(set(got) - set(expected))
-    if extra:
-        return f"file {extra[0]!r} is not registered"
-    for path in sorted(expected):
-        if got[path] != expected[path]:
-            return f"file {path!r} has sha256 {got[path][:12]}…, registered {expected[path][:12]}…"
-    return None
-
-
-def _quote(value: str) -> str:
-    return str(value).replace("'", "\\'")
-
-
-def clauses_to_filters(clauses: list[str]) -> list[tuple[str, str]]:
-    """Our own simple clauses back into (key, value) pairs; key 'name' or a tag key."""
-    out = []
-    for clause in clauses:
-        match = re.match(r"^(?:tags\.`(?P<tag>[^`]+)`|(?P<name>name)) = '(?P<value>.*)'$", clause)
-        if not match:
-            raise ValueError(f"unsupported clause {clause!r}")
-        out.append((match["tag"] or "name", match["value"].replace("\\'", "'")))
-    return out
