@@ -11,8 +11,8 @@ import pytest
 from adapter_registry.bases.resolve import describe_folder
 from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.store import AdapterStore
-from adapter_registry.serving.app import RegistrySource, RegistrySync
 from adapter_registry.serving.pool import AdapterPool
+from adapter_registry.serving.sync import RegistrySource, RegistrySync
 
 
 @pytest.fixture

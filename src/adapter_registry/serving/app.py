@@ -1,17 +1,17 @@
-"""HTTP serving of every registered adapter of one stage on one base model (FastAPI).
+"""HTTP serving of every registered adapter of one stage on one base model (FastAPI): the routes.
 
     POST /v1/generate   {"adapter": NAME | "tenant": T, "prompt": str, "max_new_tokens": int}
     GET  /v1/adapters   what is served (name, version, fingerprint, size of its closed answer set) and what was
                         refused, with the reason
     GET  /health
 
-Adapters come from an :class:`AdapterSource` (the MLflow registry through ``AdapterStore``): the version of each
+Adapters come from an ``AdapterSource`` (``serving.sync``; the MLflow registry through ``AdapterStore``): the version of each
 registered adapter that holds the stage (``production`` by default), if it was trained on the served base
 (``ar.base.fingerprint``) for causal-LM generation; others are refused with a logged reason. A poller re-reads
 the registry every ``poll_seconds``: when an alias moves, the new version is pulled (sha256-checked) and loaded
 beside the old one, which keeps serving until the pool swaps the name over.
 
-Concurrent requests are gathered by one worker thread into mixed batches (up to ``max_batch`` requests with the
+Concurrent requests are gathered by one worker thread (``serving.batcher``) into mixed batches (up to ``max_batch`` requests with the
 same ``max_new_tokens``) and run through the pool's mixed-batch path. A prompt over ``max_prompt_tokens`` (2048 by
 default: one long prompt would otherwise stall every request batched with it), or one that with its
 ``max_new_tokens`` overruns the base's context window, is answered 413 and the rest of its batch is served.
@@ -24,253 +24,29 @@ over that set, as it was evaluated, with the reply after its separator left free
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import datetime as dt
 import logging
-import queue
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adapter_registry.registry.entities import AdapterVersion
-from adapter_registry.serving.pool import AdapterPool, Generation, PoolError, PromptTooLong
+from adapter_registry.serving.batcher import Batcher
+from adapter_registry.serving.pool import AdapterPool, PoolError, PromptTooLong
+from adapter_registry.serving.sync import AdapterSource, RegistrySource, RegistrySync
 
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
-    from adapter_registry.registry.store import AdapterStore
-
-__all__ = ["AdapterSource", "RegistrySource", "RegistrySync", "build_server", "create_app", "serve"]
+__all__ = ["build_server", "create_app", "serve"]
 
 log = logging.getLogger("adapter_registry.serving")
-SERVED_TASK = "causal_lm_sft"
 DEFAULT_TENANTS = Path("conf/base/tenants.yml")
-
-
-# ------------------------------------------------------------------------------------------------ sources
-class AdapterSource(Protocol):
-    """Where served adapters come from."""
-
-    def versions(self) -> list[AdapterVersion]:
-        """The version of each adapter that holds the served stage (one per adapter name)."""
-        ...
-
-    def fetch(self, version: AdapterVersion, dest: Path) -> Path:
-        """The version's adapter files, checked, in the new folder ``dest``; returns the folder."""
-        ...
-
-
-class RegistrySource:
-    """The MLflow registry: stage holders are aliases; files are pulled with their registered sha256 checked."""
-
-    def __init__(self, store: AdapterStore, stage: str = "production") -> None:
-        self.store = store
-        self.stage = stage
-
-    def versions(self) -> list[AdapterVersion]:
-        holders = (self.store.holder(name, self.stage) for name in self.store.list_models())
-        return [v for v in holders if v is not None]
-
-    def fetch(self, version: AdapterVersion, dest: Path) -> Path:
-        self.store.pull(version.ref, dest)
-        return dest
-
-
-# ------------------------------------------------------------------------------------------------ sync
-@dataclass
-class RegistrySync:
-    """Keeps the pool equal to the source's stage holders that fit the base; one call of ``sync`` per poll."""
-
-    pool: AdapterPool
-    source: AdapterSource
-    base_fingerprint: str
-    refused: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (version, reason)
-    failed: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (version, error) of a load
-    last_sync: dt.datetime | None = None
-    last_error: str | None = None
-    _unservable: dict[tuple[str, int], str] = field(default_factory=dict)  # files the pool refused
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def refusal(self, version: AdapterVersion) -> str | None:
-        """Why ``version`` cannot be served on this base, or None."""
-        if version.base_fingerprint != self.base_fingerprint:
-            return (
-                f"trained on base {version.base_fingerprint or '(no ar.base.fingerprint tag)'}, "
-                f"served base is {self.base_fingerprint}"
-            )
-        if version.task and version.task != SERVED_TASK:
-            return f"task {version.task!r} is not served (the server generates text: {SERVED_TASK})"
-        return None
-
-    def sync(self) -> None:
-        """Load new and moved stage holders; unload adapters that no longer hold the stage. Never raises.
-
-        A stage holder that is refused or fails to load leaves the previous version serving (logged, and listed
-        by ``stale``): a bad promotion must not take a tenant offline.
-        """
-        with self._lock:
-            try:
-                wanted = self.source.versions()
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("registry poll failed, serving what is loaded: %s", self.last_error)
-                return
-            names = {v.name for v in wanted}
-            for version in wanted:
-                self._apply(version)
-            for info in self.pool.adapters():
-                if info.name not in names:
-                    self.pool.remove(info.name)
-                    log.info("unloaded %s: it no longer holds the stage", _ref(info))
-            for table in (self.refused, self.failed):
-                for gone in set(table) - names:
-                    del table[gone]
-            self.last_sync = dt.datetime.now(dt.UTC)
-            self.last_error = None
-
-    def stale(self) -> dict[str, int]:
-        """Adapter name -> the stage holder's version, for adapters still served by an older version."""
-        pending = {**self.failed, **self.refused}
-        return {a.name: pending[a.name][0] for a in self.pool.adapters() if a.name in pending}
-
-    def _apply(self, version: AdapterVersion) -> None:
-        current = next((a for a in self.pool.adapters() if a.name == version.name), None)
-        reason = self.refusal(version) or self._unservable.get((version.name, version.version))
-        if reason:
-            if self.refused.get(version.name) != (version.version, reason):
-                log.warning("refused %s: %s (serving %s)", version.ref, reason, _ref(current))
-            self.refused[version.name] = (version.version, reason)
-            return
-        self.refused.pop(version.name, None)
-        if current is not None and current.metadata.get("version") == str(version.version):
-            return
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="adapter-pull-") as tmp:
-            try:
-                folder = self.source.fetch(version, Path(tmp) / "adapter")
-                self.pool.add(version.name, folder, metadata=_metadata(version))
-            except PoolError as exc:  # the files are what was registered, and the pool cannot serve them
-                self._unservable[(version.name, version.version)] = str(exc)
-                self.refused[version.name] = (version.version, str(exc))
-                log.warning("refused %s: %s (serving %s)", version.ref, exc, _ref(current))
-                return
-            except Exception as exc:  # pull failed: keep serving the old version; retry at the next poll
-                error = f"{type(exc).__name__}: {exc}"
-                if self.failed.get(version.name) != (version.version, error):
-                    log.error("could not load %s, still serving %s: %s", version.ref, _ref(current), error)
-                self.failed[version.name] = (version.version, error)
-                return
-        self.failed.pop(version.name, None)
-        log.info(
-            "loaded %s in %.2f s (replacing %s)", version.ref, time.perf_counter() - started, _ref(current)
-        )
-
-
-def _metadata(version: AdapterVersion) -> dict[str, str]:
-    return {
-        "version": str(version.version),
-        "ref": version.ref,
-        "fingerprint": version.base_fingerprint,
-        "loaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
-def _ref(info: Any) -> str:
-    return "nothing" if info is None else str(info.metadata.get("ref", info.name))
-
-
-# ------------------------------------------------------------------------------------------------ batching
-@dataclass
-class _Request:
-    adapter: str
-    prompt: str
-    max_new_tokens: int
-    future: concurrent.futures.Future[Generation] = field(default_factory=concurrent.futures.Future)
-
-
-class Batcher:
-    """One worker thread: gathers waiting requests into mixed batches of equal ``max_new_tokens``."""
-
-    def __init__(self, pool: AdapterPool, max_batch: int = 8, wait_s: float = 0.005) -> None:
-        self.pool = pool
-        self.max_batch = max_batch
-        self.wait_s = wait_s
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._held: list[_Request] = []  # taken from the queue, waiting for a batch of their length
-        self.batches = 0
-        self.largest_batch = 0
-        self._thread = threading.Thread(target=self._run, name="adapter-batcher", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=60)
-
-    def submit(self, adapter: str, prompt: str, max_new_tokens: int) -> concurrent.futures.Future[Generation]:
-        request = _Request(adapter, prompt, max_new_tokens)
-        self._queue.put(request)
-        return request.future
-
-    def _run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._generate(batch)
-
-    def _next_batch(self) -> list[_Request] | None:
-        if not self._held:
-            first = self._queue.get()
-            if first is None:
-                return None
-            self._held.append(first)
-        deadline = time.monotonic() + self.wait_s
-        while len(self._held) < 4 * self.max_batch:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put(None)  # stop after this batch
-                break
-            self._held.append(item)
-        length = self._held[0].max_new_tokens
-        batch = [r for r in self._held if r.max_new_tokens == length][: self.max_batch]
-        self._held = [r for r in self._held if r not in batch]
-        return batch
-
-    def _generate(self, batch: list[_Request]) -> None:
-        self.batches += 1
-        self.largest_batch = max(self.largest_batch, len(batch))
-        try:
-            results = self.pool.generate(
-                [r.prompt for r in batch], [r.adapter for r in batch], batch[0].max_new_tokens
-            )
-        except PoolError as exc:
-            # alone in its batch: its prompt is too long, or its adapter left the pool since it was accepted
-            if len(batch) == 1:
-                gone = PoolError(f"adapter {batch[0].adapter!r} is no longer served")
-                batch[0].future.set_exception(exc if isinstance(exc, PromptTooLong) else gone)
-                return
-            for request in batch:  # one bad row must not fail the others
-                self._generate([request])
-            return
-        except Exception as exc:
-            for request in batch:
-                request.future.set_exception(exc)
-            return
-        for request, result in zip(batch, results, strict=True):
-            request.future.set_result(result)
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
