@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import Field
 
-from adapter_registry.methods import build_peft_config, method_builder
+from adapter_registry.methods import (
+    FAMILIES,
+    METHOD_TYPES,
+    SCHEMAS,
+    MethodBlock,
+    build_peft_config,
+    method_builder,
+    register_method,
+    registered,
+)
+from adapter_registry.methods.bottleneck import BottleneckMethod
 from adapter_registry.recipes import RecipeError, parse_recipe
-from adapter_registry.recipes.methods import METHOD_TYPES
 
 from .tiny import CAUSAL, CLASSIFY, parse_method, recipe_dict
 
@@ -79,11 +89,51 @@ def test_mixing_methods_is_refused() -> None:
 
 
 @pytest.mark.parametrize("kind", METHOD_TYPES)
-def test_schema_and_builder_agree_on_family_and_merge(kind: str) -> None:
+def test_each_method_is_one_registered_model_with_its_facts(kind: str) -> None:
     method = parse_method({"type": kind})
     builder = method_builder(kind)
+    assert type(method) is builder.schema and builder.name == kind
     assert (method.family, method.mergeable) == (builder.family, builder.mergeable)
+    assert builder.family in FAMILIES
     assert "family" not in method.model_dump() and "mergeable" not in method.model_dump()
+
+
+def test_the_recipe_union_is_the_registered_methods_and_bottleneck() -> None:
+    assert (*(b.schema for b in registered()), BottleneckMethod) == SCHEMAS
+    assert [b.name for b in registered()] == list(METHOD_TYPES)
+    assert len(set(METHOD_TYPES)) == len(METHOD_TYPES) and "bottleneck" not in METHOD_TYPES
+
+
+def test_registering_a_type_twice_fails_loudly() -> None:
+    class Again(MethodBlock):
+        type: Literal["lora"]
+        family: Literal["additive"] = Field("additive", exclude=True)
+        mergeable: Literal[False] = Field(False, exclude=True)
+
+    with pytest.raises(
+        ValueError, match=r"PEFT method 'lora' is already registered by adapter_registry\.methods\.lora; give"
+    ):
+        register_method(Again, method_builder("lora").build)
+    assert method_builder("lora").schema is not Again
+
+
+def test_a_method_must_state_its_facts() -> None:
+    class NoFacts(MethodBlock):
+        type: Literal["no_facts"]
+
+    class OddFamily(MethodBlock):
+        type: Literal["odd_family"]
+        family: Literal["sideways"] = Field("sideways", exclude=True)
+        mergeable: Literal[False] = Field(False, exclude=True)
+
+    build = method_builder("lora").build
+    with pytest.raises(
+        ValueError, match=r"NoFacts must state its facts as excluded fields, e\.g\. `family: "
+    ):
+        register_method(NoFacts, build)
+    with pytest.raises(ValueError, match=r"family 'sideways' of 'odd_family' is not one of \('additive'"):
+        register_method(OddFamily, build)
+    assert not {"no_facts", "odd_family"} & {b.name for b in registered()}
 
 
 @pytest.mark.parametrize("kind", ["llama_adapter", "prompt_tuning", "p_tuning", "qlora"])

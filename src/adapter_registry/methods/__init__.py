@@ -1,148 +1,95 @@
-"""PEFT methods: one module per family, each registering a builder; ``build_peft_config`` is the only way in.
+"""PEFT methods: one module per method (or family of methods), each holding its recipe ``method:`` model, its
+fixed facts (``family``, ``mergeable``, stated once on the model), its peft builder and its registration.
 
-A builder turns a recipe's ``method:`` block into a peft config for a task. Registration fails loudly on a
-duplicate name, as peft's own ``register_peft_method`` does. The training loop uses three functions::
+- ``schema``: what every ``method:`` model shares (:class:`MethodBlock`, the module-list types);
+- ``registry``: ``register_method`` (fails loudly on a duplicate type), ``method_builder`` and the training
+  loop's way in: ``build_peft_config``, ``optimizer_for``, ``step_callback`` (see its docstring);
+- ``lora``, ``adalora``, ``lycoris``, ``vera``, ``oft``, ``ia3``, ``prompts``: the methods, each registering
+  itself when imported; ``bottleneck``: an unavailable type whose block is an error that says why;
+- ``quantization``: bitsandbytes configs for QLoRA's quantised base (imported by the training and merge code).
 
-    config = build_peft_config(recipe.method, recipe.task.type, total_steps=max_steps)
-    model = peft.get_peft_model(base, config)
-    optimizer = optimizer_for(recipe.method, model, lr, weight_decay, head_parameters=head, head_lr=head_lr)
-    on_step = step_callback(recipe.method, model)
-    ...
-    loss.backward(); clip; optimizer.step(); on_step and on_step(step); scheduler.step(); optimizer.zero_grad()
+This package imports every method module and assembles :data:`MethodSpec`, the recipe's ``method:`` block,
+from the registered models; ``recipes.schema`` imports it. Neither peft nor torch is imported here: builders
+import peft when they run.
 
-``optimizer_for`` returns None for methods trained with the loop's default AdamW; ``step_callback`` returns None
-for methods that need nothing after a step. Both take the ``PeftModel`` that ``get_peft_model`` returned (for
-classification: the peft-wrapped encoder, not the pooled classifier around it).
+Adding a method is one new module, ``methods/<m>.py`` (its model on ``MethodBlock``, its builder,
+``register_method(Model, builder)``), plus its line in the import block below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+import operator
+from functools import reduce
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
-from peft import PeftConfig, PeftModel, TaskType
-from torch import nn
+from pydantic import BeforeValidator, Field
 
-TASK_TYPES = {"causal_lm_sft": TaskType.CAUSAL_LM, "sequence_classification": TaskType.FEATURE_EXTRACTION}
-FAMILIES = ("additive", "selective", "reparameterisation", "hybrid")
+# Each method module registers itself on import. The order here is the order of the ``MethodSpec`` union, which
+# an unknown ``type:`` error lists to the user.
+# isort: off
+from adapter_registry.methods import (  # noqa: F401
+    lora,
+    adalora,
+    lycoris,
+    vera,
+    oft,
+    ia3,
+    prompts,
+)
 
-Build = Callable[[Any, TaskType, int | None], PeftConfig]
-"""``build(method_spec, task_type, total_steps) -> PeftConfig``."""
-MakeOptimizer = Callable[[Any, PeftModel, float, float, list[dict[str, Any]]], torch.optim.Optimizer]
-"""``make(method_spec, model, lr, weight_decay, extra_groups) -> Optimizer``."""
-MakeStepCallback = Callable[[Any, PeftModel], Callable[[int], None]]
-"""``make(method_spec, model) -> on_step(step)``."""
-
-
-@dataclass(frozen=True)
-class MethodBuilder:
-    name: str
-    family: str  # additive | selective | reparameterisation | hybrid
-    mergeable: bool
-    build: Build
-    optimizer: MakeOptimizer | None = None
-    step_callback: MakeStepCallback | None = None
-
-
-_BUILDERS: dict[str, MethodBuilder] = {}
-
-
-def register_method(
-    name: str,
-    family: str,
-    mergeable: bool,
-    *,
-    optimizer: MakeOptimizer | None = None,
-    step_callback: MakeStepCallback | None = None,
-) -> Callable[[Build], Build]:
-    """Decorator: register ``build(method_spec, task_type, total_steps) -> PeftConfig`` under ``name``.
-
-    ``optimizer`` and ``step_callback`` are for methods that train differently (LoRA-FA, AdaLoRA).
-    """
-    if family not in FAMILIES:
-        raise ValueError(f"family {family!r} of {name!r} is not one of {FAMILIES}")
-
-    def decorate(build: Build) -> Build:
-        if name in _BUILDERS:
-            raise ValueError(
-                f"PEFT method {name!r} is already registered by {_BUILDERS[name].build.__module__}"
-            )
-        _BUILDERS[name] = MethodBuilder(name, family, mergeable, build, optimizer, step_callback)
-        return build
-
-    return decorate
+# isort: on
+from adapter_registry.methods.bottleneck import BottleneckMethod
+from adapter_registry.methods.registry import (
+    FAMILIES,
+    TASK_TYPES,
+    MethodBuilder,
+    build_peft_config,
+    method_builder,
+    optimizer_for,
+    register_method,
+    registered,
+    step_callback,
+)
+from adapter_registry.methods.schema import MethodBlock
 
 
-def method_builder(name: str) -> MethodBuilder:
-    """The registered builder of a method type, with its ``family`` and ``mergeable`` facts."""
-    _load_builtin_methods()
-    try:
-        return _BUILDERS[name]
-    except KeyError:
-        raise ValueError(f"unknown PEFT method {name!r}; known: {', '.join(sorted(_BUILDERS))}") from None
+def _one_method(value: Any) -> Any:
+    if isinstance(value, list):
+        kinds = [v.get("type", "?") if isinstance(v, dict) else v for v in value]
+        raise ValueError(
+            f"one method per recipe, got a list {kinds}: mixing PEFT methods in one adapter is not supported "
+            "(their interactions are a known trap, and a mixed adapter cannot be merged or served like one); "
+            "write `method: {type: ...}` with a single method, or train one recipe per method"
+        )
+    return value
 
 
-def build_peft_config(method: Any, task: str, total_steps: int | None = None) -> PeftConfig:
-    """The peft config for a recipe's ``method:`` block and task type (``causal_lm_sft`` or
-    ``sequence_classification``).
+SCHEMAS: tuple[type[MethodBlock], ...] = (*(b.schema for b in registered()), BottleneckMethod)
+"""Every ``method:`` model a recipe may name: the registered methods, then ``bottleneck`` (only an error)."""
 
-    ``total_steps`` is the number of optimiser steps the loop will run; AdaLoRA needs it for its rank schedule
-    (a ValueError says so when it is missing), the other methods ignore it. The method/task pair must already
-    be valid (the recipe schema checks ``method.task_problem(task)``).
-    """
-    if total_steps is not None and total_steps < 1:
-        raise ValueError(f"total_steps must be a positive number of optimiser steps, got {total_steps}")
-    return method_builder(method.type).build(method, TASK_TYPES[task], total_steps)
+if TYPE_CHECKING:  # the type checker sees what every member shares: type, family, mergeable, task_problem
+    MethodSpec = MethodBlock
+else:
+    MethodSpec = Annotated[
+        reduce(operator.or_, SCHEMAS), Field(discriminator="type"), BeforeValidator(_one_method)
+    ]
+    """A recipe's ``method:`` block: exactly one of the models in ``SCHEMAS``, chosen by ``type``."""
 
+METHOD_TYPES: tuple[str, ...] = tuple(b.name for b in registered())
+"""The method types a recipe can train (``bottleneck`` is only an explanatory error)."""
 
-def optimizer_for(
-    method: Any,
-    model: PeftModel,
-    lr: float,
-    weight_decay: float,
-    *,
-    head_parameters: Sequence[nn.Parameter] = (),
-    head_lr: float | None = None,
-) -> torch.optim.Optimizer | None:
-    """The optimizer a method must train with, or None: train with the loop's default AdamW.
-
-    Call it once, after ``get_peft_model`` and before the first step, with the ``PeftModel``; it may freeze
-    parameters (LoRA-FA freezes every ``lora_A``), so collect trainable parameters only after it. Parameters
-    outside the PeftModel (a classification head) go in ``head_parameters``, trained at ``head_lr``
-    (default ``lr``) with plain AdamW updates inside the returned optimizer.
-    """
-    make = method_builder(method.type).optimizer
-    if make is None:
-        return None
-    extra = []
-    if head_parameters:
-        params = list(head_parameters)
-        extra.append({
-            "params": params, "lr": head_lr or lr, "weight_decay": weight_decay, "betas": (0.9, 0.999),
-            "names": [f"head.{i}" for i in range(len(params))], "scaling_factors": [None] * len(params),
-        })  # fmt: skip
-    return make(method, model, lr, weight_decay, extra)
-
-
-def step_callback(method: Any, model: PeftModel) -> Callable[[int], None] | None:
-    """A function ``on_step(step)`` to call after every ``optimizer.step()`` and before ``zero_grad()``
-    (it reads the gradients), with ``step`` counting optimiser steps from 1; None when the method needs none.
-
-    AdaLoRA's re-allocates ranks there (``model.base_model.update_and_allocate(step)``).
-    """
-    make = method_builder(method.type).step_callback
-    return None if make is None else make(method, model)
-
-
-def _load_builtin_methods() -> None:
-    from adapter_registry.methods import (  # noqa: F401  (each registers itself)
-        adalora,
-        ia3,
-        lora,
-        lycoris,
-        oft,
-        prompts,
-        vera,
-    )
+__all__ = [
+    "FAMILIES",
+    "METHOD_TYPES",
+    "SCHEMAS",
+    "TASK_TYPES",
+    "MethodBlock",
+    "MethodBuilder",
+    "MethodSpec",
+    "build_peft_config",
+    "method_builder",
+    "optimizer_for",
+    "register_method",
+    "registered",
+    "step_callback",
+]

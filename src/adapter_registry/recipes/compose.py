@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from adapter_registry.recipes.base import Closed
+from adapter_registry.closed import Closed
 
 COMBINATIONS = (
     "linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",

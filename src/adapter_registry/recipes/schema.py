@@ -2,7 +2,8 @@
 
 Every model here forbids unknown keys, and every field says what it does (the ``description``), so that
 ``recipes.load`` can turn a mistake into an error that names the key and the fix. This module is on the
-ground floor: it imports nothing else of ours.
+ground floor: it imports nothing of ours but ``closed``, ``recipes.compose`` and ``methods`` (the ``method:``
+block, assembled there from every method's model; no peft).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
-from adapter_registry.recipes.base import Closed
+from adapter_registry.closed import Closed
+from adapter_registry.methods import MethodSpec
 from adapter_registry.recipes.compose import ComposeSpec
-from adapter_registry.recipes.methods import MethodSpec
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 OFFLINE_BASES = ("smollm2-135m-instruct", "all-minilm-l6-v2")
