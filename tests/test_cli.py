@@ -142,6 +142,7 @@ def test_the_cli_has_no_command_that_edits_history() -> None:
         "promote",
         "rollback",
         "audit",
+        "history",
         "lineage",
         "compat",
         "pull",

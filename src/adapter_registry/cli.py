@@ -18,6 +18,7 @@ import typer
 
 if TYPE_CHECKING:
     from adapter_registry.registry.entities import AdapterVersion, StageChange
+    from adapter_registry.registry.stages import StageCheck
     from adapter_registry.registry.store import AdapterStore
 
 app = typer.Typer(
@@ -82,19 +83,54 @@ def _console() -> Any:
     return Console(width=160)
 
 
-def _versions_table(versions: list[AdapterVersion], title: str) -> None:
+def _versions_table(
+    versions: list[AdapterVersion], title: str, checks: dict[tuple[str, str], StageCheck] | None = None
+) -> None:
     from rich.table import Table
 
+    checks = checks or {}
     table = Table(title=title)
     for column in ("version", "stage", "base model", "method", "key metric", "created"):
         table.add_column(column)
     for v in versions:
         metric = v.key_metric
+        check = checks.get((v.name, v.stage))
+        stage = v.stage if check is None or check.ok else f"[red]{v.stage} (UNATTESTED)[/red]"
         table.add_row(
-            v.ref, v.stage, v.base_id or "?", v.method or "?",
+            v.ref, stage, v.base_id or "?", v.method or "?",
             f"{metric[0]}={metric[1]:.4g}" if metric else "-", f"{v.created:%Y-%m-%d %H:%M}",
         )  # fmt: skip
     _console().print(table)
+    for check in checks.values():
+        if not check.ok:
+            typer.echo(f"warning: {check.problem}", err=True)
+
+
+def _stage_checks(store: AdapterStore, versions: list[AdapterVersion]) -> dict[tuple[str, str], StageCheck]:
+    """(name, stage) -> the check of every staging/production holder among ``versions`` (one audit search)."""
+    from adapter_registry.registry.audit import AuditLog
+    from adapter_registry.registry.entities import PROMOTION_STAGES
+    from adapter_registry.registry.stages import check_stages
+
+    holders: dict[str, dict[str, int | None]] = {}
+    for v in versions:
+        if v.stage in PROMOTION_STAGES:
+            holders.setdefault(v.name, {})[v.stage] = v.version
+    if not holders:
+        return {}
+    trails = AuditLog(store).read_all()
+    out = {}
+    for name, held in holders.items():
+        events = trails[name].events if name in trails else ()
+        for stage, check in check_stages(name, held, events, tuple(held)).items():
+            out[(name, stage)] = check
+    return out
+
+
+def _with_attestation(v: AdapterVersion, checks: dict[tuple[str, str], StageCheck]) -> dict[str, Any]:
+    check = checks.get((v.name, v.stage))
+    return {**v.to_dict(), "attested": None if check is None else check.ok,
+            "attestation": None if check is None else check.problem}  # fmt: skip
 
 
 def _events_table(events: list[StageChange] | tuple[StageChange, ...], title: str) -> None:
@@ -131,33 +167,45 @@ def list_(
     method: Annotated[Optional[str], typer.Option(help="PEFT method, e.g. lora")] = None,  # noqa: UP045
     as_json: JsonOpt = False,
 ) -> None:
-    """Adapters and versions with stage, base model, method, key metric, created."""
+    """Adapters and versions with stage, base model, method, key metric, created.
+
+    A staging or production holder that no audited promotion placed (its alias moved outside adapter-registry) is
+    marked UNATTESTED.
+    """
     with _errors():
-        versions = _store().list_versions(stage=stage, base_model=base_model, method=method, summary=True)
+        store = _store()
+        versions = store.list_versions(stage=stage, base_model=base_model, method=method, summary=True)
+        checks = _stage_checks(store, versions)
     _emit(
         as_json,
-        [v.to_dict() for v in versions],
-        lambda: _versions_table(versions, f"{len(versions)} versions"),
+        [_with_attestation(v, checks) for v in versions],
+        lambda: _versions_table(versions, f"{len(versions)} versions", checks),
     )
 
 
 @app.command()
 def show(ref: RefArg, as_json: JsonOpt = False) -> None:
-    """Everything recorded about one version."""
+    """Everything recorded about one version (an unattested stage holder is marked)."""
     with _errors():
-        version = _store().resolve(ref)
+        store = _store()
+        version = store.resolve(ref)
+        checks = _stage_checks(store, [version])
+    check = checks.get((version.name, version.stage))
 
     def render() -> None:
         from rich.table import Table
 
-        table = Table(title=f"{version.ref} ({version.stage})", show_header=False)
+        stage = version.stage if check is None or check.ok else f"{version.stage}, UNATTESTED"
+        table = Table(title=f"{version.ref} ({stage})", show_header=False)
         for key, value in [("run", version.run_id), ("source", version.source), ("created", str(version.created)),
                            ("aliases", ", ".join(version.aliases)), ("description", version.description),
                            *sorted(version.tags.items())]:  # fmt: skip
             table.add_row(key, value)
         _console().print(table)
+        if check is not None and not check.ok:
+            typer.echo(f"warning: {check.problem}", err=True)
 
-    _emit(as_json, version.to_dict(), render)
+    _emit(as_json, _with_attestation(version, checks), render)
 
 
 @app.command()
@@ -182,20 +230,44 @@ def promote(
     )
 
 
+def _parse_time(text: str, option: str) -> Any:
+    """An ISO 8601 time (``2026-11-30T10:00``, a date, or with an offset); naive times are UTC."""
+    import datetime as dt
+
+    from adapter_registry.registry.entities import RegistryError
+
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"{option} {text!r} is not an ISO time; e.g. 2026-11-30T10:00 (UTC) or 2026-11-30",
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 @app.command()
 def rollback(
     name: Annotated[str, typer.Argument(help="adapter name")],
     stage: Annotated[str, typer.Option(help="the stage to give back to its previous holder")] = "production",
-    reason: Annotated[str, typer.Option(help="why")] = "",
+    to_time: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--to-time", help="give the stage to the version that held it then (ISO time, UTC)"),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="why; required with --force")] = "",
+    force: Annotated[bool, typer.Option("--force", help="override failing gates (audited)")] = False,
     policy: PolicyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Give a stage back to the version that held it before (audited)."""
+    """Give a stage back to the version that held it before, or at --to-time (gated and audited)."""
     from adapter_registry.registry import promotion
     from adapter_registry.registry.policy import load_policy
 
     with _errors():
-        event = promotion.rollback(_store(), name, stage, reason=reason, policy=load_policy(policy))
+        when = _parse_time(to_time, "--to-time") if to_time else None
+        event = promotion.rollback(
+            _store(), name, stage, reason=reason, to_time=when, force=force, policy=load_policy(policy)
+        )
     _emit(
         as_json,
         event.to_dict(),
@@ -205,24 +277,76 @@ def rollback(
 
 @app.command()
 def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: JsonOpt = False) -> None:
-    """The append-only history of stage changes; exits 1 when the history was tampered with."""
+    """The append-only history of stage changes, and who holds each stage; exits 1 when the history was tampered
+    with or a stage is held by a version that no audited promotion placed there."""
     from adapter_registry.registry.audit import AuditLog
 
     with _errors():
         store = _store()
-        if not store.model_exists(name):
-            from adapter_registry.registry.entities import RegistryError
-
-            raise RegistryError("NOT_FOUND", f"adapter {name!r} is not registered")
-        trail = AuditLog(store).read(name)
-    data = {"model": name, "intact": trail.intact, "problems": list(trail.problems),
+        _require_adapter(store, name)
+        log = AuditLog(store)
+        trail = log.read(name)
+        checks = log.stage_checks(name, trail)
+    unattested = [c.problem for c in checks.values() if c.problem]
+    problems = [*trail.problems, *unattested]
+    data = {"model": name, "intact": trail.intact, "attested": not unattested, "problems": problems,
+            "stages": {s: c.to_dict() for s, c in checks.items()},
             "events": [e.to_dict() for e in trail.events]}  # fmt: skip
     _emit(as_json, data, lambda: _events_table(trail.events, f"audit trail of {name}"))
-    if not trail.intact:
-        typer.echo(
-            f"error: audit trail of {name!r} does not check out: {'; '.join(trail.problems)}", err=True
-        )
+    if problems:
+        typer.echo(f"error: audit of {name!r} does not check out: {'; '.join(problems)}", err=True)
         raise typer.Exit(1)
+
+
+def _require_adapter(store: AdapterStore, name: str) -> None:
+    from adapter_registry.registry.entities import RegistryError
+
+    if not store.model_exists(name):
+        raise RegistryError("NOT_FOUND", f"adapter {name!r} is not registered")
+
+
+@app.command()
+def history(
+    name: Annotated[str, typer.Argument(help="adapter name")],
+    at: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--at", help="which version held each stage at this ISO time (UTC), e.g. 2026-11-30T10:00"
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every stage change of an adapter (time, actor, reason, gates), or with --at who held each stage then."""
+    from adapter_registry.registry.audit import AuditLog
+    from adapter_registry.registry.stages import held_at
+
+    with _errors():
+        store = _store()
+        _require_adapter(store, name)
+        trail = AuditLog(store).read(name)
+        when = _parse_time(at, "--at") if at else None
+    if when is None:
+        _emit(as_json, {"model": name, "events": [e.to_dict() for e in trail.events]},
+              lambda: _events_table(trail.events, f"stage changes of {name}"))  # fmt: skip
+        return
+    held = held_at(trail.events, when)
+    data = {
+        "model": name, "at": when.isoformat(),
+        "stages": {stage: {"version": p.version, "since": p.event.when.isoformat(), "by": p.event.who,
+                           "action": p.event.action, "seq": p.event.seq} for stage, p in sorted(held.items())},
+    }  # fmt: skip
+
+    def render() -> None:
+        if not held:
+            typer.echo(f"no version of {name} held staging or production at {when:%Y-%m-%d %H:%M:%S} UTC")
+            return
+        for stage, p in sorted(held.items()):
+            typer.echo(
+                f"{name}@{stage} at {when:%Y-%m-%d %H:%M:%S} UTC: version {p.version} (since "
+                f"{p.event.when:%Y-%m-%d %H:%M:%S}, {p.event.action} by {p.event.who}, event #{p.event.seq})"
+            )
+
+    _emit(as_json, data, render)
 
 
 @app.command()
@@ -379,21 +503,46 @@ def serve(
             help="longer prompts are refused (413): one would stall its whole batch",
         ),
     ] = 2048,
+    quantization: Annotated[
+        str,
+        typer.Option(
+            "--quantization",
+            help="load the base quantised (nf4, nf4-dq, fp4, fp4-dq, int8) to serve QLoRA adapters on the base "
+            "they were evaluated on; default: full precision",
+        ),
+    ] = "",
+    request_log: Annotated[
+        Path, typer.Option("--request-log", help="JSON line per request, rotated at 10 MB ('' for none)")
+    ] = Path("logs/requests.jsonl"),
+    log_prompts: Annotated[
+        bool, typer.Option("--log-prompts", help="also write each request's input, prompt and answer")
+    ] = False,
+    webhook_url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--webhook-url",
+            help="this server's /v1/registry/events URL as the tracking server reaches it: registers a signed "
+            "MLflow webhook so an alias move is served at once (polling stays on)",
+        ),
+    ] = None,
 ) -> None:
     """Serve every STAGE adapter registered for BASE over HTTP: many adapters on one base model."""
+    from adapter_registry.serving.app import ServeOptions
     from adapter_registry.serving.app import serve as run_server
+    from adapter_registry.serving.tenants import TenantsError
 
-    with _errors():
-        run_server(
-            base,
-            stage=stage,
-            host=host,
-            port=port,
-            tracking_uri=_state["tracking_uri"],
-            poll_seconds=poll_seconds,
-            tenants_file=tenants,
-            max_prompt_tokens=max_prompt_tokens,
-        )
+    options = ServeOptions(
+        stage=stage, host=host, port=port, tracking_uri=_state["tracking_uri"], poll_seconds=poll_seconds,
+        tenants_file=tenants, max_prompt_tokens=max_prompt_tokens, quantization=quantization,
+        request_log=request_log if str(request_log) not in ("", ".") else None, log_prompts=log_prompts,
+        webhook_url=webhook_url,
+    )  # fmt: skip
+    try:
+        with _errors():
+            run_server(base, options)
+    except (TenantsError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

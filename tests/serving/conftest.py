@@ -87,3 +87,15 @@ def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = tmp_path_factory.mktemp("serving-db") / "mlflow.db"
     AdapterStore(f"sqlite:///{db}").list_models()
     return db
+
+
+def attest(store, name: str, version: int, stage: str = "production") -> None:  # type: ignore[no-untyped-def]
+    """Put ``name/version`` into ``stage`` the way an operator does: an audited promotion (forced with a reason:
+    these tiny adapters record no metrics for the gates). ``serve`` only serves stage holders placed like this."""
+    from adapter_registry.registry import promotion
+    from adapter_registry.registry.policy import Actor, PromotionPolicy
+
+    promotion.promote(
+        store, f"{name}/{version}", stage, force=True, reason="test fixture: tiny adapters record no metrics",
+        policy=PromotionPolicy(enforce="never"), actor=Actor("tester", False),
+    )  # fmt: skip

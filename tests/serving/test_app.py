@@ -18,8 +18,10 @@ import pytest
 from adapter_registry.bases.resolve import describe_folder
 from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.store import AdapterStore
-from adapter_registry.serving.app import build_server
+from adapter_registry.serving.app import ServeOptions, build_server
 from adapter_registry.serving.pool import AdapterPool
+
+from .conftest import attest
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 PROMPT = "a b c 1 2 3"
@@ -37,7 +39,7 @@ def register(
     """Register ``folder`` as a new version of ``name`` and give it the production stage."""
     tags = {Tag.BASE_FINGERPRINT: fingerprint, Tag.TASK: task, Tag.METHOD: "lora"}
     version = store.register_adapter(name, folder, tags=tags, metrics={})
-    store.set_stage(name, version.version, "production")
+    attest(store, name, version.version)
     return version.version
 
 
@@ -64,11 +66,13 @@ def server(
     register(registry, "beta", adapters["beta"], fingerprint)
     register(registry, "stranger", adapters["qv"], "sha256:" + "0" * 64)
     tenants = tmp_path / "tenants.yml"
-    tenants.write_text("tenants:\n  acme: alpha  # comment\n  ghost: nobody\n")
+    tenants.write_text("tenants:\n  acme: alpha  # comment\n  globex: beta\n")
     port = free_port()
-    uvicorn_server = build_server(
-        str(tiny_base), tracking_uri=registry.tracking_uri, port=port, poll_seconds=0.3, tenants_file=tenants
-    )
+    options = ServeOptions(
+        tracking_uri=registry.tracking_uri, port=port, poll_seconds=0.3, tenants_file=tenants,
+        request_log=tmp_path / "requests.jsonl",
+    )  # fmt: skip
+    uvicorn_server = build_server(str(tiny_base), options)
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
     thread.start()
     deadline = time.time() + 60

@@ -14,6 +14,8 @@ from adapter_registry.registry.store import AdapterStore
 from adapter_registry.serving.pool import AdapterPool
 from adapter_registry.serving.sync import RegistrySource, RegistrySync
 
+from .conftest import attest
+
 
 @pytest.fixture
 def registry(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> AdapterStore:
@@ -37,7 +39,7 @@ def put(
     version = store.register_adapter(
         name, folder, tags={Tag.BASE_FINGERPRINT: fingerprint, Tag.TASK: "causal_lm_sft", **tags}, metrics={}
     )
-    store.set_stage(name, version.version, stage)
+    attest(store, name, version.version, stage)
     return version.version
 
 
@@ -75,7 +77,7 @@ def test_a_corrupted_new_version_leaves_the_old_one_serving(sync, registry, adap
     v2 = registry.register_adapter("alpha", adapters["beta"], tags={Tag.BASE_FINGERPRINT: fp}, metrics={})
     weights = next(tmp_path.rglob(f"{v2.run_id}/artifacts/adapter/adapter_model.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")  # the registered sha256 no longer matches
-    registry.set_stage("alpha", v2.version, "production")
+    attest(registry, "alpha", v2.version)
     with caplog.at_level(logging.ERROR, logger="adapter_registry.serving"):
         sync.sync()
     assert served(sync) == {"alpha": "1"}

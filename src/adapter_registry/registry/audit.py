@@ -14,7 +14,8 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 
-from adapter_registry.registry.entities import AuditTag, StageChange
+from adapter_registry.registry.entities import PROMOTION_STAGES, AuditTag, StageChange
+from adapter_registry.registry.stages import StageCheck, check_stages
 from adapter_registry.registry.store import AdapterStore
 
 
@@ -67,9 +68,26 @@ class AuditLog:
 
     def read(self, model: str) -> AuditTrail:
         """The events of ``model`` ordered by sequence number, each marked verified or not."""
+        return self._trail(model, self.store.audit_runs(model))
+
+    def read_all(self) -> dict[str, AuditTrail]:
+        """Every adapter's trail, read with one search (what ``list`` needs to check stage holders)."""
+        runs: dict[str, list[tuple[dict[str, str], bool]]] = {}
+        for tags, deleted in self.store.audit_runs(None):
+            runs.setdefault(tags.get(AuditTag.MODEL, ""), []).append((tags, deleted))
+        return {model: self._trail(model, rows) for model, rows in runs.items() if model}
+
+    def stage_checks(self, model: str, trail: AuditTrail | None = None) -> dict[str, StageCheck]:
+        """Each promotion stage of ``model``: its alias holder checked against the trail (``registry.stages``)."""
+        trail = trail or self.read(model)
+        holders = {s: self.store.holder(model, s) for s in PROMOTION_STAGES}
+        return check_stages(model, {s: v.version if v else None for s, v in holders.items()}, trail.events)
+
+    @staticmethod
+    def _trail(model: str, runs: list[tuple[dict[str, str], bool]]) -> AuditTrail:
         rows = []
         problems: list[str] = []
-        for tags, deleted in self.store.audit_runs(model):
+        for tags, deleted in runs:
             try:
                 event = StageChange.from_dict(json.loads(tags[AuditTag.EVENT]))
             except (KeyError, ValueError, TypeError) as exc:

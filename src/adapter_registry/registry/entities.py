@@ -36,7 +36,12 @@ class Tag:
     GIT_COMMIT = "ar.git.commit"
     GIT_DIRTY = "ar.git.dirty"  # "true" | "false"
     DATA_VALIDATION = "ar.data.validation"  # JSON: success, statistics, failed expectations
-    STAGE = "ar.stage"  # candidate | staging | production | archived
+    STAGE = (
+        "ar.stage"  # legacy mirror of the stage, no longer written (reserved); "archived" is still honoured
+    )
+    ARCHIVED = (
+        "ar.archived"  # "true" once the version was replaced in a stage (aliases say every other stage)
+    )
     GATES = "ar.gates"  # JSON list of gate strings, e.g. ["accuracy >= 0.8"]
     MUST_BEAT_BASE = "ar.gates.must_beat_base"  # "false" when the recipe sets must_beat_base: false
     MERGED_URI = "ar.merge.uri"  # where the merged weights were written
@@ -83,6 +88,25 @@ class Tag:
 
 
 STAGES = ("candidate", "staging", "production", "archived")
+ALIAS_STAGES = (
+    "production",
+    "staging",
+    "candidate",
+)  # stages held by an alias; a version's stage is the first
+
+
+def stage_of(aliases: Any, tags: dict[str, str]) -> str:
+    """A version's stage, read from the registry itself: the first stage alias it holds (production, staging,
+    candidate); without one, ``archived`` when it was replaced in a stage, else ``candidate`` (registered, never
+    promoted, and no longer the newest registration)."""
+    held = set(aliases or ())
+    for stage in ALIAS_STAGES:
+        if stage in held:
+            return stage
+    archived = tags.get(Tag.ARCHIVED) == "true" or tags.get(Tag.STAGE) == "archived"
+    return "archived" if archived else "candidate"
+
+
 ADAPTER_ARTIFACT = "adapter"  # artifact folder in the run holding the adapter files
 
 
@@ -200,11 +224,12 @@ class AdapterVersion:
         description: str = "",
         aliases: Any = (),
     ) -> AdapterVersion:
-        """The one constructor from what a registry row holds (its stage and metrics are read from its tags)."""
+        """The one constructor from what a registry row holds: its stage from its aliases (``stage_of``), its
+        metrics from its tags."""
         return cls(
             name=name,
             version=int(version),
-            stage=tags.get(Tag.STAGE, "candidate"),
+            stage=stage_of(aliases, tags),
             tags=tags,
             metrics=cls.metrics_from_tags(tags),
             run_id=run_id or tags.get(Tag.RUN_ID, ""),
@@ -215,12 +240,13 @@ class AdapterVersion:
         )
 
     @classmethod
-    def from_model_version(cls, mv: Any) -> AdapterVersion:
-        """From an MLflow ``ModelVersion`` (the object stays inside registry/)."""
+    def from_model_version(cls, mv: Any, aliases: Any = None) -> AdapterVersion:
+        """From an MLflow ``ModelVersion`` (the object stays inside registry/); ``aliases`` where MLflow's search
+        left them out."""
         return cls.build(
             name=mv.name, version=int(mv.version), tags=dict(mv.tags or {}), run_id=mv.run_id or "",
             source=mv.source or "", created_ms=mv.creation_timestamp, description=mv.description or "",
-            aliases=mv.aliases or (),
+            aliases=mv.aliases or aliases or (),
         )  # fmt: skip
 
     @staticmethod

@@ -23,11 +23,15 @@ from adapter_registry.registry.entities import (
     Tag,
 )
 from adapter_registry.registry.policy import Actor, PromotionPolicy, load_policy
+from adapter_registry.registry.stages import held_at
 from adapter_registry.registry.store import AdapterStore
 
 
-def evaluate_gates(version: AdapterVersion, to: str, serving: AdapterVersion | None) -> list[GateResult]:
-    """Every gate of moving ``version`` into stage ``to`` whose current holder is ``serving``."""
+def evaluate_gates(
+    version: AdapterVersion, to: str, serving: AdapterVersion | None, rollback: bool = False
+) -> list[GateResult]:
+    """Every gate of moving ``version`` into stage ``to`` whose current holder is ``serving`` (a ``rollback``
+    restores a version that held the stage, so it need not come from staging)."""
     results = []
     for text in version.gates:
         try:
@@ -58,7 +62,7 @@ def evaluate_gates(version: AdapterVersion, to: str, serving: AdapterVersion | N
             f"this adapter was trained on {version.base_id or '?'} ({version.base_fingerprint[:12] or 'no fingerprint'})"
         )
         results.append(GateResult(f"serves the {to} base", same, detail))
-    if to == "production":
+    if to == "production" and not rollback:
         results.append(
             GateResult(
                 "production only from staging", version.stage == "staging", f"current stage: {version.stage}"
@@ -155,14 +159,16 @@ def _restore(
     store: AdapterStore, version: AdapterVersion, to: str, serving: AdapterVersion | None, left_alias: bool
 ) -> None:
     """Best-effort undo of a half-done move, so a refused step (e.g. HTTP 403) leaves the stages as they were."""
-    steps = [lambda: store.set_stage(version.name, version.version, version.stage) if version.stage != "archived"
-             else store.set_version_tag(version.name, version.version, Tag.STAGE, "archived")]  # fmt: skip
-    if serving is not None:
-        steps.append(lambda: store.set_stage(version.name, serving.version, to))
-    else:
-        steps.append(lambda: store.drop_alias(version.name, to))
+    name = version.name
+    steps = [
+        (lambda: store.set_stage(name, serving.version, to))
+        if serving is not None
+        else (lambda: store.drop_alias(name, to))
+    ]
     if left_alias:
-        steps.append(lambda: store.set_stage(version.name, version.version, version.stage))
+        steps.append(lambda: store.set_stage(name, version.version, version.stage))
+    if version.stage == "archived":
+        steps.append(lambda: store.set_stage(name, version.version, "archived"))
     for step in steps:
         with contextlib.suppress(RegistryError):
             step()
@@ -191,17 +197,73 @@ def rollback(
     stage: str = "production",
     *,
     reason: str = "",
+    to_time: dt.datetime | None = None,
+    force: bool = False,
     policy: PromotionPolicy | None = None,
     actor: Actor | None = None,
 ) -> StageChange:
-    """Give ``stage`` back to the version that held it before the current one; the current one is archived."""
+    """Give ``stage`` back to the version that held it before the current one (or, with ``to_time``, to the
+    version the audit trail says held it then); the current one is archived.
+
+    Gated like a promotion (the version's gates, its base against the stage's), except that it need not come from
+    staging; ``force`` overrides failing gates with a reason, audited. A refusal is audited too.
+    """
     if stage not in PROMOTION_STAGES:
         raise RegistryError(
             "INVALID_INPUT", f"cannot roll back stage {stage!r}; use one of {', '.join(PROMOTION_STAGES)}"
         )
+    if force and not reason.strip():
+        raise RegistryError("INVALID_INPUT", "--force needs --reason: say why the gates are overridden")
     current = store.holder(name, stage)  # also checks that the adapter exists
     audit = AuditLog(store)
-    history = stage_history(audit.read(name).events, stage)
+    events = audit.read(name).events
+    if to_time is None:
+        target_version = _previous_holder(name, stage, current, events)
+    else:
+        placed = held_at(events, to_time).get(stage)
+        when = to_time.isoformat(timespec="seconds")
+        if placed is None:
+            raise RegistryError(
+                "INVALID_STATE",
+                f"rollback of {name}@{stage}: no version held {stage} at {when} (audit trail)",
+            )
+        if current is not None and placed.version == current.version:
+            raise RegistryError(
+                "INVALID_STATE", f"rollback of {name}@{stage}: version {current.version} held it at {when} "
+                "and holds it now",
+            )  # fmt: skip
+        target_version = placed.version
+        reason = f"back to the holder at {when}" + (f"; {reason}" if reason else "")
+    target = store.get_version(name, target_version)
+    actor = actor or Actor.of(store.tracking_uri)
+    _check_policy(audit, policy or load_policy(), actor, target, stage, reason, "rollback")
+    gates = evaluate_gates(target, stage, current, rollback=True)
+    failed = [g for g in gates if not g.passed]
+    if failed and not force:
+        listing = "; ".join(f"{g.gate}: {g.detail}" for g in failed)
+        audit.append(
+            StageChange(
+                model=name, version=target.version, from_stage=target.stage, to_stage=stage, who=actor.user,
+                when=dt.datetime.now(dt.UTC), reason=f"gates failed: {listing}" + (f"; asked: {reason}" if reason else ""),
+                action="refused", gates=tuple(gates),
+            )
+        )  # fmt: skip
+        raise RegistryError("GATE_FAILED", f"rollback of {name}@{stage} to {target.ref} refused: {listing}")
+    store.set_stage(name, target.version, stage)
+    if current is not None and current.version != target.version:
+        store.set_stage(name, current.version, "archived")
+    event = StageChange(
+        model=name, version=target.version, from_stage=target.stage, to_stage=stage, who=actor.user,
+        when=dt.datetime.now(dt.UTC), reason=reason, forced=bool(failed) and force, action="rollback",
+        gates=tuple(gates), replaced_version=current.version if current is not None else None,
+    )  # fmt: skip
+    return audit.append(event)
+
+
+def _previous_holder(
+    name: str, stage: str, current: AdapterVersion | None, events: tuple[StageChange, ...]
+) -> int:
+    history = stage_history(events, stage)
     if current is None:
         raise RegistryError("INVALID_STATE", f"rollback of {name}@{stage}: no version holds {stage}")
     if len(history) < 2:
@@ -212,15 +274,6 @@ def rollback(
         raise RegistryError(
             "INVALID_STATE",
             f"rollback of {name}@{stage}: the alias points at version {current.version} but the audit trail says "
-            f"{history[-1]} (moved outside adapter-registry); promote explicitly instead",
+            f"{history[-1]} (moved outside adapter-registry); use --to-time, or promote explicitly",
         )
-    target = store.get_version(name, history[-2])
-    actor = actor or Actor.of(store.tracking_uri)
-    _check_policy(audit, policy or load_policy(), actor, target, stage, reason, "rollback")
-    store.set_stage(name, target.version, stage)
-    store.set_stage(name, current.version, "archived")
-    event = StageChange(
-        model=name, version=target.version, from_stage=target.stage, to_stage=stage, who=actor.user,
-        when=dt.datetime.now(dt.UTC), reason=reason, action="rollback", replaced_version=current.version,
-    )  # fmt: skip
-    return audit.append(event)
+    return history[-2]

@@ -36,12 +36,11 @@ def check_registration(
 def version_tags_of(
     tags: Mapping[str, str], checksums: Mapping[str, str], metrics: Mapping[str, float], run_id: str
 ) -> dict[str, str]:
-    """The tags of a new version: the caller's, the files' sha256, the metrics, the stage and the run."""
+    """The tags of a new version: the caller's, the files' sha256, the metrics and the run (its stage is an alias)."""
     return {
         **dict(tags),
         **{Tag.sha256(path): digest for path, digest in checksums.items()},
         **{Tag.metric(name): repr(float(value)) for name, value in metrics.items()},
-        Tag.STAGE: "candidate",
         Tag.RUN_ID: run_id,
     }
 
@@ -75,7 +74,9 @@ def _check_inputs(
     if bad_tags:
         raise RegistryError("INVALID_INPUT", f"tag values must be strings; got {bad_tags!r}")
     reserved = [
-        k for k in tags if k.startswith((Tag.sha256(""), Tag.metric(""))) or k in (Tag.STAGE, Tag.RUN_ID)
+        k
+        for k in tags
+        if k.startswith((Tag.sha256(""), Tag.metric(""))) or k in (Tag.STAGE, Tag.ARCHIVED, Tag.RUN_ID)
     ]
     if reserved:
         raise RegistryError("INVALID_INPUT", f"tags {reserved} are written by the store; leave them out")

@@ -15,7 +15,7 @@ from typing import Any
 from adapter_registry.registry.entities import AdapterVersion, Tag
 
 # The tags a listing shows (stage, base, method, task, metrics): ``summary=True`` loads only these on sqlite.
-SUMMARY_TAGS = (Tag.STAGE, Tag.BASE_ID, Tag.BASE_FINGERPRINT, Tag.METHOD, Tag.TASK, Tag.RUN_ID)
+SUMMARY_TAGS = (Tag.ARCHIVED, Tag.STAGE, Tag.BASE_ID, Tag.BASE_FINGERPRINT, Tag.METHOD, Tag.TASK, Tag.RUN_ID)
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,34 @@ def quote(value: str) -> str:
 
 
 def search_mlflow(client: Any, where: VersionFilter) -> list[AdapterVersion]:
-    """Every version matching ``where`` through MLflow's own search (any tracking store), all pages."""
-    out: list[AdapterVersion] = []
+    """Every version matching ``where`` through MLflow's own search (any tracking store), all pages.
+
+    MLflow's version search leaves ``aliases`` empty, and a stage is an alias: they are read from the registered
+    models (one paged search) and given to each version.
+    """
+    found = []
     token = None
     while True:
         page = client.search_model_versions(where.mlflow_filter(), max_results=10_000, page_token=token)
-        out.extend(AdapterVersion.from_model_version(mv) for mv in page)
+        found.extend(page)
         token = page.token
         if not token:
-            return out
+            break
+    aliases: dict[tuple[str, int], list[str]] = {}
+    names = {mv.name for mv in found}
+    token = None
+    while names:
+        models = client.search_registered_models(max_results=1000, page_token=token)
+        for model in models:
+            if model.name in names:
+                for alias, version in (model.aliases or {}).items():
+                    aliases.setdefault((model.name, int(version)), []).append(alias)
+        token = models.token
+        if not token:
+            break
+    return [
+        AdapterVersion.from_model_version(mv, aliases.get((mv.name, int(mv.version)), ())) for mv in found
+    ]
 
 
 def search_sqlite(engine: Any, where: VersionFilter, summary: bool = False) -> list[AdapterVersion]:

@@ -6,9 +6,10 @@ boundary (``registry.errors``). Searching is ``registry.search`` (filters as dat
 fast path), the checks of a registration's inputs ``registry.registration``, who acts ``registry.policy``. Stage
 logic (gates, rollback), the audit chain and lineage are pure modules on top of this one.
 
-Stages are aliases (``candidate``, ``staging``, ``production``: one version each per adapter) mirrored in the
-``ar.stage`` tag, which also records ``archived`` and survives in search results (MLflow's version search
-does not populate aliases).
+Stages are aliases (``candidate``, ``staging``, ``production``: one version each per adapter), read from the
+registry itself (``entities.stage_of``); a version replaced in a stage holds no alias and carries
+``ar.archived``. Nothing mirrors an alias, so whatever moves one (this CLI, MLflow's UI or REST) is what every
+reader sees; ``registry.stages`` says whether an audited promotion put it there.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from adapter_registry.registry.search import VersionFilter, quote, search_mlflow
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["AdapterStore", "RegistryError", "parse_ref"]
+__all__ = ["ALIAS_EVENTS", "AdapterStore", "RegistryError", "parse_ref"]
+
+ALIAS_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")  # what moves a stage
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -293,8 +296,6 @@ class AdapterStore:
                 "INVALID_INPUT", f"stage {stage!r} does not exist; use one of {', '.join(STAGES)}"
             )
         where = VersionFilter(name or None)
-        if stage:
-            where = where.with_tag(Tag.STAGE, stage)
         if method:
             where = where.with_tag(Tag.METHOD, method)
         for key, value in (tag_equals or {}).items():
@@ -307,6 +308,8 @@ class AdapterStore:
             versions = list(found.values())
         else:
             versions = self._search(where, summary)
+        if stage:  # a stage is an alias (or its absence), read with each version
+            versions = [v for v in versions if v.stage == stage]
         return sorted(versions, key=lambda v: (v.name, -v.version))
 
     def _search(self, where: VersionFilter, summary: bool = False) -> list[AdapterVersion]:
@@ -334,15 +337,23 @@ class AdapterStore:
 
     # -------------------------------------------------------------------------------------- stages
     def set_stage(self, name: str, version: int, stage: str) -> None:
-        """Give ``version`` the stage: tag ``ar.stage`` and, except for archived, the alias of the same name."""
+        """Give ``version`` the stage: the alias of the same name (moved from its holder), or for ``archived`` the
+        ``ar.archived`` tag (a replaced version holds no alias). A version given an alias stage is no longer
+        archived."""
         if stage not in STAGES:
             raise RegistryError(
                 "INVALID_INPUT", f"stage {stage!r} does not exist; use one of {', '.join(STAGES)}"
             )
         with mlflow_errors(f"moving {name}/{version} to {stage}"):
-            self._client.set_model_version_tag(name, str(version), Tag.STAGE, stage)
-            if stage != "archived":
-                self._client.set_registered_model_alias(name, stage, str(version))
+            if stage == "archived":
+                self._client.set_model_version_tag(name, str(version), Tag.ARCHIVED, "true")
+                return
+            self._client.set_registered_model_alias(name, stage, str(version))
+            tags = self._client.get_model_version(name, str(version)).tags or {}
+            if Tag.ARCHIVED in tags:
+                self._client.delete_model_version_tag(name, str(version), Tag.ARCHIVED)
+            if tags.get(Tag.STAGE) == "archived":  # a legacy mirror would keep saying archived
+                self._client.delete_model_version_tag(name, str(version), Tag.STAGE)
 
     def drop_alias(self, name: str, stage: str) -> None:
         with mlflow_errors(f"removing alias {stage!r} of {name!r}"):
@@ -351,6 +362,25 @@ class AdapterStore:
     def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
         with mlflow_errors(f"tagging {name}/{version} with {key}"):
             self._client.set_model_version_tag(name, str(version), key, value)
+
+    # -------------------------------------------------------------------------------------- webhooks
+    def create_webhook(self, name: str, url: str, secret: str) -> str:
+        """Register a signed webhook for stage-alias moves (MLflow >= 3.3 on a SQL backend); its id, or "" with a
+        logged warning where the store cannot (a local store, no permission): callers then rely on polling."""
+        import logging
+
+        try:
+            with mlflow_errors(f"registering webhook {name!r} -> {url}"):
+                events: list[Any] = list(ALIAS_EVENTS)
+                hook = self._client.create_webhook(name=name, url=url, events=events, secret=secret)
+                return str(hook.webhook_id)
+        except RegistryError as exc:
+            logging.getLogger(__name__).warning("no registry webhook (polling only): %s", exc.message)
+            return ""
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        with mlflow_errors(f"deleting webhook {webhook_id}"):
+            self._client.delete_webhook(webhook_id)
 
     # -------------------------------------------------------------------------------------- audit runs
     def append_audit_run(self, run_name: str, tags: Mapping[str, str]) -> str:
@@ -361,11 +391,13 @@ class AdapterStore:
             self._client.set_terminated(run.info.run_id, status="FINISHED")
             return run.info.run_id
 
-    def audit_runs(self, model: str) -> list[tuple[dict[str, str], bool]]:
-        """Tags of every audit run of ``model`` (deleted ones too), with a flag that says it was deleted."""
+    def audit_runs(self, model: str | None) -> list[tuple[dict[str, str], bool]]:
+        """Tags of every audit run of ``model`` (of every model when None; deleted ones too), with a flag that
+        says it was deleted."""
         from mlflow.entities import ViewType
 
-        with mlflow_errors(f"reading the audit trail of {model!r}"):
+        where = f"tags.`ar.audit.model` = '{quote(model)}'" if model is not None else None
+        with mlflow_errors(f"reading the audit trail of {model or 'every adapter'!r}"):
             experiment = self._client.get_experiment_by_name(AUDIT_EXPERIMENT)
             if experiment is None:
                 return []
@@ -374,7 +406,7 @@ class AdapterStore:
             while True:
                 page = self._client.search_runs(
                     [experiment.experiment_id],
-                    filter_string=f"tags.`ar.audit.model` = '{quote(model)}'",
+                    filter_string=where or "",
                     run_view_type=ViewType.ALL,
                     max_results=1000,
                     page_token=token,

@@ -1,4 +1,8 @@
-"""Mixed batches: one worker thread gathers concurrent requests for any adapters into batches for the pool."""
+"""Mixed batches: one worker thread gathers concurrent requests for any adapters into batches for the pool.
+
+Requests are grouped by their answer budget (``max_new_tokens``; None: each adapter's contract's). A batch that
+fails is retried row by row, so one bad row (too long, not fitting its contract) fails alone.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from adapter_registry.serving.pool import AdapterPool, Generation, PoolError, PromptTooLong
+from adapter_registry.contract import ContractError
+from adapter_registry.serving.pool import AdapterPool, Generation, Input, PoolError, PromptTooLong
 
 __all__ = ["Batcher"]
 
@@ -16,8 +21,8 @@ __all__ = ["Batcher"]
 @dataclass
 class _Request:
     adapter: str
-    prompt: str
-    max_new_tokens: int
+    prompt: str | Input
+    max_new_tokens: int | None  # None: the adapter's serving contract's
     future: concurrent.futures.Future[Generation] = field(default_factory=concurrent.futures.Future)
 
 
@@ -41,7 +46,9 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout=60)
 
-    def submit(self, adapter: str, prompt: str, max_new_tokens: int) -> concurrent.futures.Future[Generation]:
+    def submit(
+        self, adapter: str, prompt: str | Input, max_new_tokens: int | None = None
+    ) -> concurrent.futures.Future[Generation]:
         request = _Request(adapter, prompt, max_new_tokens)
         self._queue.put(request)
         return request.future
@@ -81,11 +88,13 @@ class Batcher:
             results = self.pool.generate(
                 [r.prompt for r in batch], [r.adapter for r in batch], batch[0].max_new_tokens
             )
-        except PoolError as exc:
-            # alone in its batch: its prompt is too long, or its adapter left the pool since it was accepted
+        except (PoolError, ContractError) as exc:
+            # alone in its batch: its prompt is too long or does not fit its contract, or its adapter left the
+            # pool since it was accepted
             if len(batch) == 1:
                 gone = PoolError(f"adapter {batch[0].adapter!r} is no longer served")
-                batch[0].future.set_exception(exc if isinstance(exc, PromptTooLong) else gone)
+                keep = isinstance(exc, PromptTooLong | ContractError)
+                batch[0].future.set_exception(exc if keep else gone)
                 return
             for request in batch:  # one bad row must not fail the others
                 self._generate([request])

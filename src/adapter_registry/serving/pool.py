@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,13 +42,20 @@ from adapter_registry.adapter_folder import (
     read_config,
     read_weights,
 )
-from adapter_registry.decoding import AnswerConstraint, allowed_tokens_per_row, read_answers
+from adapter_registry.contract import (
+    DEFAULT_MAX_NEW_TOKENS,
+    QUANTIZATIONS,
+    ContractError,
+    ServingContract,
+    contract_of,
+)
+from adapter_registry.decoding import AnswerConstraint, allowed_tokens_per_row
 from adapter_registry.serving.lora_layer import PooledLinear, Route, Router
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["AdapterInfo", "AdapterPool", "Generation", "PoolError", "PooledLinear", "PromptTooLong", "Route"]
+__all__ = ["AdapterInfo", "AdapterPool", "Generation", "Input", "PoolError", "PromptTooLong"]
 
 BASE = None  # a row that names no adapter runs the bare base model
 # LoraConfig fields the pool cannot apply, with the value that means "not used"
@@ -68,6 +75,24 @@ class PromptTooLong(PoolError):
 
 
 # ------------------------------------------------------------------------------------------------ adapters
+def bitsandbytes_config(quantization: str) -> Any:
+    """transformers' BitsAndBytesConfig for a quantisation name (see ``contract.QUANTIZATIONS``); None for ""."""
+    if not quantization:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    quant_type, _, double = quantization.partition("-")
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=bool(double),
+        bnb_4bit_compute_dtype=torch.float32,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ adapters
 @dataclass(frozen=True)
 class AdapterInfo:
     """One adapter the pool holds."""
@@ -80,6 +105,15 @@ class AdapterInfo:
     nbytes: int  # bytes of its A/B matrices as resident in the pool
     metadata: dict[str, str] = field(default_factory=dict)  # e.g. registry version, fingerprint
     answers: int = 0  # size of its closed answer set (constrained decoding); 0: it decodes freely
+    contract: ServingContract | None = None  # how its requests are rendered and decoded (serving.json)
+
+
+@dataclass(frozen=True)
+class Input:
+    """A request's raw input (the user's text, or a record's fields), rendered by the serving contract of the
+    adapter version that answers it (``serving.json``)."""
+
+    value: str | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -92,6 +126,7 @@ class Generation:
     new_tokens: int
     served_by: AdapterInfo | None = None  # the adapter version that produced it (None: the base)
     constrained: bool = False  # decoded over the adapter's closed answer set
+    prompt: str = ""  # the prompt it continued (an Input rendered by its contract)
 
 
 def _lora_config(folder: Path) -> dict[str, Any]:
@@ -120,6 +155,7 @@ class AdapterPool:
         tokenizer: PreTrainedTokenizerBase,
         fingerprint: str = "",
         max_prompt_tokens: int | None = None,
+        quantization: str = "",
     ) -> None:
         if max_prompt_tokens is not None and max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens={max_prompt_tokens} must be at least 1 (or None: no limit)")
@@ -128,6 +164,7 @@ class AdapterPool:
         self.model = model
         self.tokenizer = tokenizer
         self.fingerprint = fingerprint
+        self.quantization = quantization  # "" (full precision) or the base's quantisation, e.g. "nf4-dq"
         self.max_prompt_tokens = max_prompt_tokens  # None: only the context window limits a prompt
         self.context_window: int | None = getattr(model.config, "max_position_embeddings", None)
         if tokenizer.pad_token_id is None:
@@ -137,6 +174,7 @@ class AdapterPool:
         self._layers: dict[str, PooledLinear] = {}  # module name -> wrapped layer
         self._names: dict[str, AdapterInfo] = {}  # adapter name -> what serves it now
         self._constraints: dict[str, AnswerConstraint] = {}  # slot -> its closed answer set
+        self._contracts: dict[str, ServingContract] = {}  # slot -> how its requests are rendered and decoded
         self._lock = threading.RLock()
         self._counter = itertools.count(1)
 
@@ -147,20 +185,33 @@ class AdapterPool:
         fingerprint: str = "",
         dtype: torch.dtype = torch.float32,
         max_prompt_tokens: int | None = None,
+        quantization: str = "",
     ) -> AdapterPool:
-        """Load a base model folder (and its tokenizer) into an empty pool."""
+        """Load a base model folder (and its tokenizer) into an empty pool.
+
+        ``quantization`` (e.g. ``nf4-dq``, see ``contract.QUANTIZATIONS``) loads the base through bitsandbytes as a
+        QLoRA recipe trained and scored it, so that its adapters are served on the base they were evaluated on.
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+        config = bitsandbytes_config(quantization)
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, quantization_config=config)
+        for module in model.modules():  # as training and evaluation: the standard 4-bit layout (models.py)
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010
         tokenizer = AutoTokenizer.from_pretrained(base_path)
-        return cls(model, tokenizer, fingerprint=fingerprint, max_prompt_tokens=max_prompt_tokens)
+        return cls(
+            model, tokenizer, fingerprint=fingerprint, max_prompt_tokens=max_prompt_tokens,
+            quantization=quantization,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------ adapters
     def add(self, name: str, folder: Path | str, metadata: dict[str, str] | None = None) -> AdapterInfo:
         """Load (or replace) adapter ``name`` from a peft LoRA folder; requests switch over atomically."""
         folder = Path(folder)
+        contract = self._contract(folder)
         weights = self._prepare(folder)  # outside the lock: file reads and checks while serving goes on
-        constraint = self._constraint(folder)
+        constraint = self._constraint(folder, contract)
         with self._lock:
             slot = f"{name}#{next(self._counter)}"
             layers = {module: self._wrap(module) for module in weights}
@@ -168,11 +219,12 @@ class AdapterPool:
                 layers[module].adapters[slot] = triple
             if constraint is not None:
                 self._constraints[slot] = constraint
+            self._contracts[slot] = contract
             info = AdapterInfo(
                 name=name, slot=slot, source=str(folder), layers=len(weights),
                 ranks=tuple(sorted({a.shape[0] for a, _, _ in weights.values()})),
                 nbytes=sum(a.nbytes + b.nbytes for a, b, _ in weights.values()),
-                metadata=dict(metadata or {}), answers=constraint.size if constraint else 0,
+                metadata=dict(metadata or {}), answers=constraint.size if constraint else 0, contract=contract,
             )  # fmt: skip
             old = self._names.get(name)
             self._names[name] = info
@@ -235,7 +287,9 @@ class AdapterPool:
                     f"{folder}: {module!r} has A {tuple(a.shape)} and B {tuple(b.shape)}, which do not fit "
                     f"a {target.in_features}->{target.out_features} layer: was it trained on another base?"
                 )
-            dtype = target.weight.dtype
+            dtype = (
+                target.weight.dtype if target.weight.is_floating_point() else torch.float32
+            )  # 4/8-bit base
             out[module] = (
                 a.to(dtype).contiguous(),
                 b.to(dtype).contiguous(),
@@ -243,17 +297,54 @@ class AdapterPool:
             )
         return out
 
-    def _constraint(self, folder: Path) -> AnswerConstraint | None:
-        """The adapter's closed answer set; None if it decodes freely."""
+    def _contract(self, folder: Path) -> ServingContract:
+        """The adapter's serving contract (a stand-in naming what is missing for a folder without one)."""
         try:
-            answers, separator = read_answers(folder)
-            if not answers:
-                return None
+            contract = contract_of(folder)
+        except ContractError as exc:
+            raise PoolError(f"{folder}: {exc}") from exc
+        if contract.task != "causal_lm_sft":
+            raise PoolError(f"{folder}: task {contract.task!r} is not served (the pool generates text)")
+        if contract.base_quantization != self.quantization:
+            evaluated = contract.base_quantization or "full precision"
+            served = self.quantization or "full precision"
+            fix = (
+                f"--quantization {contract.base_quantization}"
+                if contract.base_quantization
+                else "no --quantization"
+            )
+            raise PoolError(
+                f"{folder}: it was evaluated on the base in {evaluated} and this server runs it in {served}: its "
+                f"answers would differ from the evaluated ones; serve it from a server started with {fix}"
+            )
+        return contract
+
+    def _constraint(self, folder: Path, contract: ServingContract) -> AnswerConstraint | None:
+        """The adapter's closed answer set; None if it decodes freely."""
+        if contract.decoding != "constrained":
+            return None
+        try:
             with self._lock:  # a fast tokenizer is not safe to call from two threads at once
-                constraint = AnswerConstraint.build(answers, self.tokenizer, separator)
+                return AnswerConstraint.build(contract.answers, self.tokenizer, contract.answer_separator)
         except ValueError as exc:
             raise PoolError(f"{folder}: {exc}") from exc
-        return constraint
+
+    def contract(self, name: str) -> ServingContract:
+        """The serving contract of the adapter that serves ``name`` now."""
+        with self._lock:
+            info = self._names.get(name)
+            if info is None:
+                raise PoolError(f"adapter {name!r} is not loaded; loaded: {sorted(self._names)}")
+            return self._contracts[info.slot]
+
+    def render(self, name: str, value: Any) -> tuple[str, AdapterInfo]:
+        """The prompt for a request's ``input`` under the contract of the adapter serving ``name`` now, and that
+        adapter (its version is the one whose contract rendered it). Raises ContractError for a bad input."""
+        with self._lock:  # the tokenizer (chat templates) and the name -> slot mapping, read together
+            info = self._names.get(name)
+            if info is None:
+                raise PoolError(f"adapter {name!r} is not loaded; loaded: {sorted(self._names)}")
+            return self._contracts[info.slot].render(value, self.tokenizer), info
 
     def _wrap(self, module: str) -> PooledLinear:
         layer = self._layers.get(module)
@@ -269,6 +360,7 @@ class AdapterPool:
         for layer in self._layers.values():
             layer.adapters.pop(slot, None)
         self._constraints.pop(slot, None)
+        self._contracts.pop(slot, None)
 
     # ------------------------------------------------------------------------------------ routing
     def route(self, adapters: Sequence[str | None]) -> Route | None:
@@ -322,30 +414,49 @@ class AdapterPool:
 
     @torch.inference_mode()
     def generate(
-        self, prompts: Sequence[str], adapters: Sequence[str | None], max_new_tokens: int = 32
+        self,
+        prompts: Sequence[str | Input],
+        adapters: Sequence[str | None],
+        max_new_tokens: int | Sequence[int | None] | None = 32,
     ) -> list[Generation]:
         """Greedy completions of a mixed batch: prompt i through ``adapters[i]``.
 
+        A prompt is a ``str`` sent as it is, or an :class:`Input` (a request's raw input) rendered by the serving
+        contract of the adapter version that generates it, under the same lock: the version named in the result
+        rendered, decoded and generated it. ``max_new_tokens`` is one budget for every row or one per row; None
+        means the row's contract's (what evaluation used).
+
         Rows of an adapter with a closed answer set are constrained to spell one of its answers (given the
-        tokens the longest answer needs, even beyond ``max_new_tokens``), then, if it has a separator, go on
-        freely after it; the other rows decode freely. Every row stops at its budget or its end of sequence.
-        Raises :class:`PromptTooLong` (and generates nothing) if a prompt is over ``max_prompt_tokens`` or would,
-        with its budget, overrun the base's context window.
+        tokens the longest answer needs, even beyond the budget), then, if it has a separator, go on freely after
+        it; the other rows decode freely. Every row stops at its budget or its end of sequence. Raises
+        :class:`PromptTooLong` (and generates nothing) if a prompt is over ``max_prompt_tokens`` or would, with its
+        budget, overrun the base's context window, and ``ContractError`` if an input does not fit its contract.
         """
         if len(prompts) != len(adapters):
             raise PoolError(f"{len(prompts)} prompts but {len(adapters)} adapter names: give one per prompt")
         if not prompts:
             return []
-        # tokenised as in training and evaluation (the prompt template's text, no special tokens), under the lock
-        with self._lock:
-            encoded = self.tokenizer(
-                list(prompts), return_tensors="pt", padding=True, add_special_tokens=False
-            )
-        width = encoded["input_ids"].shape[1]
+        budgets = (
+            list(max_new_tokens) if isinstance(max_new_tokens, Sequence) else [max_new_tokens] * len(prompts)
+        )
         with self.routed(adapters):
             served_by = [None if a is BASE else self._names[a] for a in adapters]
+            contracts = [None if info is None else self._contracts.get(info.slot) for info in served_by]
+            texts = [
+                p if isinstance(p, str) else self._render(p, contract)
+                for p, contract in zip(prompts, contracts, strict=True)
+            ]
+            # tokenised as in training and evaluation (the prompt template's text, no special tokens)
+            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            width = encoded["input_ids"].shape[1]
             constraints = [None if info is None else self._constraints.get(info.slot) for info in served_by]
-            limits = [max_new_tokens if c is None else max(max_new_tokens, c.longest) for c in constraints]
+            wanted = [
+                budget
+                if budget is not None
+                else (c.max_new_tokens if c is not None else DEFAULT_MAX_NEW_TOKENS)
+                for budget, c in zip(budgets, contracts, strict=True)
+            ]
+            limits = [n if c is None else max(n, c.longest) for n, c in zip(wanted, constraints, strict=True)]
             self._check_lengths([int(n) for n in encoded["attention_mask"].sum(1)], limits)
             constrain = None
             if any(c is not None for c in constraints):
@@ -370,9 +481,15 @@ class AdapterPool:
                     new_tokens=len(kept),
                     served_by=served_by[i],
                     constrained=constraints[i] is not None,
+                    prompt=texts[i],
                 )
             )
         return results
+
+    def _render(self, prompt: Input, contract: ServingContract | None) -> str:
+        if contract is None:
+            raise ContractError("a request for the bare base model takes a 'prompt', not an 'input'")
+        return contract.render(prompt.value, self.tokenizer)
 
     def _check_lengths(self, prompt_tokens: Sequence[int], limits: Sequence[int]) -> None:
         for row, (tokens, budget) in enumerate(zip(prompt_tokens, limits, strict=True)):

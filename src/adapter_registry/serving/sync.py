@@ -1,9 +1,10 @@
 """Keeping the served adapters equal to the registry: where adapters come from, and one sync per poll.
 
-An :class:`AdapterSource` says which version of each adapter holds the served stage and fetches its files;
-:class:`RegistrySource` is the MLflow registry through ``AdapterStore`` (files pulled with their registered sha256
-checked). :class:`RegistrySync` loads new and moved stage holders into the pool, unloads adapters that left the
-stage, and keeps the previous version serving when a new one is refused or fails to load.
+An :class:`AdapterSource` says which version of each adapter to serve for the stage (and which stage holders it
+holds back) and fetches its files; :class:`RegistrySource` is the MLflow registry through ``AdapterStore``: alias
+holders checked against the audit trail (only attested versions serve), files pulled with their registered sha256
+checked. :class:`RegistrySync` loads new and moved versions into the pool, unloads adapters that left the stage,
+and keeps the previous version serving when a new one is refused or fails to load.
 """
 
 from __future__ import annotations
@@ -17,24 +18,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from adapter_registry.adapter_folder import WEIGHT_FILES
 from adapter_registry.registry.entities import AdapterVersion
 from adapter_registry.serving.pool import AdapterPool, PoolError
 
 if TYPE_CHECKING:
     from adapter_registry.registry.store import AdapterStore
 
-__all__ = ["SERVED_TASK", "AdapterSource", "RegistrySource", "RegistrySync"]
+__all__ = ["SERVED_TASK", "AdapterSource", "RegistrySource", "RegistrySync", "StageHolders", "weights_digest"]
 
 log = logging.getLogger("adapter_registry.serving")
 SERVED_TASK = "causal_lm_sft"
 
 
 # ------------------------------------------------------------------------------------------------ sources
+@dataclass(frozen=True)
+class StageHolders:
+    """What a source hands out for one poll: the versions to serve, and the stage holders it holds back."""
+
+    serve: list[AdapterVersion]  # one per adapter name: its attested stage holder
+    held_back: dict[str, tuple[int, str]] = field(
+        default_factory=dict
+    )  # name -> (alias holder, why not served)
+
+
 class AdapterSource(Protocol):
     """Where served adapters come from."""
 
-    def versions(self) -> list[AdapterVersion]:
-        """The version of each adapter that holds the served stage (one per adapter name)."""
+    def holders(self) -> StageHolders:
+        """The version of each adapter to serve for the stage, and the stage holders not to serve (with why)."""
         ...
 
     def fetch(self, version: AdapterVersion, dest: Path) -> Path:
@@ -43,15 +55,48 @@ class AdapterSource(Protocol):
 
 
 class RegistrySource:
-    """The MLflow registry: stage holders are aliases; files are pulled with their registered sha256 checked."""
+    """The MLflow registry: stage holders are aliases, checked against the audit trail; files are pulled with
+    their registered sha256 checked.
+
+    For ``staging`` and ``production`` an alias holder is served only when an audited promotion placed it
+    (``registry.stages``); otherwise the version the audit trail last placed there is served instead, and the
+    holder is reported as held back. ``candidate`` is not gated: its holder is served as it is.
+    """
 
     def __init__(self, store: AdapterStore, stage: str = "production") -> None:
         self.store = store
         self.stage = stage
 
-    def versions(self) -> list[AdapterVersion]:
-        holders = (self.store.holder(name, self.stage) for name in self.store.list_models())
-        return [v for v in holders if v is not None]
+    def holders(self) -> StageHolders:
+        from adapter_registry.registry.audit import AuditLog
+        from adapter_registry.registry.entities import PROMOTION_STAGES
+        from adapter_registry.registry.stages import check_stages
+
+        serve: list[AdapterVersion] = []
+        held_back: dict[str, tuple[int, str]] = {}
+        audit = AuditLog(self.store)
+        for name in self.store.list_models():
+            holder = self.store.holder(name, self.stage)
+            if self.stage not in PROMOTION_STAGES:
+                serve.extend([holder] if holder else [])
+                continue
+            events = audit.read(name).events if holder is not None else ()
+            check = check_stages(
+                name, {self.stage: holder.version if holder else None}, events, (self.stage,)
+            )
+            checked = check[self.stage]
+            if checked.ok:
+                serve.extend([holder] if holder else [])
+                continue
+            assert checked.holder is not None and checked.problem is not None
+            if checked.attested is None:
+                held_back[name] = (checked.holder, f"{checked.problem}; nothing attested to serve")
+                continue
+            held_back[name] = (
+                checked.holder, f"{checked.problem}; serving the last attested version {checked.attested}"
+            )  # fmt: skip
+            serve.append(self.store.get_version(name, checked.attested))
+        return StageHolders(serve, held_back)
 
     def fetch(self, version: AdapterVersion, dest: Path) -> Path:
         self.store.pull(version.ref, dest)
@@ -92,20 +137,24 @@ class RegistrySync:
         """
         with self._lock:
             try:
-                wanted = self.source.versions()
+                holders = self.source.holders()
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("registry poll failed, serving what is loaded: %s", self.last_error)
                 return
-            names = {v.name for v in wanted}
-            for version in wanted:
+            names = {v.name for v in holders.serve}
+            for version in holders.serve:
                 self._apply(version)
+            for name, held in holders.held_back.items():
+                if self.refused.get(name) != held:
+                    log.warning("refused %s/%s: %s", name, *held)
+                self.refused[name] = held
             for info in self.pool.adapters():
                 if info.name not in names:
                     self.pool.remove(info.name)
-                    log.info("unloaded %s: it no longer holds the stage", _ref(info))
+                    log.info("unloaded %s: no attested version holds the stage", _ref(info))
             for table in (self.refused, self.failed):
-                for gone in set(table) - names:
+                for gone in set(table) - names - set(holders.held_back):
                     del table[gone]
             self.last_sync = dt.datetime.now(dt.UTC)
             self.last_error = None
@@ -153,8 +202,15 @@ def _metadata(version: AdapterVersion) -> dict[str, str]:
         "version": str(version.version),
         "ref": version.ref,
         "fingerprint": version.base_fingerprint,
+        "digest": weights_digest(version.checksums),
         "loaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def weights_digest(checksums: dict[str, str]) -> str:
+    """``sha256:<hex>`` of the adapter's weight file as registered ("" when none is recorded)."""
+    name = next((n for n in WEIGHT_FILES if n in checksums), None)
+    return f"sha256:{checksums[name]}" if name else ""
 
 
 def _ref(info: Any) -> str:

@@ -1,0 +1,114 @@
+"""Who holds each stage, checked rather than mirrored: the registry's aliases against the audit trail.
+
+The registry (its aliases) is the one truth of which version holds a stage: whatever moved an alias, this CLI,
+MLflow's UI, its REST API or another tool, every reader sees the move. Whether that holder may be trusted is a
+second question, answered by the audit trail: a holder is *attested* when the last verified, audited promotion or
+rollback into that stage placed it there (every such event went through the gates, or was an audited, reasoned
+``--force``). A holder that no such event placed (an alias moved outside adapter-registry, or an event that fails
+the hash chain) is *unattested*: ``list``/``show`` mark it, ``audit`` reports it and exits non-zero, and
+``serve`` keeps serving the last attested version.
+
+The same replay of the trail answers "which version held production at time T" (``history --at``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from adapter_registry.registry.entities import PROMOTION_STAGES, StageChange
+
+PLACING_ACTIONS = ("promote", "rollback")  # events that put a version into a stage
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A version a verified audit event put into a stage, and that event."""
+
+    version: int
+    event: StageChange
+
+
+def replay(events: Iterable[StageChange], until: dt.datetime | None = None) -> dict[str, Placement]:
+    """Stage -> the version the audit trail says holds it (after every verified event up to ``until``).
+
+    A promotion puts its version into ``to_stage`` and takes it out of the stage it left; a rollback gives the
+    stage back to its version (the replaced one is archived). Refusals change nothing. An unverified event (the
+    hash chain does not check out there: rewritten, inserted, or a concurrent fork) places nothing.
+    """
+    state: dict[str, Placement] = {}
+    for event in sorted(events, key=lambda e: (e.seq, e.when)):
+        if until is not None and event.when > until:
+            break
+        if not event.verified or event.action not in PLACING_ACTIONS:
+            continue
+        left = state.get(event.from_stage)
+        if event.action == "promote" and left is not None and left.version == event.version:
+            del state[event.from_stage]
+        state[event.to_stage] = Placement(event.version, event)
+    return state
+
+
+@dataclass(frozen=True)
+class StageCheck:
+    """One stage of one adapter: the alias holder, the attested holder, and whether they agree."""
+
+    model: str
+    stage: str
+    holder: int | None  # the version the alias points at (None: nobody holds the stage)
+    attested: int | None  # the version the last verified promotion/rollback into the stage placed
+    event: StageChange | None = None  # that event
+
+    @property
+    def ok(self) -> bool:
+        return self.holder == self.attested or self.holder is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the holder is not trusted, in one line; None when it is attested (or the stage is empty)."""
+        if self.ok:
+            return None
+        placed = (
+            f"the last audited promotion placed version {self.attested}"
+            if self.attested is not None
+            else "no audited promotion placed any version there"
+        )
+        return (
+            f"{self.model}@{self.stage} is held by version {self.holder}, which no audited, gate-checked promotion "
+            f"placed ({placed}): the alias was moved outside adapter-registry (MLflow UI, REST or another tool)"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model, "stage": self.stage, "holder": self.holder, "attested": self.attested,
+            "ok": self.ok, "problem": self.problem,
+            "placed_by": None if self.event is None else {"seq": self.event.seq, "who": self.event.who,
+                                                           "when": self.event.when.isoformat()},
+        }  # fmt: skip
+
+
+def check_stages(
+    model: str,
+    holders: dict[str, int | None],
+    events: Sequence[StageChange],
+    stages: Sequence[str] = PROMOTION_STAGES,
+) -> dict[str, StageCheck]:
+    """Each promotion stage's alias holder (``holders``: stage -> version) checked against the audit trail."""
+    placed = replay(events)
+    out = {}
+    for stage in stages:
+        placement = placed.get(stage)
+        out[stage] = StageCheck(
+            model=model,
+            stage=stage,
+            holder=holders.get(stage),
+            attested=placement.version if placement else None,
+            event=placement.event if placement else None,
+        )
+    return out
+
+
+def held_at(events: Iterable[StageChange], when: dt.datetime) -> dict[str, Placement]:
+    """Stage -> the version that held it at ``when``, as the verified audit trail tells it."""
+    return replay(events, until=when)
