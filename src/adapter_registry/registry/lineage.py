@@ -15,9 +15,9 @@ from typing import Any
 from adapter_registry.registry.audit import AuditLog
 from adapter_registry.registry.entities import AdapterVersion, DatasetRef, Lineage, RegistryError, Tag
 from adapter_registry.registry.store import AdapterStore
+from adapter_registry.vocabulary import SPLITS
 
 _DATA_TAG = re.compile(r"^ar\.data\.(?P<split>[\w\-]+)\.(?P<field>path|md5|commit)$")
-SPLITS = ("train", "validation", "test")
 
 
 def _json(value: str | None) -> Any:
@@ -35,7 +35,7 @@ def datasets_of(version: AdapterVersion) -> tuple[DatasetRef, ...]:
         match = _DATA_TAG.match(key)
         if match:
             found.setdefault(match["split"], {})[match["field"]] = value
-    order = {s: i for i, s in enumerate(SPLITS)}
+    order: dict[str, int] = {s: i for i, s in enumerate(SPLITS)}
     return tuple(
         DatasetRef(split, d.get("path", ""), d.get("md5", ""), d.get("commit", ""))
         for split, d in sorted(found.items(), key=lambda item: (order.get(item[0], 99), item[0]))
