@@ -76,7 +76,8 @@ class CausalLmSftTask(Closed):
     )
     answer_field_separator: str = Field(
         ANSWER_SEPARATOR,
-        description="exact-match compares the text of the answer before this separator (the category)",
+        description="exact-match compares the text of the answer before this separator (the category); a "
+        "validation split carved from train is stratified by it",
     )
 
     @field_validator("prompt_template")
