@@ -1,8 +1,8 @@
 """The registry's own vocabulary: tag keys written on every model version, and the entities the store returns.
 
 Ground floor: imports nothing else of ours but the shared words (``adapter_registry.vocabulary``). Every lineage
-fact lives in a model-version tag whose key is defined here, so the pipeline that writes them and the CLI that
-reads them cannot drift apart.
+fact lives in a model-version tag whose key is defined here; ``registry.lineage`` writes the lineage tags and reads
+them back, and the store, the CLI and the server read them with the same keys.
 """
 
 from __future__ import annotations

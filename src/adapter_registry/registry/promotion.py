@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 from dataclasses import dataclass
 
-from adapter_registry.recipes.schema import Gate
 from adapter_registry.registry.audit import AuditLog
 from adapter_registry.registry.entities import (
     PROMOTION_STAGES,
@@ -23,6 +22,7 @@ from adapter_registry.registry.entities import (
     StageChange,
     Tag,
 )
+from adapter_registry.registry.lineage import gates_of, must_beat_base
 from adapter_registry.registry.policy import PromotionPolicy, load_policy
 from adapter_registry.registry.store import AdapterStore, current_user
 
@@ -43,11 +43,9 @@ class Actor:
 def evaluate_gates(version: AdapterVersion, to: str, serving: AdapterVersion | None) -> list[GateResult]:
     """Every gate of moving ``version`` into stage ``to`` whose current holder is ``serving``."""
     results = []
-    for text in version.gates:
-        try:
-            gate = Gate.parse(text)
-        except ValueError as exc:
-            results.append(GateResult(text, False, str(exc)))
+    for text, gate in gates_of(version):
+        if isinstance(gate, ValueError):
+            results.append(GateResult(text, False, str(gate)))
             continue
         value = version.metrics.get(gate.metric)
         if value is None:
@@ -57,7 +55,7 @@ def evaluate_gates(version: AdapterVersion, to: str, serving: AdapterVersion | N
             )
         else:
             results.append(GateResult(str(gate), gate.passes(value), f"{gate.metric} = {value:g}"))
-    if version.tags.get(Tag.MUST_BEAT_BASE, "true").lower() != "false":
+    if must_beat_base(version):
         beats = version.metrics.get("beats_base")
         detail = (
             "beats_base not recorded" if beats is None else f"beats_base = {beats:g} (bootstrap interval)"
