@@ -20,7 +20,7 @@ from adapter_registry.data.formats import (
     read_records,
     to_classification_examples,
 )
-from adapter_registry.pipelines.validate.nodes import carve_validation
+from adapter_registry.data.splits import carve_validation
 from adapter_registry.training.adapter import size_warnings
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,18 +12,17 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
 
-from adapter_registry.data.formats import ClassificationExample, read_records
+from adapter_registry.data.formats import read_records
 from adapter_registry.data.versions import dataset_version
 from adapter_registry.pipelines.validate.nodes import (
     DataValidationError,
-    carve_validation,
     prepare_examples,
     resolve_base_model,
     validate_data,
 )
 from adapter_registry.pipelines.validate.pipeline import create_pipeline
 from adapter_registry.recipes import parse_recipe
-from helpers import classifier_recipe, write_jsonl
+from helpers import classifier_recipe, sft_recipe, write_jsonl
 
 
 def _inputs(recipe: dict) -> tuple[dict, dict]:
@@ -32,11 +32,31 @@ def _inputs(recipe: dict) -> tuple[dict, dict]:
     return raw, versions
 
 
-def test_carved_validation_is_stratified_and_disjoint() -> None:
-    rows = [ClassificationExample(f"text {i}", "ab"[i % 2] if i < 80 else "c") for i in range(100)]
-    train, val = carve_validation(rows, 0.1, seed=0, label=lambda e: e.label)
-    assert len(train) + len(val) == 100 and not {e.text for e in train} & {e.text for e in val}
-    assert sorted(e.label for e in val) == ["a"] * 4 + ["b"] * 4 + ["c"] * 2
+def test_carved_sft_validation_is_stratified_by_the_recipes_separator(
+    tiny_llama: Path, sft_data: Path
+) -> None:
+    """The category of an SFT answer is its text before the recipe's answer_field_separator (not always " | ")."""
+    train = [
+        {"prompt": r["prompt"], "completion": f"{r['completion'].split(' | ')[0]} :: reply {i}"}
+        for i, r in enumerate(read_records(sft_data / "train.jsonl"))
+    ]
+    raw_recipe = sft_recipe(
+        tiny_llama,
+        sft_data,
+        task={"type": "causal_lm_sft", "answer_field_separator": " :: "},
+        data={
+            "format": "completion",
+            "train": str(sft_data / "train.jsonl"),
+            "test": str(sft_data / "test.jsonl"),
+            "validation_fraction": 0.25,
+        },
+    )
+    recipe = parse_recipe(raw_recipe)
+    raw = {"train": train, "test": read_records(sft_data / "test.jsonl")}
+    examples = prepare_examples(recipe, raw, resolve_base_model(recipe), {"success": True, "summary": ""})
+    category = Counter(e.answer.split(" :: ")[0] for e in [*examples["train"], *examples["validation"]])
+    held = Counter(e.answer.split(" :: ")[0] for e in examples["validation"])
+    assert len(category) == 3 and held == {c: round(n * 0.25) for c, n in category.items()}
 
 
 @pytest.mark.parametrize(
@@ -103,23 +123,3 @@ def test_validate_stage_as_a_sliced_pipeline(tiny_bert: Path, intent_data: Path)
     assert set(examples) == {"train", "validation", "test"}
     assert len(examples["train"]) + len(examples["validation"]) == len(raw["train"])
     assert {e.label for e in examples["validation"]} == {e.label for e in examples["train"]}
-
-
-@pytest.mark.parametrize(
-    ("train_labels", "test_labels", "message"),
-    [
-        (["a", "a"], ["a"], r"the training split has a single class \['a'\]"),
-        (["a", "b"], ["a", "c"], r"test labels never seen in training: \['c'\] \(1 in all\)"),
-    ],
-)
-def test_label_sets_are_checked_before_training(
-    train_labels: list[str], test_labels: list[str], message: str
-) -> None:
-    from adapter_registry.pipelines.validate.nodes import check_label_sets
-
-    def rows(labels: list[str]) -> list[ClassificationExample]:
-        return [ClassificationExample(f"text {i}", label) for i, label in enumerate(labels)]
-
-    examples = {"train": rows(train_labels), "validation": rows(train_labels[:1]), "test": rows(test_labels)}
-    with pytest.raises(DataValidationError, match=message):
-        check_label_sets("r", examples)

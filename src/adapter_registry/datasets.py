@@ -42,9 +42,10 @@ class RecipeSplitsDataset(AbstractDataset[None, dict[str, Any]]):
 
     def _load(self) -> dict[str, Any]:
         from adapter_registry.data.formats import read_records
+        from adapter_registry.data.splits import split_paths
 
         data = load_recipe(self._recipe).data
-        paths = {"train": data.train, "validation": data.validation, "test": data.test}
+        paths = split_paths(data)
         return {split: read_records(path) for split, path in paths.items() if path}
 
     def _save(self, data: dict[str, Any]) -> None:
@@ -63,10 +64,11 @@ class DataVersionsDataset(AbstractDataset[None, dict[str, dict[str, Any]]]):
     def _load(self) -> dict[str, dict[str, Any]]:
         from dataclasses import asdict
 
+        from adapter_registry.data.splits import split_paths
         from adapter_registry.data.versions import dataset_version
 
         data = load_recipe(self._recipe).data
-        paths = {"train": data.train, "validation": data.validation, "test": data.test}
+        paths = split_paths(data)
         return {split: asdict(dataset_version(path)) for split, path in paths.items() if path}
 
     def _save(self, data: dict[str, dict[str, Any]]) -> None:

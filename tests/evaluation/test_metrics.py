@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adapter_registry.evaluation.metrics import accuracy, beats, bootstrap_interval, macro_f1, per_class_f1
+from adapter_registry.evaluation.metrics import (
+    HIGHER_IS_BETTER,
+    accuracy,
+    beats,
+    bootstrap_interval,
+    macro_f1,
+    per_class_f1,
+)
+from adapter_registry.vocabulary import METRICS
 
 
 def hits(n: int, correct: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,3 +58,9 @@ def test_macro_and_per_class_f1() -> None:
     pred = np.array([0, 0, 1, 2, 2, 2])
     assert per_class_f1(y, pred, ["a", "b", "c"]) == {"a": 1.0, "b": 0.6667, "c": 0.8}
     assert macro_f1(y, pred) == pytest.approx((1 + 2 / 3 + 0.8) / 3)
+
+
+def test_every_metric_has_a_direction() -> None:
+    assert list(HIGHER_IS_BETTER) == list(METRICS) and [
+        m for m, up in HIGHER_IS_BETTER.items() if not up
+    ] == ["loss"]

@@ -163,3 +163,14 @@ def test_gate_semantics() -> None:
     gate = Gate.parse("accuracy >= 0.8")
     assert gate.passes(0.8) and not gate.passes(0.79) and str(gate) == "accuracy >= 0.8"
     assert Gate.parse("loss < 1e-1").passes(0.05)
+
+
+def test_metric_and_split_names_are_the_shared_tuples() -> None:
+    """The schema's choices are ``vocabulary``'s tuples, and each task's metrics are among them."""
+    from adapter_registry.recipes.schema import TASK_METRICS, EvaluationSpec, ExtraExpectation
+    from adapter_registry.vocabulary import METRICS, SPLITS
+
+    metrics = EvaluationSpec.model_json_schema()["properties"]["metrics"]["items"]["enum"]
+    splits = ExtraExpectation.model_json_schema()["properties"]["splits"]["items"]["enum"]
+    assert (tuple(metrics), tuple(splits)) == (METRICS, SPLITS)
+    assert set().union(*TASK_METRICS.values()) == set(METRICS)

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from adapter_registry.data.formats import chat_problem, fill_template
 from adapter_registry.data.stages import normalise_text
+from adapter_registry.vocabulary import SPLITS
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from adapter_registry.recipes.schema import DataSpec, ExpectationsSpec
 
-SPLIT_ORDER = ("train", "validation", "test")
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
@@ -191,7 +191,7 @@ def _objects(values: list[Any]) -> Any:
 
 
 def _ordered(splits: dict[str, Any]) -> list[str]:
-    return sorted(splits, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
+    return sorted(splits, key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s))
 
 
 # ------------------------------------------------------------------------------------------------ suites
@@ -283,7 +283,7 @@ def _suite_expectations(
                 )
             )
     for extra in getattr(spec, "extra", None) or ():
-        if split in (_get(extra, "splits") or SPLIT_ORDER):
+        if split in (_get(extra, "splits") or SPLITS):
             out.append(_extra_expectation(extra))
     return out
 

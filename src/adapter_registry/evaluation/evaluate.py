@@ -35,6 +35,7 @@ from adapter_registry.training.features import (
     sft_features,
     sorted_batches,
 )
+from adapter_registry.vocabulary import ANSWER_SEPARATOR
 
 
 @dataclass
@@ -323,7 +324,7 @@ def evaluate_adapter(
     test_examples: Sequence[Any],
     spec: EvaluationSpec,
     max_length: int,
-    separator: str = " | ",
+    separator: str = ANSWER_SEPARATOR,
 ) -> EvaluationReport:
     """Score adapter and baseline on the test rows (at most ``spec.max_test_rows`` of them)."""
     if not test_examples:

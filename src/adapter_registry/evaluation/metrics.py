@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from adapter_registry.vocabulary import METRICS
+
 
 def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(y == pred)) if len(y) else 0.0
@@ -48,4 +50,5 @@ def beats(adapter_low: float, adapter_high: float, base_value: float, higher_is_
     return adapter_low > base_value if higher_is_better else adapter_high < base_value
 
 
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "exact_match": True, "loss": False}
+# every metric but the loss is better when higher
+HIGHER_IS_BETTER: dict[str, bool] = {name: name != "loss" for name in METRICS}

@@ -2,8 +2,9 @@
 
 Every model here forbids unknown keys, and every field says what it does (the ``description``), so that
 ``recipes.load`` can turn a mistake into an error that names the key and the fix. This module is on the
-ground floor: it imports nothing of ours but ``closed``, ``recipes.compose`` and ``methods`` (the ``method:``
-block, assembled there from every method's model; no peft).
+ground floor: it imports nothing of ours but ``closed``, ``recipes.compose``, ``methods`` (the ``method:``
+block, assembled there from every method's model; no peft) and the shared words (``vocabulary``: metric names,
+split names, the default answer separator).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic_core import InitErrorDetails
 from adapter_registry.closed import Closed
 from adapter_registry.methods import MethodSpec
 from adapter_registry.recipes.compose import ComposeSpec
+from adapter_registry.vocabulary import ANSWER_SEPARATOR, METRICS, SPLITS, Metric, Split
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 OFFLINE_BASES = ("smollm2-135m-instruct", "all-minilm-l6-v2")
@@ -74,8 +76,9 @@ class CausalLmSftTask(Closed):
         description="how a record's prompt is shown to the model; must contain {prompt}",
     )
     answer_field_separator: str = Field(
-        " | ",
-        description="exact-match compares the text of the answer before this separator (the category)",
+        ANSWER_SEPARATOR,
+        description="exact-match compares the text of the answer before this separator (the category); a "
+        "validation split carved from train is stratified by it",
     )
 
     @field_validator("prompt_template")
@@ -127,10 +130,6 @@ class DataSpec(Closed):
     )
     text_column: str = Field("text", description="classification: the column holding the text")
     label_column: str = Field("label", description="classification: the column holding the label")
-
-
-Split = Literal["train", "validation", "test"]
-SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 
 
 class ExtraExpectation(Closed):
@@ -206,7 +205,12 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     "==": operator.eq,
 }
-METRICS = ("accuracy", "macro_f1", "exact_match", "loss")
+
+
+TASK_METRICS: dict[str, tuple[Metric, ...]] = {  # the metrics that apply to each task (type-checked names)
+    "sequence_classification": ("accuracy", "macro_f1", "loss"),
+    "causal_lm_sft": ("exact_match", "loss"),
+}
 
 
 class Gate(Closed):
@@ -236,7 +240,7 @@ class Gate(Closed):
 class EvaluationSpec(Closed):
     """How the adapter is scored against its base on the held-out split."""
 
-    metrics: list[Literal["accuracy", "macro_f1", "exact_match", "loss"]] = Field(
+    metrics: list[Metric] = Field(
         description="metrics to report; the first is the task metric the adapter must beat the base on"
     )
     gates: list[Gate] = Field(default_factory=list, description="promotion gates, e.g. 'accuracy >= 0.8'")
@@ -374,10 +378,7 @@ class Recipe(Closed):
             raise ValueError(f"task sequence_classification needs data.format: classification (got {fmt!r})")
         if task == "causal_lm_sft" and fmt == "classification":
             raise ValueError("task causal_lm_sft needs an SFT format (alpaca, chat, completion or text)")
-        allowed = {
-            "sequence_classification": {"accuracy", "macro_f1", "loss"},
-            "causal_lm_sft": {"exact_match", "loss"},
-        }[task]
+        allowed = set(TASK_METRICS[task])
         wrong = [m for m in self.evaluation.metrics if m not in allowed]
         if wrong:
             raise ValueError(f"evaluation.metrics {wrong} do not apply to {task}; use {sorted(allowed)}")

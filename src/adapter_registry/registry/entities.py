@@ -1,7 +1,8 @@
 """The registry's own vocabulary: tag keys written on every model version, and the entities the store returns.
 
-Ground floor: imports nothing else of ours. Every lineage fact lives in a model-version tag whose key is
-defined here, so the pipeline that writes them and the CLI that reads them cannot drift apart.
+Ground floor: imports nothing else of ours but the shared words (``adapter_registry.vocabulary``). Every lineage
+fact lives in a model-version tag whose key is defined here; ``registry.lineage`` writes the lineage tags and reads
+them back, and the store, the CLI and the server read them with the same keys.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json as _json
 from dataclasses import asdict as _asdict
 from dataclasses import dataclass, field
 from typing import Any
+
+from adapter_registry.vocabulary import METRICS
 
 PREFIX = "ar."
 
@@ -199,7 +202,7 @@ class AdapterVersion:
     @property
     def key_metric(self) -> tuple[str, float] | None:
         """The first adapter metric that is not an interval bound, a base score or beats_base."""
-        for name in ("exact_match", "accuracy", "macro_f1", "loss"):
+        for name in METRICS:  # a version records the metrics of one task: exact_match, or accuracy/macro_f1
             if name in self.metrics:
                 return name, self.metrics[name]
         own = [k for k in self.metrics if not k.startswith("base.") and k != "beats_base"]

@@ -1,8 +1,10 @@
 """Lineage both ways: what one version was built from, and which versions a dataset or base model produced.
 
-Forward lineage is read from the version's tags (written by the pipeline) and its audit trail; reverse
-lineage is a tag search (``ar.data.<split>.path/md5``, ``ar.base.id/fingerprint``) over every version. The
-renderers (mermaid, dot, a self-contained HTML/SVG picture) are pure functions of a ``Lineage``.
+The lineage tags are written here (``lineage_tags``, from the plain facts the register node gathers in a
+``LineageFacts``) and read back here: forward lineage from the version's tags and its audit trail
+(``lineage_of``, ``datasets_of``, ``gates_of``), reverse lineage as a tag search (``ar.data.<split>.path/md5``,
+``ar.base.id/fingerprint``) over every version. The renderers (mermaid, dot, a self-contained HTML/SVG picture)
+are pure functions of a ``Lineage``.
 """
 
 from __future__ import annotations
@@ -10,17 +12,115 @@ from __future__ import annotations
 import html
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
+from adapter_registry.recipes.schema import Gate
 from adapter_registry.registry.audit import AuditLog
 from adapter_registry.registry.entities import AdapterVersion, DatasetRef, Lineage, RegistryError, Tag
 from adapter_registry.registry.store import AdapterStore
+from adapter_registry.vocabulary import SPLITS
 
 _DATA_TAG = re.compile(r"^ar\.data\.(?P<split>[\w\-]+)\.(?P<field>path|md5|commit)$")
-SPLITS = ("train", "validation", "test")
+MAX_TAG = 4900  # MLflow keeps model-version tag values up to 5000 characters
+COMPOSED = "composition"  # Tag.METHOD of an adapter built from registered ones (compose: in its recipe)
+COMPOSED_FAMILY = "reparameterisation"  # what peft's add_weighted_adapter builds: a LoRA adapter
 
 
-def _json(value: str | None) -> Any:
+# ------------------------------------------------------------------------------------------------ writing
+@dataclass(frozen=True)
+class LineageFacts:
+    """Every lineage fact of one adapter version, as plain values (the register node gathers them)."""
+
+    recipe_name: str
+    recipe_hash: str  # sha256 of the resolved recipe
+    task: str
+    method: str | None  # the recipe's PEFT method type; None for a composed adapter (recorded as COMPOSED)
+    method_family: str | None  # that method's family; None for a composed adapter (COMPOSED_FAMILY)
+    peft_config: dict[str, Any]  # the saved adapter_config.json
+    trainable_params: int
+    total_params: int
+    trainable_share: float  # trainable / total
+    base_id: str
+    base_revision: str
+    base_fingerprint: str
+    base_architecture: str
+    base_shapes: dict[str, Any]
+    git_commit: str
+    git_dirty: bool
+    validation: dict[str, Any]  # the data-validation report: success, statistics, failures
+    data_versions: dict[str, dict[str, Any]]  # split -> path, md5, lock_commit (the DVC versions)
+    gates: list[str]  # the recipe's promotion gates as strings, e.g. "accuracy >= 0.8"
+    must_beat_base: bool
+    warnings: list[str]  # recorded at training time
+    libraries: dict[str, str]  # package -> version
+    user_tags: dict[str, str]  # the recipe's registration.tags
+    training: dict[str, Any] | None = None  # the recipe's training block (a trained adapter)
+    compose: dict[str, Any] | None = None  # the recipe's compose block (a composed adapter)
+    parents: list[dict[str, Any]] = field(default_factory=list)  # a composed adapter's: version, weight each
+    merge: dict[str, Any] | None = None  # the merge report (max_abs_diff, diff_vs_base) when it merged
+    merged_uri: str = ""  # where the merged weights were written
+
+
+def _tag_json(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= MAX_TAG else json.dumps({"truncated": True, "head": text[: MAX_TAG - 40]})
+
+
+def lineage_tags(facts: LineageFacts) -> dict[str, str]:
+    """The model-version tags of ``facts``, keyed by ``registry.entities.Tag`` (read back by this module)."""
+    tags = {
+        Tag.RECIPE_NAME: facts.recipe_name,
+        Tag.RECIPE_HASH: facts.recipe_hash,
+        Tag.TASK: facts.task,
+        Tag.METHOD: facts.method or COMPOSED,
+        Tag.METHOD_FAMILY: facts.method_family or COMPOSED_FAMILY,
+        Tag.PEFT_CONFIG: _tag_json(facts.peft_config),
+        Tag.TRAINABLE_PARAMS: str(facts.trainable_params),
+        Tag.TOTAL_PARAMS: str(facts.total_params),
+        Tag.TRAINABLE_SHARE: f"{facts.trainable_share:.6g}",
+        Tag.BASE_ID: facts.base_id,
+        Tag.BASE_REVISION: facts.base_revision,
+        Tag.BASE_FINGERPRINT: facts.base_fingerprint,
+        Tag.BASE_ARCHITECTURE: facts.base_architecture,
+        Tag.BASE_SHAPES: _tag_json(facts.base_shapes),
+        Tag.GIT_COMMIT: facts.git_commit,
+        Tag.GIT_DIRTY: str(facts.git_dirty).lower(),
+        Tag.DATA_VALIDATION: _tag_json(
+            {
+                "success": facts.validation["success"],
+                "statistics": facts.validation.get("statistics", {}),
+                "failures": facts.validation.get("failures", [])[:5],
+            }
+        ),
+        Tag.GATES: _tag_json(facts.gates),
+        Tag.MUST_BEAT_BASE: str(facts.must_beat_base).lower(),
+        Tag.WARNINGS: _tag_json(facts.warnings),
+        **{Tag.library(name): version for name, version in facts.libraries.items()},
+        **{f"ar.user.{k}": v for k, v in facts.user_tags.items()},
+    }
+    if facts.training is not None:
+        tags[Tag.TRAINING] = _tag_json(facts.training)
+    if facts.compose is not None:
+        density = facts.compose.get("density")
+        tags[Tag.PARENTS] = _tag_json(facts.parents)
+        tags[Tag.COMPOSE] = _tag_json(facts.compose)
+        tags[Tag.COMPOSE_TYPE] = facts.compose["combination_type"]
+        tags[Tag.COMPOSE_DENSITY] = "" if density is None else f"{density:g}"
+    for split, version in facts.data_versions.items():
+        tags[Tag.data_path(split)] = version["path"]
+        tags[Tag.data_md5(split)] = version["md5"]
+        tags[Tag.data_commit(split)] = version.get("lock_commit") or ""
+    if facts.merge is not None:
+        tags[Tag.MERGED_URI] = facts.merged_uri
+        tags[Tag.MERGE_PARITY] = f"{facts.merge['max_abs_diff']:.6g}"
+        tags[Tag.MERGE_VS_BASE] = f"{facts.merge['diff_vs_base']:.6g}"
+    return tags
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def _parsed(value: str | None) -> Any:
+    """A JSON tag's value (its text when it is not JSON; None when absent)."""
     if not value:
         return None
     try:
@@ -29,13 +129,29 @@ def _json(value: str | None) -> Any:
         return value
 
 
+def gates_of(version: AdapterVersion) -> list[tuple[str, Gate | ValueError]]:
+    """The promotion gates recorded on ``version``, each as written with its ``Gate`` or why it does not parse."""
+    gates: list[tuple[str, Gate | ValueError]] = []
+    for text in version.gates:
+        try:
+            gates.append((text, Gate.parse(text)))
+        except ValueError as exc:
+            gates.append((text, exc))
+    return gates
+
+
+def must_beat_base(version: AdapterVersion) -> bool:
+    """Whether promoting ``version`` needs it to beat its base (true unless its recipe said otherwise)."""
+    return version.tags.get(Tag.MUST_BEAT_BASE, "true").lower() != "false"
+
+
 def datasets_of(version: AdapterVersion) -> tuple[DatasetRef, ...]:
     found: dict[str, dict[str, str]] = {}
     for key, value in version.tags.items():
         match = _DATA_TAG.match(key)
         if match:
             found.setdefault(match["split"], {})[match["field"]] = value
-    order = {s: i for i, s in enumerate(SPLITS)}
+    order: dict[str, int] = {s: i for i, s in enumerate(SPLITS)}
     return tuple(
         DatasetRef(split, d.get("path", ""), d.get("md5", ""), d.get("commit", ""))
         for split, d in sorted(found.items(), key=lambda item: (order.get(item[0], 99), item[0]))
@@ -49,7 +165,7 @@ def lineage_of(store: AdapterStore, ref: str) -> Lineage:
     return Lineage(
         version=version,
         datasets=datasets_of(version),
-        data_validation=_json(tags.get(Tag.DATA_VALIDATION)),
+        data_validation=_parsed(tags.get(Tag.DATA_VALIDATION)),
         code_commit=tags.get(Tag.GIT_COMMIT, ""),
         code_dirty=tags.get(Tag.GIT_DIRTY, ""),
         recipe={"name": tags.get(Tag.RECIPE_NAME, ""), "hash": tags.get(Tag.RECIPE_HASH, "")},
@@ -58,11 +174,11 @@ def lineage_of(store: AdapterStore, ref: str) -> Lineage:
             "revision": tags.get(Tag.BASE_REVISION, ""),
             "fingerprint": tags.get(Tag.BASE_FINGERPRINT, ""),
             "architecture": tags.get(Tag.BASE_ARCHITECTURE, ""),
-            "shapes": _json(tags.get(Tag.BASE_SHAPES)),
+            "shapes": _parsed(tags.get(Tag.BASE_SHAPES)),
         },
-        peft_config=_json(tags.get(Tag.PEFT_CONFIG)),
-        training=_json(tags.get(Tag.TRAINING)),
-        parents=_json(tags.get(Tag.PARENTS)),
+        peft_config=_parsed(tags.get(Tag.PEFT_CONFIG)),
+        training=_parsed(tags.get(Tag.TRAINING)),
+        parents=_parsed(tags.get(Tag.PARENTS)),
         history=tuple(e for e in AuditLog(store).read(version.name).events if e.version == version.version
                       or e.replaced_version == version.version),
     )  # fmt: skip

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 
-from adapter_registry.recipes.schema import Gate
 from adapter_registry.registry.audit import AuditLog
 from adapter_registry.registry.entities import (
     PROMOTION_STAGES,
@@ -20,8 +19,8 @@ from adapter_registry.registry.entities import (
     GateResult,
     RegistryError,
     StageChange,
-    Tag,
 )
+from adapter_registry.registry.lineage import gates_of, must_beat_base
 from adapter_registry.registry.policy import Actor, PromotionPolicy, load_policy
 from adapter_registry.registry.stages import held_at
 from adapter_registry.registry.store import AdapterStore
@@ -33,11 +32,9 @@ def evaluate_gates(
     """Every gate of moving ``version`` into stage ``to`` whose current holder is ``serving`` (a ``rollback``
     restores a version that held the stage, so it need not come from staging)."""
     results = []
-    for text in version.gates:
-        try:
-            gate = Gate.parse(text)
-        except ValueError as exc:
-            results.append(GateResult(text, False, str(exc)))
+    for text, gate in gates_of(version):
+        if isinstance(gate, ValueError):
+            results.append(GateResult(text, False, str(gate)))
             continue
         value = version.metrics.get(gate.metric)
         if value is None:
@@ -47,7 +44,7 @@ def evaluate_gates(
             )
         else:
             results.append(GateResult(str(gate), gate.passes(value), f"{gate.metric} = {value:g}"))
-    if version.tags.get(Tag.MUST_BEAT_BASE, "true").lower() != "false":
+    if must_beat_base(version):
         beats = version.metrics.get("beats_base")
         detail = (
             "beats_base not recorded" if beats is None else f"beats_base = {beats:g} (bootstrap interval)"

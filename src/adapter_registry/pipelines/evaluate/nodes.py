@@ -10,12 +10,13 @@ from adapter_registry.evaluation.evaluate import evaluate_adapter
 from adapter_registry.evaluation.report import figures, report_dict
 from adapter_registry.recipes import Recipe
 from adapter_registry.training.adapter import TrainedAdapter
+from adapter_registry.vocabulary import ANSWER_SEPARATOR
 
 
 def evaluate_adapter_node(
     recipe: Recipe, trained: TrainedAdapter, examples: dict[str, list[Any]]
 ) -> tuple[dict[str, Any], dict[str, Figure]]:
     """The evaluation report (JSON) and its pictures (learning curves; confusion matrix for classifiers)."""
-    separator = getattr(recipe.task, "answer_field_separator", " | ")
+    separator = getattr(recipe.task, "answer_field_separator", ANSWER_SEPARATOR)
     report = evaluate_adapter(trained, examples["test"], recipe.evaluation, recipe.max_length, separator)
     return report_dict(recipe, trained, report), figures(trained, report)

@@ -1,7 +1,9 @@
 """Register: the adapter folder, its model card, its lineage tags and its metrics, as a new MLflow model version.
 
-All or nothing (``AdapterStore.register_adapter``): the files are uploaded and checked before the version
-exists, and any failure removes what was created.
+The node gathers the lineage facts from its inputs as plain values (``lineage_facts``); ``registry.lineage``
+turns them into tags (and reads them back); the store registers all or nothing
+(``AdapterStore.register_adapter``): the files are uploaded and checked before the version exists, and any
+failure removes what was created.
 """
 
 from __future__ import annotations
@@ -18,26 +20,11 @@ from adapter_registry.methods import method_builder
 from adapter_registry.provenance import git_state, library_versions
 from adapter_registry.recipes import Recipe, recipe_hash
 from adapter_registry.registry.entities import Tag
+from adapter_registry.registry.lineage import LineageFacts, lineage_tags
 from adapter_registry.training.adapter import TrainedAdapter
 
-MAX_TAG = 4900  # MLflow keeps model-version tag values up to 5000 characters
 
-
-def _json(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= MAX_TAG else json.dumps({"truncated": True, "head": text[: MAX_TAG - 40]})
-
-
-COMPOSED = "composition"  # Tag.METHOD of an adapter built from registered ones (compose: in its recipe)
-COMPOSED_FAMILY = "reparameterisation"  # what peft's add_weighted_adapter builds: a LoRA adapter
-
-
-def method_type(recipe: Recipe) -> str:
-    """The method a version records: the recipe's method type, or ``composition``."""
-    return recipe.method.type if recipe.method is not None else COMPOSED
-
-
-def lineage_tags(
+def lineage_facts(
     recipe: Recipe,
     base: ResolvedBase,
     adapter_folder: Path,
@@ -47,55 +34,40 @@ def lineage_tags(
     data_versions: dict[str, dict[str, Any]],
     merge: dict[str, Any] | None,
     merged_uri: str = "",
-) -> dict[str, str]:
-    """Every lineage fact of one adapter version, keyed by ``registry.entities.Tag``."""
+) -> LineageFacts:
+    """What one adapter version was built from, gathered from the node's inputs as plain values."""
     commit, dirty = git_state()
-    tags = {
-        Tag.RECIPE_NAME: recipe.name,
-        Tag.RECIPE_HASH: recipe_hash(recipe),
-        Tag.TASK: recipe.task.type,
-        Tag.METHOD: method_type(recipe),
-        Tag.METHOD_FAMILY: method_builder(recipe.method.type).family if recipe.method else COMPOSED_FAMILY,
-        Tag.PEFT_CONFIG: _json(json.loads((adapter_folder / "adapter_config.json").read_text())),
-        Tag.TRAINABLE_PARAMS: str(trained.trainable_params),
-        Tag.TOTAL_PARAMS: str(trained.total_params),
-        Tag.TRAINABLE_SHARE: f"{trained.trainable_share:.6g}",
-        Tag.BASE_ID: base.identity,
-        Tag.BASE_REVISION: base.revision,
-        Tag.BASE_FINGERPRINT: base.fingerprint,
-        Tag.BASE_ARCHITECTURE: base.architecture,
-        Tag.BASE_SHAPES: _json(base.shapes),
-        Tag.GIT_COMMIT: commit,
-        Tag.GIT_DIRTY: str(dirty).lower(),
-        Tag.DATA_VALIDATION: _json(
-            {
-                "success": validation["success"],
-                "statistics": validation.get("statistics", {}),
-                "failures": validation.get("failures", [])[:5],
-            }
-        ),
-        Tag.GATES: _json([str(g) for g in recipe.evaluation.gates]),
-        Tag.MUST_BEAT_BASE: str(recipe.evaluation.must_beat_base).lower(),
-        Tag.WARNINGS: _json(evaluation.get("warnings", [])),
-        **{Tag.library(name): version for name, version in library_versions().items()},
-        **{f"ar.user.{k}": v for k, v in recipe.registration.tags.items()},
-    }
-    if recipe.training is not None:
-        tags[Tag.TRAINING] = _json(recipe.training.model_dump(mode="json"))
-    if recipe.compose is not None:
-        tags[Tag.PARENTS] = _json(trained.parents)
-        tags[Tag.COMPOSE] = _json(recipe.compose.model_dump(mode="json"))
-        tags[Tag.COMPOSE_TYPE] = recipe.compose.combination_type
-        tags[Tag.COMPOSE_DENSITY] = "" if recipe.compose.density is None else f"{recipe.compose.density:g}"
-    for split, version in data_versions.items():
-        tags[Tag.data_path(split)] = version["path"]
-        tags[Tag.data_md5(split)] = version["md5"]
-        tags[Tag.data_commit(split)] = version.get("lock_commit") or ""
-    if merge is not None:
-        tags[Tag.MERGED_URI] = merged_uri
-        tags[Tag.MERGE_PARITY] = f"{merge['max_abs_diff']:.6g}"
-        tags[Tag.MERGE_VS_BASE] = f"{merge['diff_vs_base']:.6g}"
-    return tags
+    method = recipe.method.type if recipe.method is not None else None  # None: composed
+    return LineageFacts(
+        recipe_name=recipe.name,
+        recipe_hash=recipe_hash(recipe),
+        task=recipe.task.type,
+        method=method,
+        method_family=method_builder(method).family if method else None,
+        peft_config=json.loads((adapter_folder / "adapter_config.json").read_text()),
+        trainable_params=trained.trainable_params,
+        total_params=trained.total_params,
+        trainable_share=trained.trainable_share,
+        base_id=base.identity,
+        base_revision=base.revision,
+        base_fingerprint=base.fingerprint,
+        base_architecture=base.architecture,
+        base_shapes=base.shapes,
+        git_commit=commit,
+        git_dirty=dirty,
+        validation=validation,
+        data_versions=data_versions,
+        gates=[str(g) for g in recipe.evaluation.gates],
+        must_beat_base=recipe.evaluation.must_beat_base,
+        warnings=evaluation.get("warnings", []),
+        libraries=library_versions(),
+        user_tags=recipe.registration.tags,
+        training=recipe.training.model_dump(mode="json") if recipe.training is not None else None,
+        compose=recipe.compose.model_dump(mode="json") if recipe.compose is not None else None,
+        parents=trained.parents,
+        merge=merge,
+        merged_uri=merged_uri,
+    )
 
 
 def register_adapter_node(
@@ -119,15 +91,17 @@ def register_adapter_node(
     resolved = reports / "recipe.yaml"
     resolved.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     tags = lineage_tags(
-        recipe,
-        base,
-        adapter_folder,
-        trained,
-        evaluation,
-        validation,
-        data_versions,
-        merge,
-        str(merged_folder.resolve()) if merged_folder else "",
+        lineage_facts(
+            recipe,
+            base,
+            adapter_folder,
+            trained,
+            evaluation,
+            validation,
+            data_versions,
+            merge,
+            str(merged_folder.resolve()) if merged_folder else "",
+        )
     )
     version = AdapterStore.from_env().register_adapter(
         model_name=recipe.model_name,
@@ -144,7 +118,7 @@ def register_adapter_node(
         "version": version.version,
         "stage": version.stage,
         "run_id": version.run_id,
-        "method": method_type(recipe),
+        "method": tags[Tag.METHOD],
         "trainable_share": trained.trainable_share,
         "task_metric": metric,
         "adapter_score": evaluation["metrics"][metric],

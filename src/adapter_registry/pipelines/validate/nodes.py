@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import random
-from collections import defaultdict
 from typing import Any
 
 from adapter_registry.bases.resolve import ResolvedBase, resolve_base
+from adapter_registry.data.splits import (
+    DataValidationError,
+    carve_validation,
+    check_label_sets,
+    split_paths,
+    stratum,
+)
 from adapter_registry.recipes import Recipe
-
-
-class DataValidationError(ValueError):
-    """The data failed its expectations; nothing is trained or registered."""
+from adapter_registry.vocabulary import ANSWER_SEPARATOR
 
 
 def resolve_base_model(recipe: Recipe) -> ResolvedBase:
@@ -47,23 +49,11 @@ def validate_data(
     return result
 
 
-def carve_validation(train: list[Any], fraction: float, seed: int, label: Any) -> tuple[list[Any], list[Any]]:
-    """Stratified split of ``train`` into (train, validation) by ``label(example)``."""
-    groups: dict[Any, list[int]] = defaultdict(list)
-    for i, example in enumerate(train):
-        groups[label(example)].append(i)
-    rng = random.Random(seed)
-    held: set[int] = set()
-    for indices in groups.values():
-        rng.shuffle(indices)
-        held.update(indices[: round(len(indices) * fraction)])
-    return [e for i, e in enumerate(train) if i not in held], [e for i, e in enumerate(train) if i in held]
-
-
 def prepare_examples(
     recipe: Recipe, raw_splits: dict[str, list[dict]], base: ResolvedBase, validation: dict[str, Any]
 ) -> dict[str, list[Any]]:
-    """Stop here when validation failed; else records → examples, with a validation split carved if absent."""
+    """Stop here when validation failed; else records → examples, with a validation split carved if absent
+    (stratified by label, or by the answer's category before the recipe's ``answer_field_separator``)."""
     from adapter_registry.data.formats import to_classification_examples, to_sft_examples
     from adapter_registry.training.models import load_tokenizer
 
@@ -74,7 +64,7 @@ def prepare_examples(
             f"conf/base/globals.yml moves it)\n{validation['summary']}"
         )
     data = recipe.data
-    paths = {"train": data.train, "validation": data.validation, "test": data.test}
+    paths = split_paths(data)
     examples: dict[str, list[Any]] = {}
     for split, records in raw_splits.items():
         if data.format == "classification":
@@ -97,34 +87,10 @@ def prepare_examples(
                 )
             )
     if "validation" not in examples:
-
-        def key(e: Any) -> Any:
-            return getattr(e, "label", None) or e.answer.split(" | ")[0]
-
+        separator = getattr(recipe.task, "answer_field_separator", ANSWER_SEPARATOR)
         examples["train"], examples["validation"] = carve_validation(
-            examples["train"], data.validation_fraction, recipe.seed, key
+            examples["train"], data.validation_fraction, recipe.seed, lambda e: stratum(e, separator)
         )
     if data.format == "classification":
         check_label_sets(recipe.name, examples)
     return examples
-
-
-def check_label_sets(recipe_name: str, examples: dict[str, list[Any]]) -> None:
-    """Refuse, before any training, a single-class training split or labels that training never saw."""
-    seen = {e.label for e in examples["train"]}
-    problems = []
-    if len(seen) < 2:
-        problems.append(
-            f"the training split has a single class {sorted(seen)}; classification needs >= 2 labels"
-        )
-    for split in ("validation", "test"):
-        unseen = sorted({e.label for e in examples[split]} - seen)
-        if unseen:
-            problems.append(
-                f"{split} labels never seen in training: {unseen[:5]} ({len(unseen)} in all); "
-                "drop those rows or add training examples"
-            )
-    if problems:
-        raise DataValidationError(
-            f"recipe {recipe_name!r}: nothing was trained or registered\n" + "\n".join(problems)
-        )
