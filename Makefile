@@ -37,7 +37,7 @@ run: data  ## train, evaluate, merge and register every recipe in pipelines/
 	$(BIN)/kedro run
 
 test: setup  ## lint, type-check, then the whole suite (slow tests included)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks datagen
 	$(BIN)/mypy
 	$(BIN)/pytest
 
@@ -45,7 +45,7 @@ test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks datagen && $(BIN)/ruff format --check src tests benchmarks datagen
 
 typecheck: setup
 	$(BIN)/mypy

@@ -1,8 +1,13 @@
-"""Shared fixtures (the helpers they use live in helpers.py, importable from any test module)."""
+"""Shared fixtures (the helpers they use live in helpers.py, importable from any test module).
+
+The repository root goes on ``sys.path`` here, so tests import the folders beside ``src/`` that are no package
+of the product: ``datagen`` (the DVC stages of the demo data) and ``benchmarks``.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,10 @@ from helpers import (
     support_rows,
     write_jsonl,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
