@@ -43,6 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from adapter_registry.environment import offline_defaults  # noqa: E402
+
+offline_defaults()  # before quality_data imports transformers (quality_diagnose.py imports this module too)
+
 from benchmarks.quality_data import BenchmarkInputError, LabelledData, load_labelled, stratified_sample  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -28,6 +28,7 @@ from datagen import demo, stages  # noqa: E402
 from datagen.jsonl import write_jsonl  # noqa: E402
 
 from adapter_registry.data.formats import read_records  # noqa: E402
+from adapter_registry.environment import offline_defaults  # noqa: E402
 from adapter_registry.recipes.schema import CausalLmSftTask, DataSpec, ExpectationsSpec  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -88,6 +89,7 @@ def time_validation(splits: dict[str, list[dict[str, Any]]], tokenizer: Any, rep
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    offline_defaults()
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--default-rows", type=int, default=1_100, help="a default recipe's dataset size")
     parser.add_argument("--repeats", type=int, default=3)

@@ -1,6 +1,13 @@
-"""Kedro settings: our MLflow hooks (one run per recipe) and the OmegaConf config loader."""
+"""Kedro settings: the offline defaults and our MLflow hooks (one run per recipe).
 
+Kedro imports this module when ``kedro`` starts the project, before its CLI hooks (telemetry included) run and
+before any node imports transformers: this is where a ``kedro run`` gets the offline defaults.
+"""
+
+from adapter_registry.environment import offline_defaults
 from adapter_registry.pipelines.hooks import MlflowRecipeHooks
+
+offline_defaults()
 
 HOOKS = (MlflowRecipeHooks(),)
 
