@@ -11,6 +11,7 @@ offline_defaults()
 
 HOOKS = (MlflowRecipeHooks(),)
 
-# kedro-mlflow's own hook opens one run per `kedro run`; we keep one run per recipe namespace instead
-# (see pipelines/hooks.py), so its auto-registered hook is switched off.
+# Kedro registers the hooks of every installed plugin. kedro-mlflow is no dependency (pipelines/hooks.py keeps
+# one MLflow run per recipe namespace), but an environment set up before it was dropped still has it, and its
+# hook would open a run per `kedro run` in ./mlruns, a file store MLflow 3 refuses: `kedro run` would fail.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
