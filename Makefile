@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Offline by default: nothing is fetched from a model hub at run time.
+# Offline by default: nothing is fetched from a model hub at run time (the defaults of
+# src/adapter_registry/environment.py, which the CLI, `kedro` and the tests also set for themselves).
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export KEDRO_DISABLE_TELEMETRY ?= true
