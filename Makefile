@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Offline by default: nothing is fetched from a model hub at run time.
+# Offline by default: nothing is fetched from a model hub at run time (the defaults of
+# src/adapter_registry/environment.py, which the CLI, `kedro` and the tests also set for themselves).
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export KEDRO_DISABLE_TELEMETRY ?= true
@@ -37,7 +38,7 @@ run: data  ## train, evaluate, merge and register every recipe in pipelines/
 	$(BIN)/kedro run
 
 test: setup  ## lint, type-check, then the whole suite (slow tests included)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks datagen
 	$(BIN)/mypy
 	$(BIN)/pytest
 
@@ -45,7 +46,7 @@ test-fast: setup
 	$(BIN)/pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks datagen && $(BIN)/ruff format --check src tests benchmarks datagen
 
 typecheck: setup
 	$(BIN)/mypy

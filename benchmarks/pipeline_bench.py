@@ -23,12 +23,16 @@ from pathlib import Path
 
 import torch
 
-from adapter_registry.bases.resolve import resolve_base
-from adapter_registry.data.formats import load_split
-from adapter_registry.recipes import load_recipe
-from adapter_registry.training.features import collate, sft_features
-from adapter_registry.training.loop import LoopConfig, train
-from adapter_registry.training.models import load_base_model, load_tokenizer
+from adapter_registry.environment import offline_defaults
+
+offline_defaults()  # before training.models imports transformers
+
+from adapter_registry.bases.resolve import resolve_base  # noqa: E402
+from adapter_registry.data.formats import load_split  # noqa: E402
+from adapter_registry.recipes import load_recipe  # noqa: E402
+from adapter_registry.training.features import collate, sft_features  # noqa: E402
+from adapter_registry.training.loop import LoopConfig, train  # noqa: E402
+from adapter_registry.training.models import load_base_model, load_tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -43,6 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from adapter_registry.environment import offline_defaults  # noqa: E402
+
+offline_defaults()  # before quality_data imports transformers (quality_diagnose.py imports this module too)
+
 from benchmarks.quality_data import BenchmarkInputError, LabelledData, load_labelled, stratified_sample  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -509,13 +513,13 @@ def answers_for(labels: Sequence[str]) -> dict[str, str]:
 
 
 def run_sft(args: argparse.Namespace, data: LabelledData) -> list[Row]:
+    from benchmarks.label_scoring import label_log_likelihoods, label_token_ids
     from peft import get_peft_model
 
     from adapter_registry.bases.resolve import resolve_reference
     from adapter_registry.data.formats import to_sft_examples
     from adapter_registry.decoding import AnswerConstraint
     from adapter_registry.evaluation.evaluate import answer_key, generate
-    from adapter_registry.evaluation.label_scoring import label_log_likelihoods, label_token_ids
     from adapter_registry.methods import build_peft_config
     from adapter_registry.recipes import parse_recipe
     from adapter_registry.training.adapter import train_adapter
@@ -895,8 +899,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quick:
         args.sft_test_per_class = 3
     # import every project module now: a file edited while this runs for an hour cannot break it half-way
+    import benchmarks.label_scoring  # noqa: F401
+
     import adapter_registry.evaluation.evaluate
-    import adapter_registry.evaluation.label_scoring
     import adapter_registry.training.adapter  # noqa: F401
 
     rows: list[Row] = []

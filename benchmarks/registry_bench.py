@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from adapter_registry.environment import offline_defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BASES = [("smollm2-135m-instruct", "LlamaForCausalLM"), ("all-minilm-l6-v2", "BertModel"),
@@ -144,6 +146,7 @@ def main() -> int:
     parser.add_argument("--models", type=int, default=500)
     parser.add_argument("--versions", type=int, default=20)
     args = parser.parse_args()
+    offline_defaults()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from adapter_registry.registry import lineage, promotion
     from adapter_registry.registry.policy import PromotionPolicy

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from adapter_registry.environment import offline_defaults
+
 RESULTS = Path(__file__).parent / "results"
 PROMPTS = [
     "Write a short note to a customer whose parcel is late.",
@@ -246,7 +248,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    offline_defaults()
     if args.threads:
         torch.set_num_threads(args.threads)
     from adapter_registry.bases.resolve import resolve_reference

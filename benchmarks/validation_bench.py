@@ -14,14 +14,22 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from adapter_registry.data import demo, stages
-from adapter_registry.data.formats import read_records
-from adapter_registry.recipes.schema import CausalLmSftTask, DataSpec, ExpectationsSpec
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `datagen`, the demo data's generator, sits beside src/
+
+from datagen import demo, stages  # noqa: E402
+from datagen.jsonl import write_jsonl  # noqa: E402
+
+from adapter_registry.data.formats import read_records  # noqa: E402
+from adapter_registry.environment import offline_defaults  # noqa: E402
+from adapter_registry.recipes.schema import CausalLmSftTask, DataSpec, ExpectationsSpec  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,7 +55,7 @@ def make_splits(rows: int, folder: Path) -> dict[str, list[dict[str, Any]]]:
     held_out = rows // 10
     parts = stages.split(clean, validation_rows=held_out, test_rows=held_out, seed=0)
     for name, part in parts.items():
-        demo.write_jsonl(part, folder / f"{name}.jsonl")
+        write_jsonl(part, folder / f"{name}.jsonl")
     return {name: read_records(folder / f"{name}.jsonl") for name in parts}
 
 
@@ -81,6 +89,7 @@ def time_validation(splits: dict[str, list[dict[str, Any]]], tokenizer: Any, rep
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    offline_defaults()
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--default-rows", type=int, default=1_100, help="a default recipe's dataset size")
     parser.add_argument("--repeats", type=int, default=3)

@@ -1,12 +1,19 @@
-"""Shared fixtures (the helpers they use live in helpers.py, importable from any test module)."""
+"""Shared fixtures (the helpers they use live in helpers.py, importable from any test module).
+
+The repository root goes on ``sys.path`` here, so tests import the folders beside ``src/`` that are no package
+of the product: ``datagen`` (the DVC stages of the demo data) and ``benchmarks``. The session starts from the
+same offline defaults as the CLI and ``kedro run``.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
+from adapter_registry.environment import offline_defaults
 from helpers import (
     _drop_overlap,
     build_tiny_bert,
@@ -16,9 +23,11 @@ from helpers import (
     write_jsonl,
 )
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+offline_defaults()  # the test session is an entry point like the CLI and `kedro run`
 os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
 
 

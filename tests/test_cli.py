@@ -8,6 +8,7 @@ The fixtures come from tests/registry/conftest.py (imported below, hence F811 on
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from adapter_registry.bases.fingerprint import fingerprint_folder
 from adapter_registry.cli import app
+from adapter_registry.environment import OFFLINE_DEFAULTS
 from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.store import AdapterStore
 from registry.conftest import (  # noqa: F401 (fixtures)
@@ -52,6 +54,16 @@ def registered(store: AdapterStore, adapter_dir: Path, tiny_base: Path) -> Adapt
                                                              **{Tag.data_md5("train"): "feed" * 8}),
                            GOOD_METRICS)  # fmt: skip
     return store
+
+
+def test_commands_start_from_the_offline_defaults(
+    store: AdapterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in OFFLINE_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    code, _, err = cli(store, "list", "--json")
+    assert code == 0, err
+    assert {k: os.environ[k] for k in OFFLINE_DEFAULTS} == OFFLINE_DEFAULTS
 
 
 def test_help_is_fast_and_lists_commands() -> None:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from adapter_registry.environment import offline_defaults
+
 if TYPE_CHECKING:
     from adapter_registry.registry.entities import AdapterVersion, StageChange
     from adapter_registry.registry.stages import StageCheck
@@ -47,6 +49,7 @@ def _root(
     ] = None,
 ) -> None:
     _state["tracking_uri"] = tracking_uri
+    offline_defaults()  # before any command imports mlflow, peft or transformers
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps to one line
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout keeps to --json
 

@@ -9,8 +9,9 @@
    touched), and points the worktree's DVC at the original repository's cache and remotes (``.dvc/config.local``:
    a local remote such as ``../.dvc-storage`` is a path relative to the original checkout);
 3. fetches exactly the recorded data versions (``dvc.api.read`` of each path at the commit whose ``dvc.lock`` or
-   ``.dvc`` file recorded it: DVC cache first, then the remote; ``dvc repro`` in the worktree when neither holds
-   it), writes them into the worktree and refuses when any md5 differs from the one the lineage records;
+   ``.dvc`` file recorded it: DVC cache first, then the remote; ``dvc repro`` in the worktree, with its ``src``
+   first on PYTHONPATH, when neither holds it), writes them into the worktree and refuses when any md5 differs
+   from the one the lineage records;
 4. re-runs the recipe there (``kedro run --namespaces RECIPE``; the worktree's ``src`` first on PYTHONPATH, its
    own sqlite MLflow registry, so the user's registry is not touched);
 5. compares the new ``flat_metrics`` with the registered ones, metric by metric, under an absolute tolerance.
@@ -230,7 +231,7 @@ def _fetch(worktree: Path, original: Path, path: str, md5: str, commit: str) -> 
                 f"{path}@{commit[:10]}: DVC could not fetch it from the cache or the remote ({first}); "
                 f"run `dvc push` where it was trained",
             ) from None
-        done = _run([sys.executable, "-m", "dvc", "repro"], worktree, {**os.environ, **RUN_ENV})
+        done = _run([sys.executable, "-m", "dvc", "repro"], worktree, _recorded_code_env(worktree))
         if done.returncode != 0 or not target.is_file():
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise ReproduceError(
@@ -246,16 +247,23 @@ def _fetch(worktree: Path, original: Path, path: str, md5: str, commit: str) -> 
     return got, source
 
 
-def _kedro_env(worktree: Path) -> dict[str, str]:
+def _recorded_code_env(worktree: Path) -> dict[str, str]:
+    """The run environment with the worktree's ``src`` first on PYTHONPATH: the recorded code, not the editable
+    install of the user's checkout (the DVC stages of an older commit import modules that have since moved)."""
     env = {**os.environ, **RUN_ENV}
+    src = worktree / "src"
+    if src.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def _kedro_env(worktree: Path) -> dict[str, str]:
+    env = _recorded_code_env(worktree)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{worktree / REGISTRY_FILE}"
     if (worktree / "conf" / "logging.yml").is_file():
         env["KEDRO_LOGGING_CONFIG"] = "conf/logging.yml"
     else:
         env.pop("KEDRO_LOGGING_CONFIG", None)
-    src = worktree / "src"
-    if src.is_dir():  # the recorded code, not the editable install of the user's checkout
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH", "")]))
     return env
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from datagen import demo, stages
 
-from adapter_registry.data import demo, stages
+from adapter_registry.data.normalise import normalise_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +19,10 @@ def test_generate_is_deterministic_and_seeded() -> None:
     a = demo.generate("acme_support", 60, seed=3)
     assert a == demo.generate("acme_support", 60, seed=3)
     assert a != demo.generate("acme_support", 60, seed=4)
-    assert all(r["completion"].split(" | ")[0] in {c.name for c in demo.ACME} for r in a)
+    assert all(
+        r["completion"].split(" | ")[0] in {c.name for c in demo.DATASETS["acme_support"].categories}
+        for r in a
+    )
 
 
 def test_unknown_dataset_is_refused() -> None:
@@ -43,7 +47,7 @@ def test_split_is_stratified_exact_and_disjoint() -> None:
     rows = stages.clean(demo.generate("intent_routing", 400, seed=1))
     parts = stages.split(rows, validation_rows=40, test_rows=80, seed=0)
     assert {k: len(v) for k, v in parts.items()} == {"train": 280, "validation": 40, "test": 80}
-    texts = {k: {stages.normalise_text(r["text"]) for r in v} for k, v in parts.items()}
+    texts = {k: {normalise_text(r["text"]) for r in v} for k, v in parts.items()}
     assert not texts["train"] & texts["test"] and not texts["train"] & texts["validation"]
     share = Counter(r["label"] for r in rows)
     test = Counter(r["label"] for r in parts["test"])

@@ -1,16 +1,12 @@
-"""Fixtures of the quality tests: tiny random models built from a config in tmp_path, and the benchmark on path."""
+"""Fixtures of the quality tests: tiny random models built from a config in tmp_path.
+
+``benchmarks`` is importable from here because tests/conftest.py puts the repository root on ``sys.path``.
+"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `import benchmarks.quality_data`
 
 
 @pytest.fixture(scope="session")

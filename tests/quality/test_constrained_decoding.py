@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from adapter_registry.datasets import AdapterFolderDataset
 from adapter_registry.decoding import AnswerConstraint, choice_trie, read_answers
 from adapter_registry.evaluation.evaluate import evaluate_adapter, generate
+from adapter_registry.pipelines.datasets import AdapterFolderDataset
 from adapter_registry.recipes import RecipeError, parse_recipe
 from adapter_registry.training.adapter import train_adapter
 from helpers import build_tiny_llama, classifier_recipe, sft_recipe, splits

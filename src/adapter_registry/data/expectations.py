@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from adapter_registry.data.formats import chat_problem, fill_template
-from adapter_registry.data.stages import normalise_text
+from adapter_registry.data.normalise import normalise_text
 from adapter_registry.vocabulary import SPLITS
 
 if TYPE_CHECKING:

@@ -8,6 +8,9 @@ All labels of one prompt go through the model in a single forward pass: the prom
 tokens packed after it, each label block attending to the prompt and causally to itself only (a 4D attention
 mask, position ids restarting after the prompt). That costs ``len(prompt) + sum(len(label))`` tokens per prompt
 instead of ``K * (len(prompt) + len(label))``.
+
+Only benchmarks/quality.py scores this way (its "label scoring" row); the product decodes over a closed answer
+set with ``adapter_registry.decoding`` instead.
 """
 
 from __future__ import annotations

@@ -1,33 +1,28 @@
-"""The ``clean`` and ``split`` stages of dvc.yaml, and the text normalisation both they and the checks use.
+"""The ``clean`` and ``split`` stages of dvc.yaml.
 
 - clean: collapse whitespace in every text field, drop rows with an empty field, drop repeated requests
-  (the same text after :func:`normalise_text`; the first one wins).
+  (the same text after :func:`~adapter_registry.data.normalise.normalise_text`, the form the GX leakage check
+  compares; the first one wins).
 - split: seeded and stratified by category, with exact row counts for validation and test; since clean
   removed repeats, no (normalised) text lands in two splits.
 
-Run: ``python -m adapter_registry.data.stages clean data/01_raw/x.jsonl data/02_intermediate/x.jsonl``
-and ``python -m adapter_registry.data.stages split data/02_intermediate/x.jsonl data/05_model_input/x
+Run: ``python -m datagen.stages clean data/01_raw/x.jsonl data/02_intermediate/x.jsonl``
+and ``python -m datagen.stages split data/02_intermediate/x.jsonl data/05_model_input/x
 --validation-rows 100 --test-rows 200 --seed 0``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import re
-import unicodedata
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+from adapter_registry.data.normalise import normalise_text
+from datagen.jsonl import read_jsonl, write_jsonl
+
 SPLITS = ("train", "validation", "test")
-
-
-def normalise_text(text: str) -> str:
-    """The form two texts are compared in for near-duplicates and leakage: NFKC, case-folded, no punctuation."""
-    return " ".join(_NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split())
 
 
 def key_field(row: dict[str, Any]) -> str:
@@ -40,18 +35,6 @@ def category(row: dict[str, Any]) -> str:
     if "label" in row:
         return str(row["label"])
     return str(row["completion"]).split(" | ", 1)[0]
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -126,15 +109,15 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--test-rows", type=int, required=True)
     s.add_argument("--seed", type=int, required=True)
     args = parser.parse_args(argv)
-    rows = _read_jsonl(args.source)
+    rows = read_jsonl(args.source)
     if args.stage == "clean":
         kept = clean(rows)
-        _write_jsonl(kept, args.target)
+        write_jsonl(kept, args.target)
         print(f"{args.target}: kept {len(kept)} of {len(rows)} rows")
     else:
         parts = split(rows, validation_rows=args.validation_rows, test_rows=args.test_rows, seed=args.seed)
         for name, part in parts.items():
-            _write_jsonl(part, args.folder / f"{name}.jsonl")
+            write_jsonl(part, args.folder / f"{name}.jsonl")
         print(f"{args.folder}: " + ", ".join(f"{k} {len(v)}" for k, v in parts.items()))
 
 
