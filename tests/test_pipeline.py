@@ -175,7 +175,7 @@ def test_round_trip_register_pull_load_gives_the_same_logits(
         before = trained.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     store = AdapterStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    folder = save_adapter(trained.model, tmp_path / "adapter")
+    folder = save_adapter(trained.model, tmp_path / "adapter", contract=trained.contract)
     tags = {Tag.TASK: task, Tag.BASE_FINGERPRINT: describe_folder(base).fingerprint}
     version = store.register_adapter(
         model_name=recipe.name, adapter_dir=folder, tags=tags, metrics={"loss": 1.0}

@@ -143,12 +143,6 @@ class ServingContract:
             return {self.fields[0]: value}
         if not isinstance(value, Mapping):
             raise ContractError(f"'input' must be a string or an object of {list(self.fields)}")
-        unknown = sorted(set(value) - set(self.fields))
-        if unknown:
-            raise ContractError(
-                f"'input' has field(s) {unknown} that the {self.format} template does not use; "
-                f"its fields: {list(self.fields)}"
-            )
         for name in self.fields:
             if name in OPTIONAL_FIELDS.get(self.format, ()):
                 continue
@@ -158,6 +152,12 @@ class ServingContract:
                     f"the template of this adapter needs field {name!r} ({self.format} format: "
                     f"{list(self.fields)}); the request gave {sorted(value) or 'none'}",
                 )
+        unknown = sorted(set(value) - set(self.fields))
+        if unknown:
+            raise ContractError(
+                f"'input' has field(s) {unknown} that the {self.format} template does not use; "
+                f"its fields: {list(self.fields)}"
+            )
         bad = [n for n in self.fields if n in value and n != "messages" and not isinstance(value[n], str)]
         if bad:
             raise ContractError(f"'input' field(s) {bad} must be strings")

@@ -1,23 +1,19 @@
 """Constrained decoding over a closed answer set: a token trie of the answers, each closed by end-of-sequence.
 
 An SFT recipe with ``evaluation.decoding: constrained`` is scored this way. The answers it was trained on travel
-with the adapter (``answers.json`` in its folder, written by ``training.models.save_adapter``), so that serving
-decodes the registered adapter over the same answer set it was evaluated with. With the recipe's
-``answer_field_separator`` (``"refund | Refund issued."``), serving lets an answer go on freely once the closed
-part and the separator are written: the category is always one of the set, the reply after it is the model's.
+with the adapter in its serving contract (``serving.json``, see ``contract``), so that serving decodes the
+registered adapter over the same answer set, exactly as it was evaluated. With the recipe's
+``answer_field_separator`` (``"refund | Refund issued."``) an answer goes on freely once the closed part and the
+separator are written: the category is always one of the set, the reply after it is the model's.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-
-ANSWERS_FILE = "answers.json"
 
 Trie = dict[tuple[int, ...], list[int]]
 AllowedFn = Callable[[int, torch.Tensor], "list[int] | torch.Tensor"]
@@ -88,32 +84,3 @@ def allowed_tokens_per_row(
         return everything if options is None else options
 
     return allowed
-
-
-def write_answers(folder: Path | str, answers: Sequence[str], separator: str = "") -> None:
-    """Record the closed answer set (and the separator after which an answer goes on freely) beside an adapter."""
-    (Path(folder) / ANSWERS_FILE).write_text(
-        json.dumps(
-            {"decoding": "constrained", "answers": list(answers), "separator": separator},
-            indent=2,
-            ensure_ascii=False,
-        )
-    )
-
-
-def read_answers(folder: Path | str) -> tuple[list[str], str]:
-    """(closed answer set, separator); ([], "") for an adapter that decodes freely (no ``answers.json``)."""
-    path = Path(folder) / ANSWERS_FILE
-    if not path.is_file():
-        return [], ""
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc}); it should be written by save_adapter") from exc
-    answers = data.get("answers") if isinstance(data, dict) else None
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
-        raise ValueError(f"{path}: 'answers' must be a non-empty list of non-empty strings")
-    separator = data.get("separator", "")
-    if not isinstance(separator, str):
-        raise ValueError(f"{path}: 'separator' must be a string")
-    return answers, separator

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from adapter_registry.bases.resolve import describe_folder
-from adapter_registry.evaluation.evaluate import evaluate_adapter, generate
+from adapter_registry.decoding import AnswerConstraint
+from adapter_registry.evaluation.evaluate import answer_key, evaluate_adapter, generate
 from adapter_registry.evaluation.report import model_card, report_dict
 from adapter_registry.recipes import parse_recipe
 from adapter_registry.training.adapter import train_adapter
@@ -49,7 +50,7 @@ def test_classifier_card_snippet_gives_the_trained_models_logits(
     assert trained.model.pooling.mode == pooling and trained.model.neighbours is None
     if vote:  # a vote of the training rows, whatever validation would choose on such tiny data
         trained.model.neighbours = neighbour_vote(trained, train_examples)
-    folder = save_adapter(trained.model, tmp_path / "adapter")
+    folder = save_adapter(trained.model, tmp_path / "adapter", contract=trained.contract)
     evaluation = report_dict(recipe, trained, evaluate_adapter(trained, test_examples, recipe.evaluation, 32))
     if vote:  # as report_dict writes it when training chose the vote
         evaluation["neighbours"] = {"chosen": trained.model.neighbours.settings(), "validation_log_loss": {}}
@@ -70,19 +71,29 @@ def test_classifier_card_snippet_gives_the_trained_models_logits(
         assert not torch.allclose(expected, head_only.log_softmax(-1), atol=1e-3)
 
 
+@pytest.mark.parametrize("decoding", ["greedy", "constrained"])
 def test_causal_card_snippet_generates_what_evaluation_generates(
-    tiny_llama: Path, sft_data: Path, tmp_path: Path
+    decoding: str, tiny_llama: Path, sft_data: Path, tmp_path: Path
 ) -> None:
     raw = sft_recipe(tiny_llama, sft_data)
+    raw["evaluation"]["decoding"] = decoding
     recipe = parse_recipe(raw)
     train_examples, val_examples, test_examples = splits(raw)
     trained = train_adapter(recipe, describe_folder(tiny_llama), train_examples, val_examples)
-    folder = save_adapter(trained.model, tmp_path / "adapter")
+    folder = save_adapter(trained.model, tmp_path / "adapter", contract=trained.contract)
     evaluation = report_dict(recipe, trained, evaluate_adapter(trained, test_examples, recipe.evaluation, 64))
     card = model_card(recipe, evaluation, "tiny-llama", "f" * 16)
 
     request = "my parcel never came"
     _, printed = run_card_snippet(card, BASE_PATH=str(tiny_llama), ADAPTER_DIR=str(folder), REQUEST=request)
-    prompt = recipe.task.prompt_template.replace("{prompt}", request)
-    (expected,) = generate(trained.model, trained.tokenizer, [prompt], 24, 64)
+    prompt = trained.contract.render(request)  # the serving contract, as `serve` renders an input
+    assert prompt == recipe.task.prompt_template.replace("{prompt}", request)
+    constraint = None
+    if decoding == "constrained":  # as evaluation decodes: the answer set, the reply after " | " free
+        constraint = AnswerConstraint.build(trained.labels, trained.tokenizer, " | ")
+    budget = trained.contract.max_new_tokens  # the answer budget evaluation used
+    budget = max(budget, constraint.longest) if constraint else budget
+    (expected,) = generate(trained.model, trained.tokenizer, [prompt], budget, 64, constraint=constraint)
     assert printed == expected.strip()
+    if decoding == "constrained":
+        assert answer_key(printed, " | ") in trained.labels

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from adapter_registry.decoding import AnswerConstraint, choice_trie, read_answers
-from adapter_registry.evaluation.evaluate import evaluate_adapter, generate
+from adapter_registry.contract import ServingContract
+from adapter_registry.decoding import AnswerConstraint, choice_trie
+from adapter_registry.evaluation.evaluate import answer_key, evaluate_adapter, generate
 from adapter_registry.pipelines.datasets import AdapterFolderDataset
 from adapter_registry.recipes import RecipeError, parse_recipe
 from adapter_registry.training.adapter import train_adapter
@@ -52,12 +53,17 @@ def test_sft_recipe_with_constrained_decoding_scores_labels_seen_in_training(
     categories = {e.answer.split(" | ")[0].strip() for e in train_x}
     assert trained.labels == sorted(categories)
     report = evaluate_adapter(trained, test_x, recipe.evaluation, 64)
-    answers = {s[who].strip() for s in report.samples for who in ("adapter", "base")}
+    answers = {answer_key(s[who], " | ") for s in report.samples for who in ("adapter", "base")}
     assert answers <= categories  # the base too: same prompts, same decoding
     assert "constrained" in report.baseline
-    # the answer set travels with the registered adapter, so that serving decodes it the same way
+    assert len(report.outputs) == len(test_x)  # every scored row's answer, for the served = evaluated check
+    # the answer set travels with the registered adapter in its serving contract, so serving decodes the same way
     AdapterFolderDataset(str(tmp_path / "adapter")).save(trained)
-    assert read_answers(tmp_path / "adapter") == (trained.labels, " | ")
+    contract = ServingContract.read(tmp_path / "adapter")
+    assert contract == trained.contract
+    assert (contract.decoding, list(contract.answers), contract.answer_separator) == (
+        "constrained", trained.labels, " | ",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("make", ["classifier", "compose"])

@@ -170,3 +170,54 @@ def test_a_prompt_too_long_is_answered_413_and_its_batch_is_served(server):
         "the prompt has 125 tokens and may generate 6: 131 overrun the base's context window of 128" in detail
     )
     assert httpx.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_every_response_names_what_answered_it_and_the_request_log_has_a_line_per_request(
+    server, registry, tiny_base, tmp_path
+):
+    import json
+
+    answer = generate(server, tenant="acme")
+    assert answer.status_code == 200
+    body = answer.json()
+    weights = registry.get_version("alpha", 1).checksums["adapter_model.safetensors"]
+    fingerprint = describe_folder(tiny_base).fingerprint
+    assert (body["adapter"], body["version"], body["digest"]) == ("alpha", 1, f"sha256:{weights}")
+    assert body["base_fingerprint"] == fingerprint and len(body["request_id"]) == 32
+    headers = answer.headers
+    assert (headers["x-adapter-name"], headers["x-adapter-version"]) == ("alpha", "1")
+    assert headers["x-adapter-digest"] == f"sha256:{weights}" and headers["x-base-fingerprint"] == fingerprint
+    assert headers["x-request-id"] == body["request_id"]
+    missing = generate(server, adapter="nobody")
+    assert missing.status_code == 404 and missing.headers["x-request-id"]
+
+    lines = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    served = next(line for line in lines if line["request_id"] == body["request_id"])
+    assert {k: served[k] for k in ("tenant", "adapter", "version", "digest", "status")} == {
+        "tenant": "acme", "adapter": "alpha", "version": 1, "digest": f"sha256:{weights}", "status": 200,
+    }  # fmt: skip
+    assert served["latency_ms"] > 0 and "time" in served
+    assert not {"input", "prompt", "text"} & set(served)  # no prompt text unless --log-prompts
+    refused = next(line for line in lines if line["request_id"] == missing.headers["x-request-id"])
+    assert (refused["status"], refused["adapter"]) == (404, "nobody")
+
+
+def test_a_tenant_of_an_unknown_adapter_stops_the_server_at_start_up(registry, tiny_base, tmp_path):
+    from adapter_registry.serving.tenants import TenantsError
+
+    tenants = tmp_path / "tenants.yml"
+    tenants.write_text("tenants:\n  acme: support_sft_lora\n")
+    with pytest.raises(
+        TenantsError, match=r"acme -> 'support_sft_lora': no such registered adapter; registered: none"
+    ):
+        build_server(str(tiny_base), ServeOptions(tracking_uri=registry.tracking_uri, tenants_file=tenants))
+
+
+def test_registry_webhooks_with_a_bad_signature_are_ignored(server, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="adapter_registry.serving")
+    forged = httpx.post(f"{server}/v1/registry/events", json={"entity": "model_version_alias"})
+    assert forged.status_code == 404  # this server registered no webhook: nothing is accepted
+    assert httpx.get(f"{server}/health").json()["webhooks"] == {"accepted": 0, "rejected": 1}
+    assert "registry webhook ignored" in caplog.text

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapter_registry.decoding import ANSWERS_FILE, AnswerConstraint, write_answers
+from adapter_registry.contract import CONTRACT_FILE, LEGACY_ANSWERS_FILE, ServingContract
+from adapter_registry.decoding import AnswerConstraint
 from adapter_registry.serving.pool import AdapterPool, PoolError, PromptTooLong
 
 from .conftest import build_adapter, build_base
@@ -87,8 +88,15 @@ ANSWERS = ["a b c", "d e f 7"]  # 4 and 5 new tokens, the end included: more tha
 def closed(adapters: dict[str, Path], tmp_path: Path) -> Path:
     """Adapter alpha's weights with a closed answer set, as save_adapter writes it for constrained recipes."""
     folder = Path(shutil.copytree(adapters["alpha"], tmp_path / "closed"))
-    write_answers(folder, ANSWERS)
+    closed_contract(ANSWERS).write(folder)
     return folder
+
+
+def closed_contract(answers: list[str], separator: str = "") -> ServingContract:
+    return ServingContract(
+        task="causal_lm_sft", format="completion", answer_separator=separator, decoding="constrained",
+        answers=tuple(answers),
+    )  # fmt: skip
 
 
 def test_an_adapter_with_an_answer_set_spells_only_its_answers_beside_free_rows(pool, closed):
@@ -116,7 +124,9 @@ def test_an_adapter_with_an_answer_set_spells_only_its_answers_beside_free_rows(
     ],
 )
 def test_a_malformed_answer_set_is_refused_and_the_old_version_keeps_serving(pool, closed, content, error):
-    (closed / ANSWERS_FILE).write_text(content)
+    """A folder registered before serving contracts carried its answer set alone, in answers.json."""
+    (closed / CONTRACT_FILE).unlink()
+    (closed / LEGACY_ANSWERS_FILE).write_text(content)
     before = pool.adapters()
     with pytest.raises(PoolError, match=error):
         pool.add("alpha", closed)
@@ -126,7 +136,7 @@ def test_a_malformed_answer_set_is_refused_and_the_old_version_keeps_serving(poo
 def test_with_a_separator_the_answer_is_closed_and_the_reply_after_it_is_free(pool, closed):
     from adapter_registry.decoding import AnswerConstraint
 
-    write_answers(closed, ANSWERS, separator=" 9 ")  # "category 9 reply", as "category | reply"
+    closed_contract(ANSWERS, separator=" 9 ").write(closed)  # "category 9 reply", as "category | reply"
     ids = {w: pool.tokenizer.convert_tokens_to_ids(w) for w in ("a", "b", "c", "9")}
     eos = pool.tokenizer.eos_token_id
     constraint = AnswerConstraint.build(ANSWERS, pool.tokenizer, " 9 ")

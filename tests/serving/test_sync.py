@@ -29,7 +29,10 @@ def registry(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) ->
 def sync(registry: AdapterStore, tiny_base: Path) -> RegistrySync:
     fingerprint = describe_folder(tiny_base).fingerprint
     return RegistrySync(
-        AdapterPool.from_pretrained(tiny_base, fingerprint), RegistrySource(registry), fingerprint
+        AdapterPool.from_pretrained(tiny_base, fingerprint),
+        RegistrySource(registry),
+        fingerprint,
+        settle_seconds=0,
     )
 
 
@@ -117,3 +120,25 @@ def test_a_refused_stage_holder_leaves_the_last_good_version_serving(
     sync.sync()  # not pulled again: the refusal of v3's files is remembered
     assert served(sync) == {"alpha": "1"} and sync.stale() == {"alpha": 3}
     assert "use_dora=True is not served" in sync.refused["alpha"][1]
+
+
+def test_an_alias_moved_outside_adapter_registry_is_not_served(sync, registry, adapters, caplog):
+    """MLflow's UI or REST (here its client) moves production to a version no audited promotion placed there:
+    the last attested version keeps serving, and the refusal is listed and logged once."""
+    from mlflow import MlflowClient
+
+    fp = sync.base_fingerprint
+    put(registry, "alpha", adapters["alpha"], fp)
+    sync.sync()
+    v2 = registry.register_adapter("alpha", adapters["beta"], tags={Tag.BASE_FINGERPRINT: fp}, metrics={})
+    MlflowClient(registry.tracking_uri).set_registered_model_alias("alpha", "production", str(v2.version))
+    with caplog.at_level(logging.INFO, logger="adapter_registry.serving"):
+        sync.sync()  # first seen: not refused yet, the promotion writing its audit event may be under way
+        assert sync.refused == {} and sync.recheck_in() is not None
+        sync.sync()
+        sync.sync()
+    assert served(sync) == {"alpha": "1"} and sync.stale() == {"alpha": 2}
+    version, reason = sync.refused["alpha"]
+    assert version == 2 and "which no audited, gate-checked promotion placed" in reason
+    assert reason.endswith("serving the last attested version 1")
+    assert len([r for r in caplog.records if "refused alpha/2" in r.getMessage()]) == 1

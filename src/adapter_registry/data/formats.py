@@ -1,5 +1,8 @@
 """Dataset files and formats → training examples: the contract the pipeline calls.
 
+A record's prompt is rendered by ``contract.render_prompt`` (the chat template by ``contract.chat_prompt``), the
+one rendering that evaluation's test rows and ``serve``'s requests share.
+
 ``read_records`` reads ``.jsonl``, ``.csv`` or ``.parquet`` into a list of dicts; ``to_sft_examples`` and
 ``to_classification_examples`` turn records of a recipe's ``data.format`` into examples. Every problem is a
 :class:`DataError` whose message starts with the file and the line (parse errors) or row (field errors,
@@ -14,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from adapter_registry.contract import chat_prompt, render_prompt
 
 SftFormat = Literal["alpaca", "chat", "completion", "text"]
 SFT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -152,11 +157,6 @@ def _string(record: dict[str, Any], field: str, where: str, *, allow_empty: bool
     return value
 
 
-def fill_template(template: str, prompt: str) -> str:
-    """``template`` with ``{prompt}`` replaced (other braces are left alone, unlike ``str.format``)."""
-    return template.replace("{prompt}", prompt)
-
-
 def chat_problem(messages: Any) -> str | None:
     """Why ``messages`` is not a valid chat (None when it is): optional system, then user/assistant turns."""
     if not isinstance(messages, list) or not messages:
@@ -192,10 +192,10 @@ def _chat_segments(
     """Render with the tokenizer's chat template; each assistant turn's rendered text is a target segment."""
 
     def render(upto: int, generation_prompt: bool) -> str:
+        if generation_prompt:  # what the model is asked: the serving contract renders a chat request this way
+            return chat_prompt(messages[:upto], tokenizer)
         return str(
-            tokenizer.apply_chat_template(
-                messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
-            )
+            tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=False)
         )
 
     segments: list[tuple[str, bool]] = []
@@ -243,7 +243,9 @@ def to_sft_examples(
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected an object, got {type(record).__name__}")
         if fmt == "completion":
-            prompt = fill_template(prompt_template, _string(record, "prompt", where))
+            prompt = render_prompt(
+                "completion", prompt_template, {"prompt": _string(record, "prompt", where)}
+            )
             segments: tuple[tuple[str, bool], ...] = (
                 (prompt, False),
                 (_string(record, "completion", where), True),
@@ -253,7 +255,7 @@ def to_sft_examples(
             extra = record.get("input") or ""
             if not isinstance(extra, str):
                 raise DataError(f"{where}: field 'input' must be a string, got {type(extra).__name__}")
-            prompt = fill_template(prompt_template, instruction + (f"\n\n{extra}" if extra.strip() else ""))
+            prompt = render_prompt("alpaca", prompt_template, {"instruction": instruction, "input": extra})
             segments = ((prompt, False), (_string(record, "output", where), True))
         elif fmt == "text":
             segments = ((_string(record, "text", where), True),)

@@ -53,6 +53,9 @@ class EvaluationReport:
     confusion: list[list[int]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     samples: list[dict[str, str]] = field(default_factory=list)  # a few predictions, for people
+    # generation: every test row's prompt, expected answer and what adapter and base answered, in order (kept out
+    # of the JSON report; saved as predictions.json so a served answer can be compared with the evaluated one)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
     # classification: the adapter's label index for each test row, in order (kept out of the JSON report)
     predictions: list[int] = field(default_factory=list)
 
@@ -174,14 +177,19 @@ def evaluate_causal_lm(
     feats = sft_features(test_examples, tokenizer, max_length)
     prompts = [e.prompt for e in test_examples]
     gold = [answer_key(e.answer, separator) for e in test_examples]
-    constraint, max_new_tokens = None, spec.max_new_tokens
+    # decoded through the serving contract (what `serve` does with the same request): its answer budget, and
+    # for constrained decoding its answer set with the reply free after the separator
+    contract = trained.contract
+    constraint, max_new_tokens = None, contract.max_new_tokens if contract else spec.max_new_tokens
     if spec.decoding == "constrained":
-        if not trained.labels:
+        answers = contract.answers if contract else tuple(trained.labels)
+        if not answers:
             raise ValueError(
                 "constrained decoding needs the answers seen in training (trained.labels is empty)"
             )
+        free_after = contract.answer_separator if contract else ""
         constraint = AnswerConstraint.build(
-            trained.labels, tokenizer
+            answers, tokenizer, free_after
         )  # built once: adapter and base share it
         max_new_tokens = max(max_new_tokens, constraint.longest)  # room for any answer
     n = spec.bootstrap_samples
@@ -204,16 +212,17 @@ def evaluate_causal_lm(
             forgetting_adapter = causal_lm_losses(model, _general_features(tokenizer, max_length), pad)
     with model.disable_adapter():
         forgetting_base = causal_lm_losses(model, _general_features(tokenizer, max_length), pad)
-    samples = [
+    rows = [
         {
+            "row": i,
             "prompt": p,
             "expected": e.answer,
             "adapter": outputs.get("adapter", [""] * len(prompts))[i],
             "base": outputs.get("base", [""] * len(prompts))[i],
         }
-        for i, (p, e) in enumerate(zip(prompts[:5], test_examples[:5], strict=True))
+        for i, (p, e) in enumerate(zip(prompts, test_examples, strict=True))
     ]
-    return _report(
+    report = _report(
         spec,
         scores,
         "the base model itself (adapter disabled, same prompts and decoding"
@@ -223,8 +232,10 @@ def evaluate_causal_lm(
             "general_loss_base": float(forgetting_base.mean()),
             "general_loss_adapter": float(forgetting_adapter.mean()),
         },
-        samples=samples,
+        samples=[{k: v for k, v in r.items() if k != "row"} for r in rows[:5]],
     )
+    report.outputs = rows if outputs else []
+    return report
 
 
 def _general_features(tokenizer: Any, max_length: int) -> list[dict]:
@@ -296,10 +307,11 @@ def evaluate_classifier(
     report.confusion = confusion_matrix(y, pred, labels=list(range(len(labels)))).tolist()
     report.labels = labels
     report.predictions = pred.tolist()
-    report.samples = [
-        {"text": e.text, "expected": e.label, "adapter": labels[p]}
-        for e, p in zip(test_examples[:5], pred[:5], strict=True)
+    report.outputs = [
+        {"row": i, "text": e.text, "expected": e.label, "adapter": labels[p]}
+        for i, (e, p) in enumerate(zip(test_examples, pred, strict=True))
     ]
+    report.samples = [{k: v for k, v in r.items() if k != "row"} for r in report.outputs[:5]]
     return report
 
 

@@ -19,6 +19,7 @@ def report_dict(recipe: Recipe, trained: TrainedAdapter, report: EvaluationRepor
     """Everything evaluation knows, JSON-ready: scores with intervals, baseline, training summary, warnings."""
     data = asdict(report)
     data.pop("predictions")  # one per test row: the confusion matrix and per-class F1 summarise them
+    data.pop("outputs")  # one per test row too: saved beside the report as predictions.json
     data["flat_metrics"] = report.flat_metrics()
     data["gates"] = [
         {
@@ -90,17 +91,36 @@ def figures(trained: TrainedAdapter, report: EvaluationReport) -> dict[str, Figu
 
 
 LOAD_CAUSAL = """```python
+import json
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 base = AutoModelForCausalLM.from_pretrained("BASE_PATH")
 tokenizer = AutoTokenizer.from_pretrained("BASE_PATH")
 model = PeftModel.from_pretrained(base, "ADAPTER_DIR").eval()
-prompt = PROMPT
+contract = json.load(open("ADAPTER_DIR/serving.json"))  # how evaluation asked it: the same for you
+PROMPT_LINE
 ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-out = model.generate(ids, max_new_tokens=24, do_sample=False)
+budget, options = contract["max_new_tokens"], {}
+if contract["decoding"] == "constrained":  # the answer before the separator is one of contract["answers"]
+    eos, sep = tokenizer.eos_token_id, contract["answer_separator"].rstrip()
+    spelled = [tokenizer(a, add_special_tokens=False).input_ids + [eos] for a in contract["answers"]]
+    free = [tokenizer(a + sep, add_special_tokens=False).input_ids for a in contract["answers"]] if sep.strip() else []
+    spelled += free
+    def allowed(row, sequence):  # a token trie of the answers; free once an answer and its separator are written
+        done = sequence[ids.shape[1]:].tolist()
+        if any(done[: len(f)] == f for f in free):
+            return list(range(model.config.vocab_size))
+        return sorted({s[len(done)] for s in spelled if len(s) > len(done) and s[: len(done)] == done}) or [eos]
+    budget, options = max(budget, max(len(s) for s in spelled)), {"prefix_allowed_tokens_fn": allowed}
+out = model.generate(ids, max_new_tokens=budget, do_sample=False, **options)
 print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 ```"""
+PROMPT_TEMPLATE_LINE = 'prompt = contract["prompt_template"].replace("{prompt}", "REQUEST")'
+PROMPT_CHAT_LINE = (
+    'prompt = tokenizer.apply_chat_template([{"role": "user", "content": "REQUEST"}], tokenize=False, '
+    "add_generation_prompt=True)"
+)
 
 LOAD_CLASSIFIER = """```python
 import json, torch
@@ -163,16 +183,14 @@ def model_card(recipe: Recipe, evaluation: dict[str, Any], base_identity: str, b
                 f"{vote['temperature']:g}) carry {vote['weight']:.0%} of each prediction (chosen on validation)\n"
             )
     else:
-        snippet = LOAD_CAUSAL.replace(
-            "PROMPT", repr(recipe.task.prompt_template.replace("{prompt}", "REQUEST"))
+        chat = recipe.data.format == "chat"
+        snippet = LOAD_CAUSAL.replace("PROMPT_LINE", PROMPT_CHAT_LINE if chat else PROMPT_TEMPLATE_LINE)
+        snippet += (
+            "\n\n`serving.json` is the adapter's serving contract: the prompt template, decoding (greedy, or "
+            "constrained to the answers seen in training with the reply after the separator free), answer budget "
+            "and answer set its evaluation used. `adapter-registry serve` applies it to a request's `input`, so "
+            '`{"adapter": NAME, "input": "<the user\'s text>"}` gets the answer evaluation scored.'
         )
-        if recipe.evaluation.decoding == "constrained":
-            snippet += (
-                "\n\nIt was scored with constrained decoding: the part of each answer before the separator may "
-                "only be one of the answers in `answers.json` (pass `prefix_allowed_tokens_fn` to `generate` for "
-                "the same; `adapter-registry serve` does it, and leaves the reply after the separator free). "
-                "The snippet above decodes freely."
-            )
     warnings = "".join(f"- {w}\n" for w in evaluation.get("warnings", [])) or "- none\n"
     return f"""# {recipe.model_name}
 

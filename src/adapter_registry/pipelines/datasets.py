@@ -109,7 +109,8 @@ class ValidationReportDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
 
 
 class AdapterFolderDataset(AbstractDataset[Any, Path]):
-    """Saves a trained adapter (peft files, plus the head for classification) into a folder; loads its path."""
+    """Saves a trained adapter (peft files, the head for classification, the serving contract) into a folder;
+    loads its path."""
 
     def __init__(self, path: str):
         self._path = Path(path)
@@ -119,13 +120,7 @@ class AdapterFolderDataset(AbstractDataset[Any, Path]):
 
         staging = self._path.with_name(self._path.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        causal = trained.task != "sequence_classification"  # a classifier's labels are its head's
-        save_adapter(
-            trained.model,
-            staging,
-            answers=trained.labels if causal else (),
-            separator=trained.answer_separator if causal else "",
-        )
+        save_adapter(trained.model, staging, contract=trained.contract)
         shutil.rmtree(self._path, ignore_errors=True)
         staging.rename(self._path)  # readers never see a half-written adapter
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from adapter_registry.closed import Closed
+from adapter_registry.contract import ServingContract, quantization_name
 from adapter_registry.methods import MethodSpec
 from adapter_registry.recipes.compose import ComposeSpec
 from adapter_registry.vocabulary import ANSWER_SEPARATOR, METRICS, SPLITS, Metric, Split
@@ -409,6 +410,28 @@ class Recipe(Closed):
     @property
     def model_name(self) -> str:
         return self.registration.model_name or self.name
+
+    def serving_contract(self, answers: Sequence[str] = (), labels: Sequence[str] = ()) -> ServingContract:
+        """How requests to this recipe's adapter are rendered and decoded: as its evaluation does.
+
+        ``answers``: the closed answer set constrained decoding chooses from (the training answers); ``labels``: a
+        classifier's labels in head order.
+        """
+        task = self.task
+        quantised = self.method is not None and getattr(self.method, "bits", None) is not None
+        if isinstance(task, CausalLmSftTask):
+            return ServingContract(
+                task=task.type, format=self.data.format,
+                prompt_template=task.prompt_template if self.data.format in ("completion", "alpaca") else "{prompt}",
+                answer_separator=task.answer_field_separator, decoding=self.evaluation.decoding,
+                answers=tuple(answers) if self.evaluation.decoding == "constrained" else (),
+                max_new_tokens=self.evaluation.max_new_tokens,
+                base_quantization=quantization_name(
+                    getattr(self.method, "bits", None), getattr(self.method, "quant_type", "nf4"),
+                    getattr(self.method, "double_quant", False),
+                ) if quantised else "",
+            )  # fmt: skip
+        return ServingContract(task=task.type, format=self.data.format, labels=tuple(labels))
 
     @property
     def max_length(self) -> int:

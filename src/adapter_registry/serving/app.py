@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fastapi import FastAPI, Request, Response  # FastAPI reads route annotations from the module's names
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapter_registry.contract import ContractError, MissingField
@@ -52,7 +53,6 @@ from adapter_registry.serving.tenants import check_tenants, load_tenants
 
 if TYPE_CHECKING:
     import uvicorn
-    from fastapi import FastAPI, Request, Response
 
 __all__ = ["ServeOptions", "build_server", "create_app", "serve"]
 
@@ -146,7 +146,6 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app: syncs with ``source`` at start-up, then every ``poll_seconds`` (or at once on a verified
     registry webhook) in a thread."""
-    from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     service = _Service(
@@ -168,7 +167,8 @@ def create_app(
 
     def poll() -> None:
         while not stop.is_set():
-            service.wake.wait(service.poll_seconds)
+            recheck = service.sync.recheck_in()  # sooner when a stage holder has not settled yet
+            service.wake.wait(service.poll_seconds if recheck is None else min(recheck, service.poll_seconds))
             service.wake.clear()
             if not stop.is_set():
                 service.sync.sync()

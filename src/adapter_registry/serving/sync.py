@@ -115,6 +115,12 @@ class RegistrySync:
     failed: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (version, error) of a load
     last_sync: dt.datetime | None = None
     last_error: str | None = None
+    # a held-back holder is refused only once seen again after settle_seconds: an alias moves a moment before its
+    # promotion's audit event is written, and a webhook (or a poll) can land between the two
+    settle_seconds: float = 2.0
+    unsettled: dict[str, tuple[tuple[int, str], float]] = field(
+        default_factory=dict
+    )  # name -> (held, first seen)
     _unservable: dict[tuple[str, int], str] = field(default_factory=dict)  # files the pool refused
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -144,11 +150,21 @@ class RegistrySync:
                 return
             names = {v.name for v in holders.serve}
             for version in holders.serve:
-                self._apply(version)
+                self._apply(version, held_back=version.name in holders.held_back)
+            now = time.monotonic()
             for name, held in holders.held_back.items():
-                if self.refused.get(name) != held:
+                if self.refused.get(name) == held:
+                    continue
+                first = self.unsettled.get(name)
+                if first is None or first[0] != held:
+                    self.unsettled[name] = (held, now)
+                    log.info("%s/%s holds the stage but is not attested yet: re-checking", name, held[0])
+                elif now - first[1] >= self.settle_seconds:
                     log.warning("refused %s/%s: %s", name, *held)
-                self.refused[name] = held
+                    self.refused[name] = held
+                    del self.unsettled[name]
+            for gone in set(self.unsettled) - set(holders.held_back):
+                del self.unsettled[gone]
             for info in self.pool.adapters():
                 if info.name not in names:
                     self.pool.remove(info.name)
@@ -159,12 +175,21 @@ class RegistrySync:
             self.last_sync = dt.datetime.now(dt.UTC)
             self.last_error = None
 
+    def recheck_in(self) -> float | None:
+        """Seconds until an unsettled stage holder should be looked at again (None: nothing to re-check)."""
+        if not self.unsettled:
+            return None
+        oldest = min(seen for _, seen in self.unsettled.values())
+        return max(0.0, self.settle_seconds - (time.monotonic() - oldest)) + 0.05
+
     def stale(self) -> dict[str, int]:
         """Adapter name -> the stage holder's version, for adapters still served by an older version."""
         pending = {**self.failed, **self.refused}
         return {a.name: pending[a.name][0] for a in self.pool.adapters() if a.name in pending}
 
-    def _apply(self, version: AdapterVersion) -> None:
+    def _apply(self, version: AdapterVersion, held_back: bool = False) -> None:
+        """Serve ``version`` unless refused; ``held_back``: the stage holder is another version, refused by the
+        source (its refusal stays listed while this one serves)."""
         current = next((a for a in self.pool.adapters() if a.name == version.name), None)
         reason = self.refusal(version) or self._unservable.get((version.name, version.version))
         if reason:
@@ -172,7 +197,8 @@ class RegistrySync:
                 log.warning("refused %s: %s (serving %s)", version.ref, reason, _ref(current))
             self.refused[version.name] = (version.version, reason)
             return
-        self.refused.pop(version.name, None)
+        if not held_back:
+            self.refused.pop(version.name, None)
         if current is not None and current.metadata.get("version") == str(version.version):
             return
         started = time.perf_counter()

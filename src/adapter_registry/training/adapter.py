@@ -21,6 +21,7 @@ from peft import get_peft_model, prepare_model_for_kbit_training
 from torch import nn
 
 from adapter_registry.bases.resolve import ResolvedBase
+from adapter_registry.contract import ServingContract
 from adapter_registry.methods import build_peft_config, optimizer_for, step_callback
 from adapter_registry.methods.quantization import quantization_config
 from adapter_registry.recipes.schema import Recipe, TrainingSpec
@@ -61,7 +62,9 @@ class TrainedAdapter:
     trainable_params: int
     total_params: int
     labels: list[str] = field(default_factory=list)
-    answer_separator: str = ""  # causal LM with a closed answer set: what may follow an answer (its reply)
+    contract: ServingContract | None = (
+        None  # how requests are rendered and decoded (serving.json), set by train
+    )
     probe: LinearProbe | None = None
     # classification: validation log-loss of the head alone ("head") and of each neighbour-vote candidate
     neighbour_scores: dict[str, float] = field(default_factory=dict)
@@ -219,7 +222,6 @@ def train_causal_lm(
         trainable,
         total,
         labels=answers,
-        answer_separator=getattr(recipe.task, "answer_field_separator", "") if answers else "",
     )
 
 
@@ -357,4 +359,7 @@ def train_adapter(
     trainer = train_classifier if classifier else train_causal_lm
     trained = trainer(recipe, base, train_examples, val_examples, checkpoint_dir, run_key)
     trained.warnings = warnings + trained.warnings
+    trained.contract = recipe.serving_contract(
+        answers=() if classifier else trained.labels, labels=trained.labels if classifier else ()
+    )
     return trained

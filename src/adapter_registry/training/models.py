@@ -2,15 +2,14 @@
 
 An adapter folder holds what ``peft`` saves (``adapter_config.json``, ``adapter_model.safetensors``) and, for
 classification, the head (``head.safetensors``, ``head_config.json``; ``neighbours.safetensors`` when a neighbour
-vote was chosen: the pooled features and labels of every labelled row), and for a causal LM evaluated with constrained
-decoding, its answer set (``answers.json``): enough to rebuild the exact model with
-transformers + peft alone (see the model card written by ``evaluation.report``).
+vote was chosen: the pooled features and labels of every labelled row), and its serving contract
+(``serving.json``: prompt template, decoding, answer set, answer budget): enough to rebuild the exact model and ask
+it what evaluation asked, with transformers + peft alone (see the model card written by ``evaluation.report``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from adapter_registry.decoding import write_answers
+from adapter_registry.contract import ServingContract
 from adapter_registry.training.heads import HEAD_CONFIG, PooledClassifier, Pooling
 
 
@@ -70,13 +69,9 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_adapter(model: Any, folder: Path | str, answers: Sequence[str] = (), separator: str = "") -> Path:
-    """Write the adapter (and head) into ``folder``; returns it.
-
-    ``answers``: the closed answer set of a causal LM evaluated with constrained decoding, written with the
-    ``separator`` after which an answer goes on (its reply) as ``answers.json``, so that serving decodes it the
-    same way.
-    """
+def save_adapter(model: Any, folder: Path | str, contract: ServingContract | None = None) -> Path:
+    """Write the adapter (and head) into ``folder``, with its serving ``contract`` (``serving.json``: how its
+    evaluation rendered and decoded requests, so that serving does the same); returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PooledClassifier):
@@ -84,8 +79,8 @@ def save_adapter(model: Any, folder: Path | str, answers: Sequence[str] = (), se
         model.save_head(folder)
     else:
         model.save_pretrained(str(folder))
-        if answers:
-            write_answers(folder, answers, separator)
+    if contract is not None:
+        contract.write(folder)
     return folder
 
 

@@ -43,4 +43,5 @@ def compose_adapter_node(
             composed = compose_adapter(parents, base, recipe.task.type, spec)
         except CompositionError as exc:
             raise CompositionError(f"recipe {recipe.name!r}: {exc}\nnothing was registered") from None
+    composed.contract = recipe.serving_contract()
     return composed, composed

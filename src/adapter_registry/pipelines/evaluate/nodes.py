@@ -15,8 +15,9 @@ from adapter_registry.vocabulary import ANSWER_SEPARATOR
 
 def evaluate_adapter_node(
     recipe: Recipe, trained: TrainedAdapter, examples: dict[str, list[Any]]
-) -> tuple[dict[str, Any], dict[str, Figure]]:
-    """The evaluation report (JSON) and its pictures (learning curves; confusion matrix for classifiers)."""
+) -> tuple[dict[str, Any], dict[str, Figure], list[dict[str, Any]]]:
+    """The evaluation report (JSON), its pictures (learning curves; confusion matrix for classifiers) and every
+    scored test row's answer (``predictions.json``: what ``serve`` must answer for the same request)."""
     separator = getattr(recipe.task, "answer_field_separator", ANSWER_SEPARATOR)
     report = evaluate_adapter(trained, examples["test"], recipe.evaluation, recipe.max_length, separator)
-    return report_dict(recipe, trained, report), figures(trained, report)
+    return report_dict(recipe, trained, report), figures(trained, report), report.outputs

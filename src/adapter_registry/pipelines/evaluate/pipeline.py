@@ -1,4 +1,4 @@
-"""Evaluate: adapter + test split → report and figures."""
+"""Evaluate: adapter + test split → report, figures and every test row's answer."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -11,7 +11,7 @@ def create_pipeline() -> Pipeline:
             Node(
                 evaluate_adapter_node,
                 ["recipe", "trained_adapter", "examples"],
-                ["evaluation_report", "evaluation_figures"],
+                ["evaluation_report", "evaluation_figures", "evaluation_predictions"],
                 name="evaluate_adapter_node",
             ),
         ]
