@@ -513,7 +513,6 @@ def answers_for(labels: Sequence[str]) -> dict[str, str]:
 
 
 def run_sft(args: argparse.Namespace, data: LabelledData) -> list[Row]:
-    from benchmarks.label_scoring import label_log_likelihoods, label_token_ids
     from peft import get_peft_model
 
     from adapter_registry.bases.resolve import resolve_reference
@@ -526,6 +525,7 @@ def run_sft(args: argparse.Namespace, data: LabelledData) -> list[Row]:
     from adapter_registry.training.features import sft_features
     from adapter_registry.training.loop import mean_loss
     from adapter_registry.training.models import load_base_model, load_tokenizer
+    from benchmarks.label_scoring import label_log_likelihoods, label_token_ids
 
     base = resolve_reference("smollm2-135m-instruct")
     tokenizer = load_tokenizer(base.path)
@@ -899,10 +899,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quick:
         args.sft_test_per_class = 3
     # import every project module now: a file edited while this runs for an hour cannot break it half-way
-    import benchmarks.label_scoring  # noqa: F401
-
     import adapter_registry.evaluation.evaluate
     import adapter_registry.training.adapter  # noqa: F401
+    import benchmarks.label_scoring  # noqa: F401
 
     rows: list[Row] = []
     try:

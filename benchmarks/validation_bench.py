@@ -24,12 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `datagen`, the demo data's generator, sits beside src/
 
-from datagen import demo, stages  # noqa: E402
-from datagen.jsonl import write_jsonl  # noqa: E402
-
 from adapter_registry.data.formats import read_records  # noqa: E402
 from adapter_registry.environment import offline_defaults  # noqa: E402
 from adapter_registry.recipes.schema import CausalLmSftTask, DataSpec, ExpectationsSpec  # noqa: E402
+from datagen import demo, stages  # noqa: E402
+from datagen.jsonl import write_jsonl  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

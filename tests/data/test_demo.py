@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from datagen import demo, stages
 
 from adapter_registry.data.normalise import normalise_text
+from datagen import demo, stages
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+
 from benchmarks import quality
 from benchmarks.quality_data import BenchmarkInputError, load_labelled
 

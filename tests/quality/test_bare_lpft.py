@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from benchmarks import bare_lpft
 
 LABELS = ["card_arrival", "exchange_rate", "top_up"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from benchmarks.label_scoring import label_log_likelihoods, label_scoring_predictions
 
 PROMPTS = ["### Request:\nmy card has not arrived\n### Answer:\n", "### Request:\nrate?\n### Answer:\n"]

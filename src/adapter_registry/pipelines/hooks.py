@@ -7,7 +7,6 @@ nodes and ended after it; a failed node marks its recipe's run FAILED.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,10 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro.pipeline import Node
 
+from adapter_registry.registry.store import default_tracking_uri
+
 EXPERIMENT = "adapter-registry"
 REPORTING_ROOT = "data/08_reporting"  # unless parameters.yml sets reporting_root
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 class MlflowRecipeHooks:
@@ -41,7 +38,7 @@ class MlflowRecipeHooks:
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         import mlflow
 
-        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_tracking_uri(default_tracking_uri())
         mlflow.set_experiment(EXPERIMENT)
         self._runs.clear()
         self._registrations.clear()

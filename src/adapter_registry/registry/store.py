@@ -66,6 +66,12 @@ def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
     return name, version, None
 
 
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else ``sqlite:///<cwd>/mlflow.db`` (what the CLI, ``serve`` and ``kedro run``
+    use)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
 # ------------------------------------------------------------------------------------------------ store
 class AdapterStore:
     """Registered adapters in one MLflow tracking store (sqlite file or ``http://`` server)."""
@@ -80,9 +86,8 @@ class AdapterStore:
 
     @classmethod
     def from_env(cls) -> AdapterStore:
-        """MLFLOW_TRACKING_URI if set, else ``sqlite:///<cwd>/mlflow.db``."""
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-        return cls(uri)
+        """The store at :func:`default_tracking_uri`."""
+        return cls(default_tracking_uri())
 
     def __repr__(self) -> str:
         return f"AdapterStore({self.tracking_uri!r})"
