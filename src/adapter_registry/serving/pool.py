@@ -14,9 +14,12 @@ batch × adapter size while a mixed request runs.
 Replacing an adapter loads it under a new slot, swaps the name → slot mapping under the lock, then drops the
 old slot: a request sees the old adapter or the new one, never half of one.
 
-An adapter saved with a closed answer set (``answers.json``: its recipe was evaluated with constrained decoding)
-is decoded over the same answer set here: its rows of a batch may only start with one of its answers (and go
-on freely after the recipe's separator, ``category | reply``), other rows decode freely.
+Each adapter is served under its serving contract (``serving.json``, see ``contract``): a request's raw input is
+rendered by the contract of the version that generates it, under the same lock, and its answer budget is the
+contract's. An adapter whose recipe was evaluated with constrained decoding is decoded over the same answer set:
+its rows of a batch may only start with one of its answers (and go on freely after the recipe's separator,
+``category | reply``), other rows decode freely. A base loaded quantised (``quantization``) serves only adapters
+evaluated on that quantisation, and a full-precision base only full-precision ones.
 
 A prompt that, with the tokens it may generate, does not fit the base's context window (or the pool's
 ``max_prompt_tokens``) is refused with :class:`PromptTooLong` before anything runs: nothing is truncated silently.
