@@ -26,28 +26,53 @@ class RecipeError(ValueError):
         super().__init__("\n".join(f"{prefix}{p}" for p in problems))
 
 
-def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
-    """Map each key path in a YAML document to its 1-based line number."""
-    lines: dict[tuple[str | int, ...], int] = {}
+def _keys(text: str) -> list[tuple[tuple[str | int, ...], int]]:
+    """Every key path of a YAML document (list items too) with its 1-based line, in document order."""
+    found: list[tuple[tuple[str | int, ...], int]] = []
 
     def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 sub = (*path, key.value)
-                lines[sub] = key.start_mark.line + 1
+                found.append((sub, key.start_mark.line + 1))
                 walk(value, sub)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                lines[(*path, i)] = item.start_mark.line + 1
+                found.append(((*path, i), item.start_mark.line + 1))
                 walk(item, (*path, i))
 
     try:
         root = yaml.compose(text)
     except yaml.YAMLError:
-        return lines
+        return found
     if root is not None:
         walk(root, ())
-    return lines
+    return found
+
+
+def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each key path in a YAML document to its 1-based line number."""
+    return dict(_keys(text))
+
+
+def _duplicate_keys(text: str) -> list[str]:
+    """A problem per key given twice in one mapping (PyYAML would keep the last one silently); the keys inside a
+    duplicated block are not reported again."""
+    first: dict[tuple[str | int, ...], int] = {}
+    problems: list[str] = []
+    duplicated: list[tuple[str | int, ...]] = []
+    for path, line in _keys(text):
+        if any(path[: len(d)] == d for d in duplicated):
+            continue
+        if path in first:
+            duplicated.append(path)
+            key = ".".join(str(p) for p in path)
+            problems.append(
+                f"line {line}: {key}: duplicated key (first given on line {first[path]}). Fix: keep one of the two"
+            )
+        else:
+            first[path] = line
+    return problems
 
 
 def _tag(model: type[BaseModel]) -> Any:
@@ -149,6 +174,9 @@ def load_recipe(path: Path | str) -> Recipe:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RecipeError(path, [f"not valid YAML: {exc}".replace("\n", " ")]) from None
+    duplicates = _duplicate_keys(text)
+    if duplicates:
+        raise RecipeError(path, duplicates)
     return parse_recipe(data, path, text)
 
 
@@ -159,19 +187,51 @@ def recipe_paths(root: Path | str = ".") -> list[Path]:
 
 
 def load_recipes(root: Path | str = ".") -> dict[str, Recipe]:
-    """All recipes of a project, by name; every broken file is reported at once."""
+    """All recipes of a project, by name; every broken file is reported at once.
+
+    Besides each file's own checks: NAME.yaml beside NAME.yml (which one would run?) and two recipes registering
+    the same model (their versions would interleave in one registered model) are refused, naming both files.
+    """
     recipes: dict[str, Recipe] = {}
+    paths: dict[str, Path] = {}
     problems: list[str] = []
     for path in recipe_paths(root):
+        if path.stem in paths:
+            twin = paths[path.stem]
+            problems.append(f"{twin} and {path}: two recipes named {path.stem!r}. Fix: delete or rename one")
+            continue
+        paths[path.stem] = path
         try:
             recipe = load_recipe(path)
         except RecipeError as exc:
             problems.extend(f"{exc.path}: {p}" for p in exc.problems)
             continue
         recipes[recipe.name] = recipe
+    problems.extend(_shared_model_names(recipes, paths))
     if problems:
         raise RecipeError("", problems)
     return recipes
+
+
+def _shared_model_names(recipes: dict[str, Recipe], paths: dict[str, Path]) -> list[str]:
+    """A problem for each recipe whose registered model name another recipe registers too (reported on the one
+    that names it explicitly, the later file when both do)."""
+    owner: dict[str, str] = {}
+    problems = []
+    for name in sorted(recipes, key=lambda n: (recipes[n].registration.model_name is not None, paths[n])):
+        model = recipes[name].model_name
+        if model not in owner:
+            owner[model] = name
+            continue
+        path = paths[name]
+        lines = _key_lines(path.read_text(encoding="utf-8"))
+        line = lines.get(("registration", "model_name")) or lines.get(("name",))
+        key = "registration.model_name" if ("registration", "model_name") in lines else "name"
+        problems.append(
+            f"{path}: line {line}: {key}: {model!r} is registered by {paths[owner[model]]} too. "
+            "Fix: give each recipe its own registration.model_name"
+        )
+    return problems
 
 
 def recipe_hash(recipe: Recipe) -> str:
