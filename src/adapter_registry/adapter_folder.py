@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,22 @@ def missing_files(folder: Path | str) -> list[str]:
     if weights_file(folder) is None:
         missing.append(" or ".join(WEIGHT_FILES))
     return missing
+
+
+def symlinks(folder: Path | str) -> list[str]:
+    """Relative POSIX paths of every symbolic link below ``folder``, sorted; links are listed, never followed.
+
+    Registration refuses a folder that holds any (it would upload the link's target, anything on the machine) and
+    ``pull`` refuses to write where one points.
+    """
+    folder = Path(folder)
+    found = []
+    for root, dirs, files in os.walk(folder):  # followlinks=False: a linked folder is listed, not entered
+        for name in (*dirs, *files):
+            path = Path(root) / name
+            if path.is_symlink():
+                found.append(path.relative_to(folder).as_posix())
+    return sorted(found)
 
 
 def weights_file(folder: Path | str) -> Path | None:

@@ -187,3 +187,45 @@ def test_sqlite_fast_path_equals_mlflow_search(store: AdapterStore, adapter_dir:
     assert [(v.name, v.version) for v in store.list_versions(base_model="other-base")] == [
         (mv.name, int(mv.version)) for mv in filtered
     ]
+
+
+def test_symbolic_links_in_the_adapter_folder_are_refused(
+    store: AdapterStore, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """``register`` would upload a link's target (a private key, a whole folder) as if it were the adapter's."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "id_rsa").write_text("PRIVATE KEY\n")
+    (adapter_dir / "notes.txt").symlink_to(outside / "id_rsa")
+    with pytest.raises(
+        RegistryError, match=r"adapter_dir '.*adapter' holds symbolic links: notes.txt\. Fix"
+    ) as info:
+        register(store, adapter_dir)
+    assert info.value.code == "INVALID_ADAPTER"
+    (adapter_dir / "notes.txt").unlink()
+    (adapter_dir / "extra").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(RegistryError, match=r"holds symbolic links: extra\. Fix"):
+        register(store, adapter_dir)
+    (adapter_dir / "extra").unlink()
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "key").symlink_to(outside / "id_rsa")
+    with pytest.raises(
+        RegistryError, match=r"artifact 'reports': '.*reports' holds symbolic links: key\. Fix"
+    ):
+        register(store, adapter_dir, artifacts={"reports": reports})
+    _assert_nothing_registered(store)
+
+
+def test_pull_never_writes_through_a_symbolic_link(
+    store: AdapterStore, adapter_dir: Path, tmp_path: Path
+) -> None:
+    register(store, adapter_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dest = tmp_path / "pulled"
+    dest.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(RegistryError, match=r"destination '.*pulled' is a symbolic link\. Fix") as info:
+        store.pull("support_sft_lora/1", dest)
+    assert info.value.code == "INVALID_INPUT"
+    assert list(elsewhere.iterdir()) == []

@@ -1,7 +1,7 @@
 """What a registration must be given, checked before anything is created, and the tags its version carries.
 
 Pure checks of the inputs of ``AdapterStore.register_adapter``: the model name, the adapter folder (its required
-files, see ``adapter_folder``, and file names a tag key can hold), tags, metrics and extra artifacts. A problem is a
+files and no symbolic link, see ``adapter_folder``, and file names a tag key can hold), tags, metrics and extra artifacts. A problem is a
 ``RegistryError`` naming the input; nothing has been written yet when it is raised.
 """
 
@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from adapter_registry.adapter_folder import missing_files
+from adapter_registry.adapter_folder import missing_files, symlinks
 from adapter_registry.checksums import sha256_folder
 from adapter_registry.registry.entities import ADAPTER_ARTIFACT, RegistryError, Tag
 
@@ -55,6 +55,7 @@ def _check_name(model_name: str) -> None:
 def _check_adapter_dir(adapter_dir: Path) -> dict[str, str]:
     if not adapter_dir.is_dir():
         raise RegistryError("INVALID_ADAPTER", f"adapter_dir {str(adapter_dir)!r} is not a folder")
+    _refuse_links(f"adapter_dir {str(adapter_dir)!r}", adapter_dir, "INVALID_ADAPTER")
     missing = missing_files(adapter_dir)
     if missing:
         raise RegistryError("INVALID_ADAPTER", f"adapter_dir {str(adapter_dir)!r} lacks {', '.join(missing)}")
@@ -91,3 +92,15 @@ def _check_inputs(
             )
         if not Path(path).exists():
             raise RegistryError("INVALID_INPUT", f"artifact {name!r}: {str(path)!r} does not exist")
+        if Path(path).is_dir():
+            _refuse_links(f"artifact {name!r}: {str(path)!r}", Path(path), "INVALID_INPUT")
+
+
+def _refuse_links(what: str, folder: Path, code: str) -> None:
+    links = symlinks(folder)
+    if links:
+        raise RegistryError(
+            code,
+            f"{what} holds symbolic links: {', '.join(links)}. Fix: registering would upload their targets; "
+            "copy the files in (cp -L) or remove the links",
+        )

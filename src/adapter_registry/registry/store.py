@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from adapter_registry.adapter_folder import symlinks
 from adapter_registry.checksums import checksum_problem, sha256_folder
 from adapter_registry.registry.entities import (
     ADAPTER_ARTIFACT,
@@ -436,9 +437,16 @@ class AdapterStore:
     def pull(self, ref: str, dest: Path) -> AdapterVersion:
         """Download ``ref``'s adapter into ``dest`` after checking every file against the registered sha256.
 
-        The files are downloaded beside ``dest`` first; on any mismatch nothing is left in ``dest``.
+        The files are downloaded beside ``dest`` first; on any mismatch nothing is left in ``dest``. A ``dest`` that
+        is a symbolic link, or a download holding one, is refused: pull never writes where a link points.
         """
         dest = Path(dest)
+        if dest.is_symlink():
+            raise RegistryError(
+                "INVALID_INPUT",
+                f"destination {str(dest)!r} is a symbolic link. Fix: pull into a real folder (pull never writes "
+                "where a link points)",
+            )
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise RegistryError(
                 "INVALID_INPUT", f"destination {str(dest)!r} exists and is not an empty folder"
@@ -453,7 +461,9 @@ class AdapterStore:
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pull-", dir=dest.parent))
         try:
             folder = self.download_adapter(version, staging)
-            problem = checksum_problem(sha256_folder(folder), expected)
+            links = symlinks(folder)
+            problem = f"it holds symbolic links: {', '.join(links)}" if links else None
+            problem = problem or checksum_problem(sha256_folder(folder), expected)
             if problem:
                 raise RegistryError("CORRUPTED", f"pull of {version.ref} refused: {problem}")
             dest.mkdir(exist_ok=True)
