@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from adapter_registry.environment import offline_defaults
+from adapter_registry.environment import network_defaults, offline_defaults
 
 if TYPE_CHECKING:
     from adapter_registry.registry.entities import AdapterVersion, StageChange
@@ -50,6 +50,11 @@ def _root(
 ) -> None:
     _state["tracking_uri"] = tracking_uri
     offline_defaults()  # before any command imports mlflow, peft or transformers
+    try:
+        network_defaults()  # an unreachable server fails within $ADAPTER_REGISTRY_TIMEOUT, not MLflow's ~4 min
+    except ValueError as exc:
+        _error_line(str(exc))
+        raise typer.Exit(1) from None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr keeps to one line
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout keeps to --json
 
@@ -61,6 +66,13 @@ def _store() -> AdapterStore:
     return AdapterStore(uri) if uri else AdapterStore.from_env()
 
 
+def _error_line(message: str) -> None:
+    """``error: <message>`` on stderr, one line, with any credentials inside a URI masked."""
+    from adapter_registry.registry.errors import mask_credentials
+
+    typer.echo(f"error: {mask_credentials(message)}", err=True)
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     """One line on stderr and exit 1 for every registry (or input) error."""
@@ -69,7 +81,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except RegistryError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
+        _error_line(exc.message)
         raise typer.Exit(1) from None
 
 
@@ -297,7 +309,7 @@ def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: Js
             "events": [e.to_dict() for e in trail.events]}  # fmt: skip
     _emit(as_json, data, lambda: _events_table(trail.events, f"audit trail of {name}"))
     if problems:
-        typer.echo(f"error: audit of {name!r} does not check out: {'; '.join(problems)}", err=True)
+        _error_line(f"audit of {name!r} does not check out: {'; '.join(problems)}")
         raise typer.Exit(1)
 
 
@@ -457,7 +469,7 @@ def compat(
 
     _emit(as_json, report.to_dict(), render)
     if report.exit_code:
-        typer.echo(f"error: {report.outcome}: {report.reason}", err=True)
+        _error_line(f"{report.outcome}: {report.reason}")
         raise typer.Exit(report.exit_code)
 
 
@@ -544,7 +556,7 @@ def serve(
         with _errors():
             run_server(base, options)
     except (TenantsError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        _error_line(str(exc))
         raise typer.Exit(1) from None
 
 
@@ -580,7 +592,7 @@ def reproduce(
                 log=lambda msg: typer.echo(msg, err=True),
             )  # fmt: skip
     except ReproduceError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
+        _error_line(exc.message)
         raise typer.Exit(1) from None
 
     def render() -> None:
@@ -612,7 +624,7 @@ def reproduce(
 
     _emit(as_json, report.to_dict(), render)
     if not report.passed:
-        typer.echo(f"error: {report.version} did not reproduce: {report.reason}", err=True)
+        _error_line(f"{report.version} did not reproduce: {report.reason}")
         raise typer.Exit(3)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapter_registry.registry.entities import PROMOTION_STAGES, RegistryError
+from adapter_registry.registry.errors import unreachable
 
 DEFAULT_POLICY_PATH = Path("conf/base/promotion_policy.yml")
 
@@ -82,10 +84,12 @@ def authenticated_user(tracking_uri: str) -> str | None:
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
     url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/users/current"
+    timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 10)  # the CLI derives it from its budget
+    started = time.monotonic()
     try:
-        response = requests.get(url, auth=(user, password or "") if user else None, timeout=10)
+        response = requests.get(url, auth=(user, password or "") if user else None, timeout=timeout)
     except requests.RequestException as exc:
-        raise RegistryError("BACKEND", f"tracking server {tracking_uri!r} unreachable: {exc}") from exc
+        raise unreachable(url, time.monotonic() - started, exc, "asking who the user is") from exc
     if response.status_code == 404:
         return None
     if response.status_code == 401:

@@ -34,7 +34,7 @@ from adapter_registry.registry.entities import (
     RegistryError,
     Tag,
 )
-from adapter_registry.registry.errors import lookup, mlflow_errors
+from adapter_registry.registry.errors import lookup, mask_credentials, mlflow_errors
 from adapter_registry.registry.registration import check_registration, version_tags_of
 from adapter_registry.registry.search import VersionFilter, quote, search_mlflow, search_sqlite
 
@@ -91,7 +91,7 @@ class AdapterStore:
         return cls(default_tracking_uri())
 
     def __repr__(self) -> str:
-        return f"AdapterStore({self.tracking_uri!r})"
+        return f"AdapterStore({mask_credentials(self.tracking_uri)!r})"
 
     # -------------------------------------------------------------------------------------- register
     def register_adapter(
@@ -131,7 +131,8 @@ class AdapterStore:
             if isinstance(exc, RegistryError):
                 raise
             raise RegistryError(
-                "REGISTRATION_FAILED", f"registering {model_name!r} from {str(adapter_dir)!r} failed: {exc}"
+                "REGISTRATION_FAILED",
+                mask_credentials(f"registering {model_name!r} from {str(adapter_dir)!r} failed: {exc}"),
             ) from exc
         if started_run:
             with mlflow_errors(f"closing run {run_id}"):

@@ -20,6 +20,7 @@ def compose_adapter_node(
     """
     from adapter_registry.composition import CompositionError, Parent, compose_adapter
     from adapter_registry.registry.entities import RegistryError
+    from adapter_registry.registry.errors import mask_credentials
     from adapter_registry.registry.store import AdapterStore
 
     del examples
@@ -33,7 +34,7 @@ def compose_adapter_node(
                 version = store.pull(wanted.version, Path(tmp) / str(i))
             except RegistryError as exc:
                 raise CompositionError(
-                    f"recipe {recipe.name!r}: parent {wanted.version} cannot be pulled from {store.tracking_uri}: "
+                    f"recipe {recipe.name!r}: parent {wanted.version} cannot be pulled from {mask_credentials(store.tracking_uri)}: "
                     f"{exc}; nothing was composed or registered"
                 ) from None
             parents.append(
