@@ -83,6 +83,9 @@ def test_kedro_run_trains_evaluates_merges_and_registers(
     assert sft.tags[Tag.BASE_FINGERPRINT] == describe_folder(tiny_llama).fingerprint
     assert sft.tags[Tag.data_md5("train")] and sft.tags[Tag.data_path("test")].endswith("test.jsonl")
     assert sft.tags[Tag.library("peft")] == "0.21.2" and len(sft.tags[Tag.RECIPE_HASH]) == 64
+    assert (
+        sft.tags[Tag.REGISTRATION_ID] == f"{sft.tags[Tag.RECIPE_HASH][:16]}:{sft.run_id}"
+    )  # a retry finds it
     assert float(sft.tags[Tag.MERGE_PARITY]) < 1e-4 < float(sft.tags[Tag.MERGE_VS_BASE])
     assert Tag.sha256("adapter_model.safetensors") in sft.tags and Tag.sha256("README.md") in sft.tags
     assert {"exact_match", "base.exact_match", "loss", "base.loss", "beats_base"} <= set(sft.metrics)

@@ -56,6 +56,7 @@ class Tag:
     COMPOSE_TYPE = "ar.compose.combination_type"  # linear, cat, svd, ties, dare_ties, ...
     COMPOSE_DENSITY = "ar.compose.density"  # share kept by ties/dare/magnitude_prune ("" when not used)
     RUN_ID = "ar.run_id"
+    REGISTRATION_ID = "ar.registration.id"  # the caller's name for the registration; on its run too
 
     @staticmethod
     def data_path(split: str) -> str:
@@ -88,6 +89,14 @@ class Tag:
     def base_metric(name: str) -> str:
         """The base model's (or the baseline's) score on the same rows."""
         return f"ar.metric.base.{name}"
+
+
+class RunTag:
+    """Tags ``register_adapter`` puts on the run it uploads into, so that a registration killed part-way is found."""
+
+    STATE = "ar.registration.state"  # uploading, then registered | failed | abandoned (its process died)
+    HOST = "ar.registration.host"  # where the registering process ran
+    PID = "ar.registration.pid"  # its process id on that host
 
 
 STAGES = ("candidate", "staging", "production", "archived")

@@ -17,6 +17,7 @@ from adapter_registry.registry.entities import ADAPTER_ARTIFACT, RegistryError, 
 
 _SAFE_RELATIVE_PATH = re.compile(r"^[\w.\- /]+$")  # what MLflow accepts in a tag key
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,255}$")
+_REGISTRATION_ID = re.compile(r"^[\w.\-:/]{1,250}$")
 
 
 def check_registration(
@@ -25,23 +26,37 @@ def check_registration(
     tags: Mapping[str, str],
     metrics: Mapping[str, float],
     artifacts: Mapping[str, Path],
+    registration_id: str | None = None,
 ) -> dict[str, str]:
     """Refuse bad inputs; returns the sha256 of every adapter file (relative path -> hex)."""
     _check_name(model_name)
+    if registration_id is not None and not (
+        isinstance(registration_id, str) and _REGISTRATION_ID.fullmatch(registration_id)
+    ):
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"registration_id {registration_id!r} must be 1 to 250 letters, digits, '_', '-', '.', ':' or '/'",
+        )
     checksums = _check_adapter_dir(adapter_dir)
     _check_inputs(tags, metrics, artifacts)
     return checksums
 
 
 def version_tags_of(
-    tags: Mapping[str, str], checksums: Mapping[str, str], metrics: Mapping[str, float], run_id: str
+    tags: Mapping[str, str],
+    checksums: Mapping[str, str],
+    metrics: Mapping[str, float],
+    run_id: str,
+    registration_id: str | None = None,
 ) -> dict[str, str]:
-    """The tags of a new version: the caller's, the files' sha256, the metrics and the run (its stage is an alias)."""
+    """The tags of a new version: the caller's, the files' sha256, the metrics, the run and the caller's
+    registration id (its stage is an alias)."""
     return {
         **dict(tags),
         **{Tag.sha256(path): digest for path, digest in checksums.items()},
         **{Tag.metric(name): repr(float(value)) for name, value in metrics.items()},
         Tag.RUN_ID: run_id,
+        **({Tag.REGISTRATION_ID: registration_id} if registration_id else {}),
     }
 
 
@@ -77,7 +92,8 @@ def _check_inputs(
     reserved = [
         k
         for k in tags
-        if k.startswith((Tag.sha256(""), Tag.metric(""))) or k in (Tag.STAGE, Tag.ARCHIVED, Tag.RUN_ID)
+        if k.startswith((Tag.sha256(""), Tag.metric("")))
+        or k in (Tag.STAGE, Tag.ARCHIVED, Tag.RUN_ID, Tag.REGISTRATION_ID)
     ]
     if reserved:
         raise RegistryError("INVALID_INPUT", f"tags {reserved} are written by the store; leave them out")

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -32,6 +34,7 @@ from adapter_registry.registry.entities import (
     STAGES,
     AdapterVersion,
     RegistryError,
+    RunTag,
     Tag,
 )
 from adapter_registry.registry.errors import lookup, mask_credentials, mlflow_errors
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["ALIAS_EVENTS", "AdapterStore", "RegistryError", "parse_ref"]
 
 ALIAS_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")  # what moves a stage
+log = logging.getLogger(__name__)
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -71,6 +75,22 @@ def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else ``sqlite:///<cwd>/mlflow.db`` (what the CLI, ``serve`` and ``kedro run``
     use)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _abandoned(tags: Mapping[str, str], registration_id: str | None) -> bool:
+    """A run tagged by a registration that is over: retried under its id, or its process on this host is gone."""
+    if registration_id and tags.get(Tag.REGISTRATION_ID) == registration_id:
+        return True
+    pid = tags.get(RunTag.PID, "")
+    if tags.get(RunTag.HOST) != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: is there such a process?
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: alive
+        return False
+    return False
 
 
 # ------------------------------------------------------------------------------------------------ store
@@ -103,17 +123,32 @@ class AdapterStore:
         artifacts: Mapping[str, Path] | None = None,
         run_id: str | None = None,
         description: str = "",
+        registration_id: str | None = None,
     ) -> AdapterVersion:
         """Log an adapter folder into a run, check the upload, and register it as a ``candidate`` version.
 
         All or nothing: when a step fails after something was created, the version (and the registered model
-        if this call created it) is deleted again and a RegistryError is raised.
+        if this call created it) is deleted again and a RegistryError is raised. A process killed part-way cannot
+        undo anything; so the run is tagged while the registration is under way (``RunTag``), and every
+        registration first marks FAILED the runs such a killed registration left RUNNING
+        (``fail_dead_registrations``).
+
+        ``registration_id`` is the caller's name for this registration, recorded on the version: a retry with the
+        same id returns the version an earlier attempt registered (giving it the ``candidate`` alias when the
+        attempt died before, and no newer version holds it) instead of registering a second one, so a caller that
+        never heard back may simply call again.
         """
         adapter_dir = Path(adapter_dir)
         artifacts = dict(artifacts or {})
-        checksums = check_registration(model_name, adapter_dir, tags, metrics, artifacts)
+        checksums = check_registration(model_name, adapter_dir, tags, metrics, artifacts, registration_id)
+        self.fail_dead_registrations(registration_id)
+        if registration_id:
+            found = self.find_registration(model_name, registration_id)
+            if found is not None:
+                return self._finish_found(found)
         run_id, started_run = self._resolve_run(run_id)
-        version_tags = version_tags_of(tags, checksums, metrics, run_id)
+        self._mark_run(run_id, "uploading", registration_id)
+        version_tags = version_tags_of(tags, checksums, metrics, run_id, registration_id)
         created_model = False
         version: str | None = None
         try:
@@ -125,6 +160,8 @@ class AdapterStore:
             self._finalise_version(model_name, version)
         except Exception as exc:
             self._undo_registration(model_name, version, created_model)
+            with contextlib.suppress(Exception):
+                self._mark_run(run_id, "failed")
             if started_run:
                 with contextlib.suppress(Exception):
                     self._client.set_terminated(run_id, status="FAILED")
@@ -134,10 +171,51 @@ class AdapterStore:
                 "REGISTRATION_FAILED",
                 mask_credentials(f"registering {model_name!r} from {str(adapter_dir)!r} failed: {exc}"),
             ) from exc
+        self._mark_run(run_id, "registered")
         if started_run:
             with mlflow_errors(f"closing run {run_id}"):
                 self._client.set_terminated(run_id, status="FINISHED")
         return self.get_version(model_name, int(version))
+
+    def find_registration(self, model_name: str, registration_id: str) -> AdapterVersion | None:
+        """The version of ``model_name`` registered with ``registration_id``, or None."""
+        found = self.list_versions(name=model_name, tag_equals={Tag.REGISTRATION_ID: registration_id})
+        return min(found, key=lambda v: v.version) if found else None
+
+    def _finish_found(self, found: AdapterVersion) -> AdapterVersion:
+        """An earlier attempt's version: give it ``candidate`` when that attempt died before (it holds no alias, was
+        never archived, and no newer version is candidate)."""
+        if found.aliases or found.tags.get(Tag.ARCHIVED) == "true":
+            return found
+        holder = self.holder(found.name, "candidate")
+        if holder is not None and holder.version > found.version:
+            return found
+        self._finalise_version(found.name, str(found.version))
+        return self.get_version(found.name, found.version)
+
+    def fail_dead_registrations(self, registration_id: str | None = None) -> list[str]:
+        """Mark FAILED (state ``abandoned``) every RUNNING run whose registration was killed part-way; their ids.
+
+        A registration is dead when its process ran on this host and is gone, or when it carries
+        ``registration_id``: the caller retrying that id says the earlier attempt is over. Registrations of other
+        hosts' live-or-unknown processes are left alone.
+        """
+        from mlflow.entities import ViewType
+
+        where = f"attributes.status = 'RUNNING' and tags.`{RunTag.STATE}` = 'uploading'"
+        with mlflow_errors("looking for runs of killed registrations"):
+            experiments = [e.experiment_id for e in self._client.search_experiments(view_type=ViewType.ALL)]
+            runs = self._client.search_runs(experiments, where, max_results=1000) if experiments else []
+        dead = [r for r in runs if _abandoned(dict(r.data.tags), registration_id)]
+        for run in dead:
+            with mlflow_errors(f"marking run {run.info.run_id} of a killed registration FAILED"):
+                self._client.set_tag(run.info.run_id, RunTag.STATE, "abandoned")
+                self._client.set_terminated(run.info.run_id, status="FAILED")
+            log.warning(
+                "run %s: its registration (process %s on %s) was killed part-way; marked FAILED",
+                run.info.run_id, run.data.tags.get(RunTag.PID), run.data.tags.get(RunTag.HOST),
+            )  # fmt: skip
+        return [r.info.run_id for r in dead]
 
     # The steps below are separate methods so each can be replaced in a test to inject a failure.
     def _resolve_run(self, run_id: str | None) -> tuple[str, bool]:
@@ -154,6 +232,18 @@ class AdapterStore:
         with mlflow_errors(f"starting a run in experiment {DEFAULT_EXPERIMENT!r}"):
             experiment_id = self._experiment_id(DEFAULT_EXPERIMENT)
             return self._client.create_run(experiment_id).info.run_id, True
+
+    def _mark_run(self, run_id: str, state: str, registration_id: str | None = None) -> None:
+        """Say on the run where the registration stands (and, when it starts, which process on which host runs it
+        and with which registration id)."""
+        from mlflow.entities import RunTag as MlflowRunTag
+
+        tags = {RunTag.STATE: state}
+        if state == "uploading":
+            tags |= {RunTag.HOST: socket.gethostname(), RunTag.PID: str(os.getpid())}
+            tags |= {Tag.REGISTRATION_ID: registration_id} if registration_id else {}
+        with mlflow_errors(f"tagging run {run_id} ({RunTag.STATE} = {state})"):
+            self._client.log_batch(run_id, tags=[MlflowRunTag(k, v) for k, v in tags.items()])
 
     def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException

@@ -3,7 +3,8 @@
 The node gathers the lineage facts from its inputs as plain values (``lineage_facts``); ``registry.lineage``
 turns them into tags (and reads them back); the store registers all or nothing
 (``AdapterStore.register_adapter``): the files are uploaded and checked before the version exists, and any
-failure removes what was created.
+failure removes what was created. The registration id (recipe hash + run id) lets a retry find the version an
+interrupted attempt registered.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def register_adapter_node(
             str(merged_folder.resolve()) if merged_folder else "",
         )
     )
+    registration_id = _registration_id(recipe)
     version = AdapterStore.from_env().register_adapter(
         model_name=recipe.model_name,
         adapter_dir=adapter_folder,
@@ -110,6 +112,7 @@ def register_adapter_node(
         metrics=evaluation["flat_metrics"],
         artifacts={"recipe.yaml": resolved, "reports": reports},
         description=recipe.description,
+        registration_id=registration_id,
     )
     metric = evaluation["task_metric"]
     return {
@@ -118,6 +121,7 @@ def register_adapter_node(
         "version": version.version,
         "stage": version.stage,
         "run_id": version.run_id,
+        "registration_id": registration_id,
         "method": tags[Tag.METHOD],
         "trainable_share": trained.trainable_share,
         "task_metric": metric,
@@ -126,6 +130,16 @@ def register_adapter_node(
         "beats_base": evaluation["beats_base"],
         "warnings": evaluation.get("warnings", []),
     }
+
+
+def _registration_id(recipe: Recipe) -> str | None:
+    """``<recipe hash>:<run id>`` of the recipe's MLflow run (the hooks' active run): the same for every attempt to
+    register this run's adapter, so a retry finds the version instead of registering it twice. None without a run
+    (the store then starts one)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    return f"{recipe_hash(recipe)[:16]}:{active.info.run_id}" if active is not None else None
 
 
 def register_merged_adapter_node(
