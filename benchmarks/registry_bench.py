@@ -117,6 +117,9 @@ def bulk_load(db: Path, models: int, versions: int, template: Any) -> None:
                              "status": "READY", "description": ""})  # fmt: skip
                 tags = {
                     **version_tags(m, v, rng),
+                    **{
+                        Tag.sha256(path): digest for path, digest in template.checksums.items()
+                    },  # promote checks
                     Tag.STAGE: stage_of(v, versions),
                     Tag.RUN_ID: template.run_id,
                 }

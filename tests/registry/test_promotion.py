@@ -176,3 +176,59 @@ def test_audit_detects_deleted_and_rewritten_events(store: AdapterStore, adapter
         "event 1 was rewritten or the chain before it was broken",
         "event 2 was deleted in MLflow (kept here, marked unverified)",
     )
+
+
+def _stored(store: AdapterStore, version: int) -> Path:
+    """The folder holding the registered files of ``version`` (a local artifact store)."""
+    return Path(store.get_version(NAME, version).source.removeprefix("file://"))
+
+
+def test_promotion_verifies_every_file_and_refuses_tampered_or_deleted_ones(
+    store: AdapterStore, adapter_dir: Path
+) -> None:
+    for _ in range(3):
+        add(store, adapter_dir)
+    weights = _stored(store, 1) / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x07")
+    (_stored(store, 2) / "README.md").unlink()
+    import shutil
+
+    shutil.rmtree(_stored(store, 3))
+    expected = {
+        1: r"file 'adapter_model.safetensors' has sha256 \w+…, registered \w+…",
+        2: r"file 'README.md' is missing",
+        3: r"file '[\w.]+' is missing|its files cannot be downloaded",
+    }
+    for version, problem in expected.items():
+        with pytest.raises(
+            RegistryError, match=rf"promotion of {NAME}/{version} to staging refused: {problem}"
+        ) as info:
+            promote(store, f"{NAME}/{version}", "staging", force=True, reason="gates do not cover bytes")
+        assert info.value.code == "CORRUPTED"
+    assert stages(store) == {1: "candidate", 2: "candidate", 3: "candidate"}  # nothing moved
+    refusals = AuditLog(store).read(NAME).events
+    assert [(e.action, e.version) for e in refusals] == [("refused", 1), ("refused", 2), ("refused", 3)]
+    assert "adapter_model.safetensors" in refusals[0].reason and "README.md" in refusals[1].reason
+
+
+def test_rollback_verifies_the_files_too(store: AdapterStore, adapter_dir: Path) -> None:
+    add(store, adapter_dir)
+    add(store, adapter_dir)
+    for version in (1, 2):
+        promote(store, f"{NAME}/{version}", "staging")
+        promote(store, f"{NAME}/{version}", "production")
+    (_stored(store, 1) / "adapter_config.json").write_text("{}")
+    with pytest.raises(
+        RegistryError, match=rf"rollback of {NAME}/1 to production refused: file 'adapter_config.json'"
+    ):
+        promotion.rollback(store, NAME, "production", policy=OPEN, actor=ME)
+    assert store.holder(NAME, "production").version == 2
+
+
+def test_a_version_without_a_base_fingerprint_is_not_promoted(store: AdapterStore, adapter_dir: Path) -> None:
+    add(store, adapter_dir, **{Tag.BASE_FINGERPRINT: ""})
+    with pytest.raises(
+        RegistryError, match=rf"promotion of {NAME}/1 to staging refused: no base fingerprint"
+    ):
+        promote(store, f"{NAME}/1", "staging", force=True, reason="try")
+    assert AuditLog(store).read(NAME).events[-1].action == "refused"

@@ -221,3 +221,25 @@ def test_registry_webhooks_with_a_bad_signature_are_ignored(server, caplog):
     assert forged.status_code == 404  # this server registered no webhook: nothing is accepted
     assert httpx.get(f"{server}/health").json()["webhooks"] == {"accepted": 0, "rejected": 1}
     assert "registry webhook ignored" in caplog.text
+
+
+def test_health_is_degraded_and_names_a_stage_holder_that_cannot_be_loaded(registry, tiny_base, adapters):
+    """Files tampered with after the promotion: a (re)started server cannot load that adapter, and says so."""
+    from fastapi.testclient import TestClient
+
+    from adapter_registry.serving.app import create_app
+    from adapter_registry.serving.sync import RegistrySource
+
+    fingerprint = describe_folder(tiny_base).fingerprint
+    register(registry, "alpha", adapters["alpha"], fingerprint)
+    register(registry, "beta", adapters["beta"], fingerprint)
+    weights = (
+        Path(registry.get_version("beta", 1).source.removeprefix("file://")) / "adapter_model.safetensors"
+    )
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    pool = AdapterPool.from_pretrained(tiny_base, fingerprint=fingerprint)
+    with TestClient(create_app(pool, RegistrySource(registry), poll_seconds=60)) as client:
+        health = client.get("/health").json()
+    assert (health["status"], health["adapters"]) == ("degraded", 1)
+    assert [(u["name"], u["version"]) for u in health["unloadable"]] == [("beta", 1)]
+    assert "adapter_model.safetensors" in health["unloadable"][0]["error"]

@@ -78,9 +78,9 @@ def test_a_corrupted_new_version_leaves_the_old_one_serving(sync, registry, adap
     put(registry, "alpha", adapters["alpha"], fp)
     sync.sync()
     v2 = registry.register_adapter("alpha", adapters["beta"], tags={Tag.BASE_FINGERPRINT: fp}, metrics={})
+    attest(registry, "alpha", v2.version)  # promotion checks the files: they are tampered with after it
     weights = next(tmp_path.rglob(f"{v2.run_id}/artifacts/adapter/adapter_model.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")  # the registered sha256 no longer matches
-    attest(registry, "alpha", v2.version)
     with caplog.at_level(logging.ERROR, logger="adapter_registry.serving"):
         sync.sync()
     assert served(sync) == {"alpha": "1"}

@@ -1,9 +1,10 @@
 """Stages and gates: ``candidate → staging → production``, ``archived`` for replaced versions, and rollback.
 
-A promotion checks the gates (each reported pass/fail), the who-may-promote policy, then moves the stage's
+A promotion checks the who-may-promote policy, the gates (each reported pass/fail) and the files (every one
+downloaded and checked against its registered sha256, and a base fingerprint recorded), then moves the stage's
 alias, archives the version it replaces and appends one event to the audit trail. ``--force`` skips failing
-gates (never the policy), needs a reason and is audited as forced. A promotion refused by the policy or by a
-failing gate is audited too (action ``refused``, with the gate results). Rollback replays the audit trail of the
+gates (never the policy or the files), needs a reason and is audited as forced. A promotion refused by the
+policy, a failing gate or the files is audited too (action ``refused``, with the gate results). Rollback replays the audit trail of the
 stage to find the version that held it before.
 """
 
@@ -19,6 +20,7 @@ from adapter_registry.registry.entities import (
     GateResult,
     RegistryError,
     StageChange,
+    Tag,
 )
 from adapter_registry.registry.lineage import gates_of, must_beat_base
 from adapter_registry.registry.policy import Actor, PromotionPolicy, load_policy
@@ -95,6 +97,35 @@ def _check_policy(
     raise RegistryError("PERMISSION_DENIED", f"{action} of {version.ref} to {to} refused: {refusal}")
 
 
+def _check_files(
+    store: AdapterStore,
+    audit: AuditLog,
+    actor: Actor,
+    version: AdapterVersion,
+    to: str,
+    reason: str,
+    action: str,
+) -> None:
+    """Refuse (audited; ``--force`` does not override it) a version whose files are not what was registered, or
+    that records no base fingerprint: what a stage holds is what the server loads."""
+    problem: str | None
+    if not version.base_fingerprint:
+        problem = f"no base fingerprint recorded ({Tag.BASE_FINGERPRINT}): nothing says which base it was trained on"
+    else:
+        problem = store.files_problem(version)
+    if problem is None:
+        return
+    audit.append(
+        StageChange(
+            model=version.name, version=version.version, from_stage=version.stage, to_stage=to, who=actor.user,
+            when=dt.datetime.now(dt.UTC), reason=f"files: {problem}" + (f"; asked: {reason}" if reason else ""),
+            action="refused",
+        )
+    )  # fmt: skip
+    code = "INVALID_STATE" if not version.base_fingerprint else "CORRUPTED"
+    raise RegistryError(code, f"{action} of {version.ref} to {to} refused: {problem}")
+
+
 def promote(
     store: AdapterStore,
     ref: str,
@@ -132,6 +163,7 @@ def promote(
             )
         )  # fmt: skip
         raise RegistryError("GATE_FAILED", f"promotion of {version.ref} to {to} refused: {listing}")
+    _check_files(store, audit, actor, version, to, reason, "promotion")
 
     previous_alias = store.holder(version.name, version.stage) if version.stage != "archived" else None
     left_alias = previous_alias is not None and previous_alias.version == version.version
@@ -246,6 +278,7 @@ def rollback(
             )
         )  # fmt: skip
         raise RegistryError("GATE_FAILED", f"rollback of {name}@{stage} to {target.ref} refused: {listing}")
+    _check_files(store, audit, actor, target, stage, reason, "rollback")
     store.set_stage(name, target.version, stage)
     if current is not None and current.version != target.version:
         store.set_stage(name, current.version, "archived")

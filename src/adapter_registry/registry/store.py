@@ -77,6 +77,14 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def _files_problem(folder: Path, expected: Mapping[str, str]) -> str | None:
+    """What is wrong with downloaded files against the registered sha256 (a symbolic link among them too)."""
+    links = symlinks(folder)
+    if links:
+        return f"it holds symbolic links: {', '.join(links)}"
+    return checksum_problem(sha256_folder(folder), expected)
+
+
 def _abandoned(tags: Mapping[str, str], registration_id: str | None) -> bool:
     """A run tagged by a registration that is over: retried under its id, or its process on this host is gone."""
     if registration_id and tags.get(Tag.REGISTRATION_ID) == registration_id:
@@ -525,6 +533,22 @@ class AdapterStore:
                 )
             )
 
+    def files_problem(self, version: AdapterVersion) -> str | None:
+        """Download the version's files into a temporary folder and check every one against its registered sha256,
+        as ``pull`` does: the first problem (a file missing, changed or not registered; files that cannot be
+        downloaded; no checksums registered), or None when every file is as registered. A server that cannot be
+        reached or refuses access raises instead."""
+        if not version.checksums:
+            return "no checksums are registered for its files"
+        with tempfile.TemporaryDirectory(prefix="adapter-verify-") as tmp:
+            try:
+                folder = self.download_adapter(version, Path(tmp))
+            except RegistryError as exc:
+                if exc.code in ("UNREACHABLE", "PERMISSION_DENIED", "UNAUTHENTICATED"):
+                    raise
+                return f"its files cannot be downloaded: {exc.message}"
+            return _files_problem(folder, version.checksums)
+
     def pull(self, ref: str, dest: Path) -> AdapterVersion:
         """Download ``ref``'s adapter into ``dest`` after checking every file against the registered sha256.
 
@@ -552,9 +576,7 @@ class AdapterStore:
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pull-", dir=dest.parent))
         try:
             folder = self.download_adapter(version, staging)
-            links = symlinks(folder)
-            problem = f"it holds symbolic links: {', '.join(links)}" if links else None
-            problem = problem or checksum_problem(sha256_folder(folder), expected)
+            problem = _files_problem(folder, expected)
             if problem:
                 raise RegistryError("CORRUPTED", f"pull of {version.ref} refused: {problem}")
             dest.mkdir(exist_ok=True)

@@ -5,7 +5,7 @@
                               or, instead of "input", "prompt": an already-templated prompt sent as it is
     GET  /v1/adapters         what is served (name, version, digest, contract) and what was refused, with why
     POST /v1/registry/events  the tracking server's signed webhook: an alias moved, re-sync now
-    GET  /health
+    GET  /health              ok, or degraded (a failed registry poll; a stage holder that cannot be loaded, named)
 
 ``input`` is rendered by the adapter's serving contract (``serving.json``, saved with it: the prompt template or
 chat template, decoding, answer set, answer budget its evaluation used), so a served answer is the evaluated one.
@@ -301,9 +301,13 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
+        """``degraded`` when the last registry poll failed or a stage holder cannot be loaded (named in
+        ``unloadable``: its files failed their sha256 check, or could not be fetched)."""
         sync = service.sync
+        unloadable = [{"name": n, "version": v, "error": e} for n, (v, e) in sorted(sync.failed.items())]
         return {
-            "status": "ok" if sync.last_error is None else "degraded",
+            "status": "ok" if sync.last_error is None and not unloadable else "degraded",
+            "unloadable": unloadable,
             "base": service.base,
             "adapters": len(pool),
             "last_sync": sync.last_sync.isoformat(timespec="seconds") if sync.last_sync else None,
