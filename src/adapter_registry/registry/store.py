@@ -149,7 +149,12 @@ class AdapterStore:
         adapter_dir = Path(adapter_dir)
         artifacts = dict(artifacts or {})
         checksums = check_registration(model_name, adapter_dir, tags, metrics, artifacts, registration_id)
-        self.fail_dead_registrations(registration_id)
+        try:
+            self.fail_dead_registrations(registration_id)
+        except RegistryError as exc:  # cleaning up after a dead registration must not stop this one
+            if exc.code == "UNREACHABLE":
+                raise
+            log.warning("could not look for runs of killed registrations: %s", exc.message)
         if registration_id:
             found = self.find_registration(model_name, registration_id)
             if found is not None:
@@ -214,16 +219,22 @@ class AdapterStore:
         with mlflow_errors("looking for runs of killed registrations"):
             experiments = [e.experiment_id for e in self._client.search_experiments(view_type=ViewType.ALL)]
             runs = self._client.search_runs(experiments, where, max_results=1000) if experiments else []
-        dead = [r for r in runs if _abandoned(dict(r.data.tags), registration_id)]
-        for run in dead:
-            with mlflow_errors(f"marking run {run.info.run_id} of a killed registration FAILED"):
-                self._client.set_tag(run.info.run_id, RunTag.STATE, "abandoned")
-                self._client.set_terminated(run.info.run_id, status="FAILED")
+        failed = []
+        for run in (r for r in runs if _abandoned(dict(r.data.tags), registration_id)):
+            run_id, tags = run.info.run_id, run.data.tags
+            try:
+                with mlflow_errors(f"marking run {run_id} of a killed registration FAILED"):
+                    self._client.set_tag(run_id, RunTag.STATE, "abandoned")
+                    self._client.set_terminated(run_id, status="FAILED")
+            except RegistryError as exc:  # e.g. another user's run on a server with auth: leave it
+                log.warning("run %s of a killed registration is left RUNNING: %s", run_id, exc.message)
+                continue
             log.warning(
                 "run %s: its registration (process %s on %s) was killed part-way; marked FAILED",
-                run.info.run_id, run.data.tags.get(RunTag.PID), run.data.tags.get(RunTag.HOST),
+                run_id, tags.get(RunTag.PID), tags.get(RunTag.HOST),
             )  # fmt: skip
-        return [r.info.run_id for r in dead]
+            failed.append(run_id)
+        return failed
 
     # The steps below are separate methods so each can be replaced in a test to inject a failure.
     def _resolve_run(self, run_id: str | None) -> tuple[str, bool]:
