@@ -213,11 +213,16 @@ class AdapterStore:
         ``registration_id``: the caller retrying that id says the earlier attempt is over. Registrations of other
         hosts' live-or-unknown processes are left alone.
         """
-        from mlflow.entities import ViewType
-
         where = f"attributes.status = 'RUNNING' and tags.`{RunTag.STATE}` = 'uploading'"
         with mlflow_errors("looking for runs of killed registrations"):
-            experiments = [e.experiment_id for e in self._client.search_experiments(view_type=ViewType.ALL)]
+            experiments: list[str] = []
+            token = None
+            while True:
+                page = self._client.search_experiments(max_results=1000, page_token=token)
+                experiments += [e.experiment_id for e in page]
+                token = page.token
+                if not token:
+                    break
             runs = self._client.search_runs(experiments, where, max_results=1000) if experiments else []
         failed = []
         for run in (r for r in runs if _abandoned(dict(r.data.tags), registration_id)):
