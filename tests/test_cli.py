@@ -153,6 +153,7 @@ def test_the_cli_has_no_command_that_edits_history() -> None:
         "show",
         "promote",
         "rollback",
+        "retire",
         "audit",
         "history",
         "lineage",

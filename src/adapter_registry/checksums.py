@@ -42,3 +42,9 @@ def checksum_problem(got: Mapping[str, str], expected: Mapping[str, str]) -> str
         if got[path] != expected[path]:
             return f"file {path!r} has sha256 {got[path][:12]}…, registered {expected[path][:12]}…"
     return None
+
+
+def files_digest(checksums: Mapping[str, str]) -> str:
+    """``sha256:<hex>`` over ``path:sha256`` of every file: one identity for a whole folder's contents."""
+    lines = "".join(f"{path}:{checksums[path]}\n" for path in sorted(checksums))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()

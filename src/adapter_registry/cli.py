@@ -291,6 +291,25 @@ def rollback(
 
 
 @app.command()
+def retire(
+    name: Annotated[str, typer.Argument(help="adapter name")],
+    stage: Annotated[str, typer.Option(help="the stage to empty")] = "production",
+    reason: Annotated[str, typer.Option(help="why (required)")] = "",
+    policy: PolicyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Take a stage away from its holder (archived; `serve` stops serving it): audited, with a reason."""
+    from adapter_registry.registry import promotion
+    from adapter_registry.registry.policy import load_policy
+
+    with _errors():
+        event = promotion.retire(_store(), name, stage, reason=reason, policy=load_policy(policy))
+    _emit(
+        as_json, event.to_dict(), lambda: _events_table([event], f"{name}@{stage} retired (v{event.version})")
+    )
+
+
+@app.command()
 def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: JsonOpt = False) -> None:
     """The append-only history of stage changes, and who holds each stage; exits 1 when the history was tampered
     with or a stage is held by a version that no audited promotion placed there."""

@@ -53,6 +53,38 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "classification": ("text",),
 }
 OPTIONAL_FIELDS = {"alpaca": ("input",)}
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def chat_problem(messages: Any, ends_with: str = "assistant") -> str | None:
+    """Why ``messages`` is not a valid chat (None when it is): optional system, then user/assistant turns
+    alternating, the last one ``ends_with`` (a training record ends with the answer; a request with the question).
+    """
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list of {role, content} objects"
+    roles: list[str] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            return f"message {i} must be an object with 'role' and 'content'"
+        if m["role"] not in CHAT_ROLES:
+            return f"message {i} has role {m['role']!r}; use one of {', '.join(CHAT_ROLES)}"
+        if not isinstance(m["content"], str):
+            return f"message {i} content must be a string"
+        if m["role"] == "assistant" and not m["content"].strip():
+            return f"message {i} is an empty assistant turn"
+        roles.append(m["role"])
+    turns = roles[1:] if roles[0] == "system" else roles
+    for i, role in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            offset = len(roles) - len(turns)
+            return (
+                f"roles out of order: message {i + offset} is {role!r} where {expected!r} belongs "
+                f"(order: {' → '.join(roles)}; expected optional system, then user/assistant alternating)"
+            )
+    if turns[-1:] != [ends_with]:
+        return f"the chat must end with {'an' if ends_with == 'assistant' else 'a'} {ends_with} turn (order: {' → '.join(roles)})"
+    return None
 
 
 class ContractError(ValueError):
@@ -74,7 +106,10 @@ def fill_template(template: str, prompt: str) -> str:
 
 def chat_prompt(messages: Sequence[Mapping[str, str]], tokenizer: Any) -> str:
     """The base's chat template rendering ``messages``, ending where the assistant's answer starts."""
-    return str(tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
+    try:
+        return str(tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
+    except Exception as exc:  # jinja2's TemplateError and friends: the template refuses these messages
+        raise ContractError(f"the base's chat template refuses these messages: {exc}") from exc
 
 
 def render_prompt(fmt: str, template: str, record: Mapping[str, Any], tokenizer: Any = None) -> str:
@@ -111,6 +146,8 @@ class ServingContract:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # the answer budget evaluation used (a longer answer is cut)
     stop: str = "eos"  # generation stops at the base's end-of-sequence token (or the budget)
     base_quantization: str = ""  # "" (full precision) or how the base was quantised when scored, e.g. "nf4"
+    max_prompt_tokens: int | None = None  # training's max_length: longer prompts were never trained or scored
+    system_message: str = ""  # chat: the system turn every training conversation began with ("" if none)
     labels: tuple[str, ...] = ()  # a classifier's labels, in head order
     contract_version: int = CONTRACT_VERSION
     missing: tuple[str, ...] = field(default=(), compare=False)  # what a legacy folder lacks (not saved)
@@ -137,9 +174,17 @@ class ServingContract:
                 f"this adapter was registered without a serving contract ({CONTRACT_FILE}: no "
                 f"{', '.join(self.missing)}), so 'input' cannot be rendered; send the full prompt as 'prompt'"
             )
+        if self.format == "text":
+            raise ContractError(
+                "a text-format adapter continues free text and was evaluated from an empty prompt: send the text "
+                "to continue as 'prompt'"
+            )
         if isinstance(value, str):
+            if not value.strip():
+                raise ContractError("'input' is empty")
             if self.format == "chat":
-                return {"messages": [{"role": "user", "content": value}]}
+                system = [{"role": "system", "content": self.system_message}] if self.system_message else []
+                return {"messages": [*system, {"role": "user", "content": value}]}
             return {self.fields[0]: value}
         if not isinstance(value, Mapping):
             raise ContractError(f"'input' must be a string or an object of {list(self.fields)}")
@@ -158,29 +203,18 @@ class ServingContract:
                 f"'input' has field(s) {unknown} that the {self.format} template does not use; "
                 f"its fields: {list(self.fields)}"
             )
-        bad = [n for n in self.fields if n in value and n != "messages" and not isinstance(value[n], str)]
-        if bad:
-            raise ContractError(f"'input' field(s) {bad} must be strings")
-        if "messages" in value:
-            self._check_messages(value["messages"])
-        return dict(value)
-
-    @staticmethod
-    def _check_messages(messages: Any) -> None:
-        ok = (
-            isinstance(messages, list)
-            and messages
-            and all(
-                isinstance(m, Mapping)
-                and isinstance(m.get("role"), str)
-                and isinstance(m.get("content"), str)
-                for m in messages
-            )
-        )
-        if not ok:
-            raise ContractError("'input.messages' must be a non-empty list of {role, content} strings")
-        if messages[-1]["role"] != "user":
-            raise ContractError("'input.messages' must end with a user turn: the adapter answers it")
+        record = {n: ("" if value.get(n) is None and n in OPTIONAL_FIELDS.get(self.format, ()) else value[n])
+                  for n in self.fields if n in value}  # fmt: skip
+        for name, given in record.items():
+            if name == "messages":
+                problem = chat_problem(given, ends_with="user")
+                if problem:
+                    raise ContractError(f"'input.messages': {problem}")
+            elif not isinstance(given, str):
+                raise ContractError(f"'input.{name}' must be a string, got {type(given).__name__}")
+            elif not given.strip() and name not in OPTIONAL_FIELDS.get(self.format, ()):
+                raise ContractError(f"'input.{name}' is empty (training refuses empty fields too)")
+        return record
 
     def render(self, value: str | Mapping[str, Any], tokenizer: Any = None) -> str:
         """The prompt for a request's ``input``, rendered as evaluation rendered its test rows."""

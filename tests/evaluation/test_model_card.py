@@ -71,12 +71,17 @@ def test_classifier_card_snippet_gives_the_trained_models_logits(
         assert not torch.allclose(expected, head_only.log_softmax(-1), atol=1e-3)
 
 
-@pytest.mark.parametrize("decoding", ["greedy", "constrained"])
+@pytest.mark.parametrize(
+    ("decoding", "method"), [("greedy", "lora"), ("constrained", "lora"), ("greedy", "qlora")]
+)
 def test_causal_card_snippet_generates_what_evaluation_generates(
-    decoding: str, tiny_llama: Path, sft_data: Path, tmp_path: Path
+    decoding: str, method: str, tiny_llama: Path, sft_data: Path, tmp_path: Path
 ) -> None:
     raw = sft_recipe(tiny_llama, sft_data)
     raw["evaluation"]["decoding"] = decoding
+    raw["method"]["type"] = method  # qlora: the card loads the base 4-bit, as it was evaluated
+    if method == "qlora":
+        raw["merge"]["enabled"] = False
     recipe = parse_recipe(raw)
     train_examples, val_examples, test_examples = splits(raw)
     trained = train_adapter(recipe, describe_folder(tiny_llama), train_examples, val_examples)

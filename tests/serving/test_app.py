@@ -243,3 +243,30 @@ def test_health_is_degraded_and_names_a_stage_holder_that_cannot_be_loaded(regis
     assert (health["status"], health["adapters"]) == ("degraded", 1)
     assert [(u["name"], u["version"]) for u in health["unloadable"]] == [("beta", 1)]
     assert "adapter_model.safetensors" in health["unloadable"][0]["error"]
+
+
+def test_an_adapter_whose_production_alias_no_promotion_placed_is_refused_409(server, registry, adapters):
+    """Production set with MLflow's own client on an adapter never promoted: nothing attested, nothing served."""
+    from mlflow import MlflowClient
+
+    fingerprint = next(iter(httpx.get(f"{server}/v1/adapters").json()["adapters"]))["fingerprint"]
+    version = registry.register_adapter(
+        "gamma",
+        adapters["rs"],
+        tags={Tag.BASE_FINGERPRINT: fingerprint, Tag.TASK: "causal_lm_sft"},
+        metrics={},
+    )
+    MlflowClient(registry.tracking_uri).set_registered_model_alias(
+        "gamma", "production", str(version.version)
+    )
+    deadline = time.time() + 30
+    while not any(r["name"] == "gamma" for r in httpx.get(f"{server}/v1/adapters").json()["refused"]):
+        assert time.time() < deadline, "the unattested holder was not refused (it settles for 2 s first)"
+        time.sleep(0.2)
+    answer = generate(server, adapter="gamma")
+    assert answer.status_code == 409
+    assert (
+        "version 1 is refused: gamma@production is held by version 1, which no audited"
+        in answer.json()["detail"]
+    )
+    assert answer.json()["detail"].endswith("nothing attested to serve")

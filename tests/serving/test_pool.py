@@ -314,3 +314,22 @@ def test_base_with_its_own_tokenizer_pads_left(tmp_path):
     assert pool.tokenizer.pad_token_id is not None
     with pytest.raises(PoolError, match="2 prompts but 1 adapter names"):
         pool.generate(["a", "b"], [None])
+
+
+def test_the_contract_decides_the_base_precision_and_the_longest_input(pool, adapters, tmp_path):
+    from adapter_registry.serving.pool import Input
+
+    quantised = Path(shutil.copytree(adapters["alpha"], tmp_path / "q"))
+    ServingContract(task="causal_lm_sft", format="completion", base_quantization="nf4-dq").write(quantised)
+    with pytest.raises(PoolError, match=r"evaluated on the base in nf4-dq and this server runs it in full "
+                                        r"precision: .*started with --quantization nf4-dq"):  # fmt: skip
+        pool.add("q", quantised)
+    short = Path(shutil.copytree(adapters["alpha"], tmp_path / "short"))
+    ServingContract(task="causal_lm_sft", format="completion", max_prompt_tokens=4).write(short)
+    pool.add("short", short)
+    assert pool.generate([Input("a b c")], ["short"], max_new_tokens=2)[0].prompt == "a b c"
+    with pytest.raises(PromptTooLong, match="trained and evaluated on examples of at most 4"):
+        pool.generate([Input("a b c d e")], ["short"], max_new_tokens=2)
+    assert (
+        pool.generate(["a b c d e"], ["short"], max_new_tokens=2)[0].new_tokens == 2
+    )  # an explicit prompt is sent as is

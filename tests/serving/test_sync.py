@@ -10,11 +10,15 @@ import pytest
 
 from adapter_registry.bases.resolve import describe_folder
 from adapter_registry.registry.entities import Tag
+from adapter_registry.registry.policy import Actor, PromotionPolicy
+from adapter_registry.registry.promotion import retire
 from adapter_registry.registry.store import AdapterStore
 from adapter_registry.serving.pool import AdapterPool
 from adapter_registry.serving.sync import RegistrySource, RegistrySync
 
 from .conftest import attest
+
+OPEN, TESTER = PromotionPolicy(enforce="never"), Actor("tester", False)
 
 
 @pytest.fixture
@@ -98,7 +102,7 @@ def test_adapters_leaving_the_stage_are_unloaded(sync, registry, adapters):
     put(registry, "beta", adapters["beta"], fp)
     sync.sync()
     assert served(sync) == {"alpha": "1", "beta": "1"}
-    registry.drop_alias("beta", "production")
+    retire(registry, "beta", "production", reason="tenant left", policy=OPEN, actor=TESTER)
     sync.sync()
     assert served(sync) == {"alpha": "1"}
 

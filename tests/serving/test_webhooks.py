@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -88,10 +89,24 @@ def test_an_alias_move_reaches_serve_by_webhook_without_polling(
             "X-MLflow-Signature": sign("guessed", "d9", stamp, PAYLOAD), "X-MLflow-Timestamp": stamp,
             "X-MLflow-Delivery-Id": "d9"})  # fmt: skip
         assert forged.status_code == 401 and "signature does not match" in forged.json()["detail"]
+        secret = _app_state(server).webhook_secret  # the secret serve registered: a genuine delivery, sent twice
+        signed = {"X-MLflow-Signature": sign(secret, "d10", stamp, PAYLOAD), "X-MLflow-Timestamp": stamp,
+                  "X-MLflow-Delivery-Id": "d10"}  # fmt: skip
+        first = httpx.post(f"{url}/v1/registry/events", content=PAYLOAD, headers=signed)
+        again = httpx.post(f"{url}/v1/registry/events", content=PAYLOAD, headers=signed)
+        assert first.status_code == 202 and again.status_code == 401 and "a replay" in again.json()["detail"]
     finally:
         server.should_exit = True
         thread.join(timeout=30)
     assert _webhooks(store) == []  # serve removed its webhook on shutdown
+
+
+def _app_state(server: object) -> Any:
+    """The service behind a started uvicorn server (uvicorn wraps our FastAPI app in its middleware)."""
+    app = server.config.loaded_app  # type: ignore[attr-defined]
+    while not hasattr(app, "state"):
+        app = app.app
+    return app.state.service
 
 
 def _webhooks(store: AdapterStore) -> list:

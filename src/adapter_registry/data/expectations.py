@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from adapter_registry.contract import fill_template
-from adapter_registry.data.formats import chat_problem
+from adapter_registry.contract import chat_problem, fill_template
 from adapter_registry.data.normalise import normalise_text
 from adapter_registry.vocabulary import SPLITS
 

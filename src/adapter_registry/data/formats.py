@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from adapter_registry.contract import chat_prompt, render_prompt
+from adapter_registry.contract import chat_problem, chat_prompt, render_prompt
 
 SftFormat = Literal["alpaca", "chat", "completion", "text"]
 SFT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -27,7 +27,6 @@ SFT_FIELDS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
     "chat": ("messages",),
 }
-CHAT_ROLES = ("system", "user", "assistant")
 
 
 class DataError(ValueError):
@@ -117,6 +116,7 @@ class SftExample:
     """A training text as ordered segments; the loss is on the segments whose flag is True."""
 
     segments: tuple[tuple[str, bool], ...]
+    system: str | None = None  # chat: the conversation's system turn, if it has one
 
     @property
     def prompt(self) -> str:
@@ -155,35 +155,6 @@ def _string(record: dict[str, Any], field: str, where: str, *, allow_empty: bool
     if not allow_empty and not value.strip():
         raise DataError(f"{where}: field {field!r} is empty; fill it or drop the row")
     return value
-
-
-def chat_problem(messages: Any) -> str | None:
-    """Why ``messages`` is not a valid chat (None when it is): optional system, then user/assistant turns."""
-    if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list of {role, content} objects"
-    roles: list[str] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            return f"message {i} must be an object with 'role' and 'content'"
-        if m["role"] not in CHAT_ROLES:
-            return f"message {i} has role {m['role']!r}; use one of {', '.join(CHAT_ROLES)}"
-        if not isinstance(m["content"], str):
-            return f"message {i} content must be a string"
-        if m["role"] == "assistant" and not m["content"].strip():
-            return f"message {i} is an empty assistant turn"
-        roles.append(m["role"])
-    turns = roles[1:] if roles[0] == "system" else roles
-    for i, role in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if role != expected:
-            offset = len(roles) - len(turns)
-            return (
-                f"roles out of order: message {i + offset} is {role!r} where {expected!r} belongs "
-                f"(order: {' → '.join(roles)}; expected optional system, then user/assistant alternating)"
-            )
-    if turns[-1:] != ["assistant"]:
-        return f"the chat must end with an assistant turn (order: {' → '.join(roles)})"
-    return None
 
 
 def _chat_segments(
@@ -266,6 +237,9 @@ def to_sft_examples(
             if problem:
                 raise DataError(f"{where}: {problem}")
             segments = _chat_segments(record["messages"], tokenizer, where)
+            first = record["messages"][0]
+            examples.append(SftExample(segments, first["content"] if first["role"] == "system" else None))
+            continue
         examples.append(SftExample(segments))
     return examples
 

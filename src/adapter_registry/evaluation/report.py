@@ -92,13 +92,21 @@ def figures(trained: TrainedAdapter, report: EvaluationReport) -> dict[str, Figu
 
 LOAD_CAUSAL = """```python
 import json
+import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-base = AutoModelForCausalLM.from_pretrained("BASE_PATH")
+contract = json.load(open("ADAPTER_DIR/serving.json"))  # how evaluation asked it: the same for you
+quantized = contract["base_quantization"]  # "" or e.g. "nf4-dq": the base it was evaluated on (bitsandbytes)
+bnb = None
+if quantized == "int8":
+    bnb = BitsAndBytesConfig(load_in_8bit=True)
+elif quantized:
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantized.split("-")[0],
+                             bnb_4bit_use_double_quant=quantized.endswith("-dq"), bnb_4bit_compute_dtype=torch.float32)
+base = AutoModelForCausalLM.from_pretrained("BASE_PATH", quantization_config=bnb)
 tokenizer = AutoTokenizer.from_pretrained("BASE_PATH")
 model = PeftModel.from_pretrained(base, "ADAPTER_DIR").eval()
-contract = json.load(open("ADAPTER_DIR/serving.json"))  # how evaluation asked it: the same for you
 PROMPT_LINE
 ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
 budget, options = contract["max_new_tokens"], {}
@@ -118,7 +126,8 @@ print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 ```"""
 PROMPT_TEMPLATE_LINE = 'prompt = contract["prompt_template"].replace("{prompt}", "REQUEST")'
 PROMPT_CHAT_LINE = (
-    'prompt = tokenizer.apply_chat_template([{"role": "user", "content": "REQUEST"}], tokenize=False, '
+    'system = [{"role": "system", "content": contract["system_message"]}] if contract["system_message"] else []\n'
+    'prompt = tokenizer.apply_chat_template([*system, {"role": "user", "content": "REQUEST"}], tokenize=False, '
     "add_generation_prompt=True)"
 )
 

@@ -411,11 +411,13 @@ class Recipe(Closed):
     def model_name(self) -> str:
         return self.registration.model_name or self.name
 
-    def serving_contract(self, answers: Sequence[str] = (), labels: Sequence[str] = ()) -> ServingContract:
+    def serving_contract(
+        self, answers: Sequence[str] = (), labels: Sequence[str] = (), system_message: str = ""
+    ) -> ServingContract:
         """How requests to this recipe's adapter are rendered and decoded: as its evaluation does.
 
         ``answers``: the closed answer set constrained decoding chooses from (the training answers); ``labels``: a
-        classifier's labels in head order.
+        classifier's labels in head order; ``system_message``: the system turn every training chat began with.
         """
         task = self.task
         quantised = self.method is not None and getattr(self.method, "bits", None) is not None
@@ -425,7 +427,8 @@ class Recipe(Closed):
                 prompt_template=task.prompt_template if self.data.format in ("completion", "alpaca") else "{prompt}",
                 answer_separator=task.answer_field_separator, decoding=self.evaluation.decoding,
                 answers=tuple(answers) if self.evaluation.decoding == "constrained" else (),
-                max_new_tokens=self.evaluation.max_new_tokens,
+                max_new_tokens=self.evaluation.max_new_tokens, max_prompt_tokens=self.max_length,
+                system_message=system_message,
                 base_quantization=quantization_name(
                     getattr(self.method, "bits", None), getattr(self.method, "quant_type", "nf4"),
                     getattr(self.method, "double_quant", False),

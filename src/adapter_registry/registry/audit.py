@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 
+from adapter_registry.checksums import files_digest
 from adapter_registry.registry.entities import PROMOTION_STAGES, AuditTag, StageChange
 from adapter_registry.registry.stages import StageCheck, check_stages
 from adapter_registry.registry.store import AdapterStore
@@ -81,7 +82,10 @@ class AuditLog:
         """Each promotion stage of ``model``: its alias holder checked against the trail (``registry.stages``)."""
         trail = trail or self.read(model)
         holders = {s: self.store.holder(model, s) for s in PROMOTION_STAGES}
-        return check_stages(model, {s: v.version if v else None for s, v in holders.items()}, trail.events)
+        return check_stages(
+            model, {s: v.version if v else None for s, v in holders.items()}, trail.events,
+            digests={s: files_digest(v.checksums) for s, v in holders.items() if v is not None},
+        )  # fmt: skip
 
     @staticmethod
     def _trail(model: str, runs: list[tuple[dict[str, str], bool]]) -> AuditTrail:

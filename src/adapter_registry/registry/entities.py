@@ -298,20 +298,24 @@ class StageChange:
     when: _dt.datetime
     reason: str = ""
     forced: bool = False
-    action: str = "promote"  # promote | rollback | archive | refused
+    action: str = "promote"  # promote | rollback | retire | refused
     gates: tuple[GateResult, ...] = ()
     replaced_version: int | None = None  # the version that held to_stage before and was archived
     seq: int = 0
     verified: bool = True  # False when the audit chain does not check out at this event
+    digest: str = ""  # files_digest of the version's registered files when it was placed ("" in older events)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "model": self.model, "version": self.version, "from_stage": self.from_stage,
             "to_stage": self.to_stage, "who": self.who, "when": self.when.isoformat(),
             "reason": self.reason, "forced": self.forced, "action": self.action,
             "gates": [g.to_dict() for g in self.gates], "replaced_version": self.replaced_version,
             "seq": self.seq, "verified": self.verified,
         }  # fmt: skip
+        if self.digest:  # only when recorded: an older event's JSON (and so its hash) stays what it was
+            data["digest"] = self.digest
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageChange:
@@ -322,7 +326,7 @@ class StageChange:
             action=data.get("action", "promote"),
             gates=tuple(GateResult(**g) for g in data.get("gates", [])),
             replaced_version=data.get("replaced_version"), seq=int(data.get("seq", 0)),
-            verified=bool(data.get("verified", True)),
+            verified=bool(data.get("verified", True)), digest=str(data.get("digest", "")),
         )  # fmt: skip
 
 

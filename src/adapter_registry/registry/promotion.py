@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 
+from adapter_registry.checksums import files_digest
 from adapter_registry.registry.audit import AuditLog
 from adapter_registry.registry.entities import (
     PROMOTION_STAGES,
@@ -29,10 +30,15 @@ from adapter_registry.registry.store import AdapterStore
 
 
 def evaluate_gates(
-    version: AdapterVersion, to: str, serving: AdapterVersion | None, rollback: bool = False
+    version: AdapterVersion,
+    to: str,
+    serving: AdapterVersion | None,
+    rollback: bool = False,
+    staged: bool | None = None,
 ) -> list[GateResult]:
     """Every gate of moving ``version`` into stage ``to`` whose current holder is ``serving`` (a ``rollback``
-    restores a version that held the stage, so it need not come from staging)."""
+    restores a version that held the stage, so it need not come from staging). ``staged``: whether the version
+    holds staging by an audited promotion (None: whether it holds the staging alias at all)."""
     results = []
     for text, gate in gates_of(version):
         if isinstance(gate, ValueError):
@@ -62,11 +68,11 @@ def evaluate_gates(
         )
         results.append(GateResult(f"serves the {to} base", same, detail))
     if to == "production" and not rollback:
-        results.append(
-            GateResult(
-                "production only from staging", version.stage == "staging", f"current stage: {version.stage}"
-            )
-        )
+        detail = f"current stage: {version.stage}"
+        if version.stage == "staging" and staged is False:
+            detail += " (its staging alias was set outside adapter-registry: promote it to staging first)"
+        passed = version.stage == "staging" and staged is not False
+        results.append(GateResult("production only from staging", passed, detail))
     return results
 
 
@@ -144,13 +150,18 @@ def promote(
     if force and not reason.strip():
         raise RegistryError("INVALID_INPUT", "--force needs --reason: say why the gates are overridden")
     version = store.resolve(ref)
-    if version.stage == to:
-        raise RegistryError("INVALID_STATE", f"{version.ref} already holds stage {to!r}")
     audit = AuditLog(store)
+    checks = audit.stage_checks(version.name)
+    if version.stage == to and checks[to].ok:
+        raise RegistryError("INVALID_STATE", f"{version.ref} already holds stage {to!r}")
+    # (a holder whose alias was moved outside adapter-registry may be promoted where it stands: gated, audited)
     actor = actor or Actor.of(store.tracking_uri)
     _check_policy(audit, policy or load_policy(), actor, version, to, reason, "promotion")
     serving = store.holder(version.name, to)
-    gates = evaluate_gates(version, to, serving)
+    staged = (
+        version.stage == "staging" and checks["staging"].ok and checks["staging"].holder == version.version
+    )
+    gates = evaluate_gates(version, to, serving, staged=staged)
     failed = [g for g in gates if not g.passed]
     if failed and not force:
         listing = "; ".join(f"{g.gate}: {g.detail}" for g in failed)
@@ -167,21 +178,23 @@ def promote(
 
     previous_alias = store.holder(version.name, version.stage) if version.stage != "archived" else None
     left_alias = previous_alias is not None and previous_alias.version == version.version
+    left_alias = left_alias and version.stage != to
+    event = StageChange(
+        model=version.name, version=version.version, from_stage=version.stage, to_stage=to, who=actor.user,
+        when=dt.datetime.now(dt.UTC), reason=reason, forced=bool(failed) and force, action="promote",
+        gates=tuple(gates), replaced_version=serving.version if serving and serving.version != version.version else None,
+        digest=files_digest(version.checksums),
+    )  # fmt: skip
     try:
         store.set_stage(version.name, version.version, to)
         if left_alias:
             store.drop_alias(version.name, version.stage)  # it left its old stage
         if serving is not None and serving.version != version.version:
             store.set_stage(version.name, serving.version, "archived")
+        return audit.append(event)  # a stage change the trail does not hold is undone
     except RegistryError:
         _restore(store, version, to, serving, left_alias)
         raise
-    event = StageChange(
-        model=version.name, version=version.version, from_stage=version.stage, to_stage=to, who=actor.user,
-        when=dt.datetime.now(dt.UTC), reason=reason, forced=bool(failed) and force, action="promote",
-        gates=tuple(gates), replaced_version=serving.version if serving and serving.version != version.version else None,
-    )  # fmt: skip
-    return AuditLog(store).append(event)
 
 
 def _restore(
@@ -207,7 +220,7 @@ def stage_history(events: tuple[StageChange, ...] | list[StageChange], stage: st
     """Versions that held ``stage`` in order, as the audit trail tells it (rollbacks pop the top)."""
     stack: list[int] = []
     for event in events:
-        if event.to_stage != stage or event.action not in ("promote", "rollback"):
+        if event.to_stage != stage or event.action not in ("promote", "rollback") or not event.verified:
             continue
         if event.action == "promote":
             if not stack and event.replaced_version is not None:
@@ -256,7 +269,7 @@ def rollback(
                 "INVALID_STATE",
                 f"rollback of {name}@{stage}: no version held {stage} at {when} (audit trail)",
             )
-        if current is not None and placed.version == current.version:
+        if current is not None and placed.version == current.version and audit.stage_checks(name)[stage].ok:
             raise RegistryError(
                 "INVALID_STATE", f"rollback of {name}@{stage}: version {current.version} held it at {when} "
                 "and holds it now",
@@ -279,15 +292,21 @@ def rollback(
         )  # fmt: skip
         raise RegistryError("GATE_FAILED", f"rollback of {name}@{stage} to {target.ref} refused: {listing}")
     _check_files(store, audit, actor, target, stage, reason, "rollback")
-    store.set_stage(name, target.version, stage)
-    if current is not None and current.version != target.version:
-        store.set_stage(name, current.version, "archived")
+    replaced = current if current is not None and current.version != target.version else None
     event = StageChange(
         model=name, version=target.version, from_stage=target.stage, to_stage=stage, who=actor.user,
         when=dt.datetime.now(dt.UTC), reason=reason, forced=bool(failed) and force, action="rollback",
-        gates=tuple(gates), replaced_version=current.version if current is not None else None,
+        gates=tuple(gates), replaced_version=replaced.version if replaced is not None else None,
+        digest=files_digest(target.checksums),
     )  # fmt: skip
-    return audit.append(event)
+    try:
+        store.set_stage(name, target.version, stage)
+        if replaced is not None:
+            store.set_stage(name, replaced.version, "archived")
+        return audit.append(event)  # a stage change the trail does not hold is undone
+    except RegistryError:
+        _restore(store, target, stage, current, left_alias=False)
+        raise
 
 
 def _previous_holder(
@@ -307,3 +326,40 @@ def _previous_holder(
             f"{history[-1]} (moved outside adapter-registry); use --to-time, or promote explicitly",
         )
     return history[-2]
+
+
+def retire(
+    store: AdapterStore,
+    name: str,
+    stage: str = "production",
+    *,
+    reason: str = "",
+    policy: PromotionPolicy | None = None,
+    actor: Actor | None = None,
+) -> StageChange:
+    """Take ``stage`` away from its holder (the version is archived, nothing holds the stage): audited, so that
+    ``serve`` stops serving it and the trail says who did it and why."""
+    if stage not in PROMOTION_STAGES:
+        raise RegistryError(
+            "INVALID_INPUT", f"cannot retire stage {stage!r}; use one of {', '.join(PROMOTION_STAGES)}"
+        )
+    if not reason.strip():
+        raise RegistryError("INVALID_INPUT", "retire needs --reason: say why the stage is emptied")
+    current = store.holder(name, stage)
+    if current is None:
+        raise RegistryError("INVALID_STATE", f"retire {name}@{stage}: no version holds {stage}")
+    audit = AuditLog(store)
+    actor = actor or Actor.of(store.tracking_uri)
+    _check_policy(audit, policy or load_policy(), actor, current, stage, reason, "retirement")
+    event = StageChange(
+        model=name, version=current.version, from_stage=stage, to_stage="archived", who=actor.user,
+        when=dt.datetime.now(dt.UTC), reason=reason, action="retire", digest=files_digest(current.checksums),
+    )  # fmt: skip
+    try:
+        store.drop_alias(name, stage)
+        store.set_stage(name, current.version, "archived")
+        return audit.append(event)
+    except RegistryError:
+        with contextlib.suppress(RegistryError):
+            store.set_stage(name, current.version, stage)
+        raise

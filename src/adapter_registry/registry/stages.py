@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from adapter_registry.registry.entities import PROMOTION_STAGES, StageChange
 
 PLACING_ACTIONS = ("promote", "rollback")  # events that put a version into a stage
+RETIRE = "retire"  # an event that empties a stage (its holder is archived)
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,23 @@ def replay(events: Iterable[StageChange], until: dt.datetime | None = None) -> d
     """Stage -> the version the audit trail says holds it (after every verified event up to ``until``).
 
     A promotion puts its version into ``to_stage`` and takes it out of the stage it left; a rollback gives the
-    stage back to its version (the replaced one is archived). Refusals change nothing. An unverified event (the
-    hash chain does not check out there: rewritten, inserted, or a concurrent fork) places nothing.
+    stage back to its version (the replaced one is archived); a retirement empties the stage. Refusals change
+    nothing. An unverified event (the
+    hash chain does not check out there: rewritten, inserted, or a concurrent fork) places nothing, nor does one
+    whose gates did not all pass unless it was an audited ``--force`` with a reason.
     """
     state: dict[str, Placement] = {}
     for event in sorted(events, key=lambda e: (e.seq, e.when)):
         if until is not None and event.when > until:
             break
+        if event.verified and event.action == RETIRE:
+            held = state.get(event.from_stage)
+            if held is not None and held.version == event.version:
+                del state[event.from_stage]
+            continue
         if not event.verified or event.action not in PLACING_ACTIONS:
+            continue
+        if not all(g.passed for g in event.gates) and not (event.forced and event.reason.strip()):
             continue
         left = state.get(event.from_stage)
         if event.action == "promote" and left is not None and left.version == event.version:
@@ -59,16 +69,29 @@ class StageCheck:
     holder: int | None  # the version the alias points at (None: nobody holds the stage)
     attested: int | None  # the version the last verified promotion/rollback into the stage placed
     event: StageChange | None = None  # that event
+    files_changed: bool = False  # the holder's registered files are not the ones its promotion placed
 
     @property
     def ok(self) -> bool:
-        return self.holder == self.attested or self.holder is None
+        return self.holder == self.attested and not self.files_changed
 
     @property
     def problem(self) -> str | None:
         """Why the holder is not trusted, in one line; None when it is attested (or the stage is empty)."""
         if self.ok:
             return None
+        if self.holder is None:
+            return (
+                f"{self.model}@{self.stage} is held by nobody, but the last audited promotion placed version "
+                f"{self.attested} there: the alias was deleted outside adapter-registry (MLflow UI, REST or another "
+                "tool)"
+            )
+        if self.files_changed and self.event is not None:
+            return (
+                f"{self.model}@{self.stage}: the registered files of version {self.holder} changed since its audited "
+                f"promotion (event {self.event.seq} placed {self.event.digest[:19]}…): its sha256 tags and artifacts "
+                "were edited outside adapter-registry"
+            )
         placed = (
             f"the last audited promotion placed version {self.attested}"
             if self.attested is not None
@@ -93,19 +116,26 @@ def check_stages(
     holders: dict[str, int | None],
     events: Sequence[StageChange],
     stages: Sequence[str] = PROMOTION_STAGES,
+    digests: dict[str, str] | None = None,
 ) -> dict[str, StageCheck]:
-    """Each promotion stage's alias holder (``holders``: stage -> version) checked against the audit trail."""
+    """Each promotion stage's alias holder (``holders``: stage -> version) checked against the audit trail, and,
+    where ``digests`` gives the holder's current ``files_digest``, its files against the ones its event placed."""
     placed = replay(events)
     out = {}
     for stage in stages:
         placement = placed.get(stage)
+        holder = holders.get(stage)
+        recorded = placement.event.digest if placement else ""
+        current = (digests or {}).get(stage, "")
         out[stage] = StageCheck(
             model=model,
             stage=stage,
-            holder=holders.get(stage),
+            holder=holder,
             attested=placement.version if placement else None,
             event=placement.event if placement else None,
-        )
+            files_changed=bool(recorded and current and placement and placement.version == holder
+                               and recorded != current),
+        )  # fmt: skip
     return out
 
 

@@ -32,16 +32,17 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response  # FastAPI reads route annotations from the module's names
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapter_registry.contract import ContractError, MissingField
@@ -50,6 +51,7 @@ from adapter_registry.serving.pool import AdapterInfo, AdapterPool, Input, PoolE
 from adapter_registry.serving.request_log import RequestLog
 from adapter_registry.serving.sync import AdapterSource, RegistrySource, RegistrySync
 from adapter_registry.serving.tenants import check_tenants, load_tenants
+from adapter_registry.serving.webhooks import WebhookRegistration
 
 if TYPE_CHECKING:
     import uvicorn
@@ -58,6 +60,7 @@ __all__ = ["ServeOptions", "build_server", "create_app", "serve"]
 
 log = logging.getLogger("adapter_registry.serving")
 DEFAULT_REQUEST_LOG = Path("logs/requests.jsonl")
+MAX_WEBHOOK_BYTES = 64 * 1024
 
 
 # ------------------------------------------------------------------------------------------------ requests
@@ -128,6 +131,7 @@ class _Service:
     webhook_secret: str = ""
     wake: threading.Event = field(default_factory=threading.Event)  # set: poll the registry now
     webhooks: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "rejected": 0})
+    deliveries: dict[str, float] = field(default_factory=dict)  # delivery ids accepted (replays are refused)
     started: float = field(default_factory=time.time)
 
 
@@ -141,8 +145,7 @@ def create_app(
     poll_seconds: float = 10.0,
     max_batch: int = 8,
     request_log: RequestLog | None = None,
-    webhook_secret: str = "",
-    on_stop: Callable[[], None] | None = None,
+    webhook: WebhookRegistration | None = None,
 ) -> FastAPI:
     """The FastAPI app: syncs with ``source`` at start-up, then every ``poll_seconds`` (or at once on a verified
     registry webhook) in a thread."""
@@ -161,7 +164,6 @@ def create_app(
         },
         poll_seconds=poll_seconds,
         requests=request_log or RequestLog(None),
-        webhook_secret=webhook_secret,
     )
     stop = threading.Event()
 
@@ -175,6 +177,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if webhook is not None:
+            service.webhook_secret = await asyncio.to_thread(webhook.start)
         await asyncio.to_thread(service.sync.sync)
         service.batcher.start()
         poller = threading.Thread(target=poll, name="registry-poller", daemon=True)
@@ -186,11 +190,33 @@ def create_app(
         poller.join(timeout=60)
         service.batcher.stop()
         service.requests.close()
-        if on_stop is not None:
-            on_stop()
+        if webhook is not None:
+            webhook.stop()
 
     app = FastAPI(title="adapter-registry serving", lifespan=lifespan)
     app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's own 422, and its line in the request log (a malformed request is a request too)."""
+        response = await request_validation_exception_handler(request, exc)
+        if request.url.path.startswith("/v1/"):
+            request_id = uuid.uuid4().hex
+            response.headers["X-Request-Id"] = request_id
+            service.requests.write({"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                                    "request_id": request_id, "path": request.url.path, "status": 422,
+                                    "error": "; ".join(str(e.get("msg")) for e in exc.errors())})  # fmt: skip
+        return response
+
+    @app.exception_handler(Exception)
+    async def failure(request: Request, exc: Exception) -> Response:
+        request_id = uuid.uuid4().hex
+        log.exception("request %s to %s failed", request_id, request.url.path)
+        service.requests.write({"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                                "request_id": request_id, "path": request.url.path, "status": 500,
+                                "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); request {request_id}"}, 500,
+                            {"X-Request-Id": request_id})  # fmt: skip
 
     def refuse(status: int, message: str, record: dict[str, Any], request_id: str) -> JSONResponse:
         service.requests.write({**record, "status": status, "error": message})
@@ -224,12 +250,14 @@ def create_app(
             return refuse(404, f"adapter {name!r} is not served; served: {served}", record, request_id)
         prompt: str | Input
         if body.input is not None:
-            try:  # checked now for a clear 422; rendered again by the version that generates it
-                pool.render(name, body.input)
+            try:  # checked now for a clear 422 (no lock: never waits on a batch); rendered again by the version
+                pool.render(name, body.input)  # that generates it, under the model lock
             except MissingField as exc:
                 return refuse(422, f"{exc} (field: {exc.field})", record, request_id)
             except ContractError as exc:
                 return refuse(422, str(exc), record, request_id)
+            except PoolError as exc:  # unloaded in the meantime
+                return refuse(404, str(exc), record, request_id)
             prompt = Input(body.input)
         else:
             assert body.prompt is not None
@@ -283,18 +311,29 @@ def create_app(
     async def registry_event(request: Request) -> Response:
         from adapter_registry.serving.webhooks import signature_problem
 
+        if int(request.headers.get("content-length") or 0) > MAX_WEBHOOK_BYTES:
+            service.webhooks["rejected"] += 1
+            return JSONResponse(
+                {"detail": f"ignored: a registry event is under {MAX_WEBHOOK_BYTES} bytes"}, 413
+            )
         payload = await request.body()
         if not service.webhook_secret:
             service.webhooks["rejected"] += 1
             log.warning("registry webhook ignored: this server registered none (start it with --webhook-url)")
             return JSONResponse({"detail": "no webhook registered by this server"}, 404)
         problem = signature_problem(service.webhook_secret, dict(request.headers), payload)
+        delivery = request.headers.get("x-mlflow-delivery-id", "")
+        if problem is None and delivery in service.deliveries:
+            problem = f"delivery {delivery} was received before (a replay)"
         if problem:
             service.webhooks["rejected"] += 1
             client = request.client.host if request.client else "?"
             log.warning("registry webhook from %s ignored: %s", client, problem)
             return JSONResponse({"detail": f"ignored: {problem}"}, 401)
         service.webhooks["accepted"] += 1
+        service.deliveries[delivery] = time.time()
+        while len(service.deliveries) > 1000:  # the replay window is 5 minutes: the oldest ids can go
+            service.deliveries.pop(next(iter(service.deliveries)))
         log.info("registry webhook: %s; re-syncing now", payload[:200].decode("utf-8", "replace"))
         service.wake.set()
         return JSONResponse({"status": "sync scheduled"}, 202)
@@ -357,29 +396,17 @@ def build_server(base: str, options: ServeOptions | None = None) -> uvicorn.Serv
     resolved = resolve_reference(base)
     store = AdapterStore(o.tracking_uri) if o.tracking_uri else AdapterStore.from_env()
     tenants = load_tenants(o.tenants_file)
-    for warning in check_tenants(
-        tenants, store, o.stage, resolved.fingerprint, str(o.tenants_file or "tenants")
-    ):
+    source = str(o.tenants_file or "tenants")
+    for warning in check_tenants(tenants, store, o.stage, resolved.fingerprint, source, o.quantization):
         log.warning(warning)
     pool = AdapterPool.from_pretrained(
         resolved.path, fingerprint=resolved.fingerprint, max_prompt_tokens=o.max_prompt_tokens,
         quantization=o.quantization,
     )  # fmt: skip
-    secret, hook = "", ""
-    if o.webhook_url:
-        secret = secrets.token_urlsafe(32)
-        hook = store.create_webhook(f"adapter-registry-serve-{uuid.uuid4().hex[:8]}", o.webhook_url, secret)
-        secret = secret if hook else ""
-
-    def forget_webhook() -> None:
-        if hook:
-            with contextlib.suppress(Exception):
-                store.delete_webhook(hook)
-
     app = create_app(
         pool, RegistrySource(store, o.stage), base_identity=resolved.identity, stage=o.stage, tenants=tenants,
         poll_seconds=o.poll_seconds, max_batch=o.max_batch, request_log=RequestLog(o.request_log, o.log_prompts),
-        webhook_secret=secret, on_stop=forget_webhook,
+        webhook=WebhookRegistration(store, o.webhook_url) if o.webhook_url else None,
     )  # fmt: skip
     server = uvicorn.Server(uvicorn.Config(app, host=o.host, port=o.port, log_level="info"))
     return server

@@ -343,11 +343,18 @@ class AdapterPool:
     def render(self, name: str, value: Any) -> tuple[str, AdapterInfo]:
         """The prompt for a request's ``input`` under the contract of the adapter serving ``name`` now, and that
         adapter (its version is the one whose contract rendered it). Raises ContractError for a bad input."""
-        with self._lock:  # the tokenizer (chat templates) and the name -> slot mapping, read together
+        # no lock: the model lock is held for whole generations, and a request being checked must not wait for
+        # one. A dict read is atomic; a slot dropped in between (a replacement) is looked up again.
+        for _ in range(3):
             info = self._names.get(name)
             if info is None:
                 raise PoolError(f"adapter {name!r} is not loaded; loaded: {sorted(self._names)}")
-            return self._contracts[info.slot].render(value, self.tokenizer), info
+            contract = self._contracts.get(info.slot)
+            if (
+                contract is not None
+            ):  # a chat template is rendered as text (jinja), not tokenised: thread-safe
+                return contract.render(value, self.tokenizer), info
+        raise PoolError(f"adapter {name!r} is being replaced; try again")
 
     def _wrap(self, module: str) -> PooledLinear:
         layer = self._layers.get(module)
@@ -460,7 +467,11 @@ class AdapterPool:
                 for budget, c in zip(budgets, contracts, strict=True)
             ]
             limits = [n if c is None else max(n, c.longest) for n, c in zip(wanted, constraints, strict=True)]
-            self._check_lengths([int(n) for n in encoded["attention_mask"].sum(1)], limits)
+            trained_limits = [  # a rendered input longer than training's max_length was never trained nor scored
+                c.max_prompt_tokens if c is not None and isinstance(p, Input) else None
+                for p, c in zip(prompts, contracts, strict=True)
+            ]
+            self._check_lengths([int(n) for n in encoded["attention_mask"].sum(1)], limits, trained_limits)
             constrain = None
             if any(c is not None for c in constraints):
                 vocab = self.model.get_output_embeddings().weight.shape[0]
@@ -494,9 +505,17 @@ class AdapterPool:
             raise ContractError("a request for the bare base model takes a 'prompt', not an 'input'")
         return contract.render(prompt.value, self.tokenizer)
 
-    def _check_lengths(self, prompt_tokens: Sequence[int], limits: Sequence[int]) -> None:
-        for row, (tokens, budget) in enumerate(zip(prompt_tokens, limits, strict=True)):
+    def _check_lengths(
+        self, prompt_tokens: Sequence[int], limits: Sequence[int], trained: Sequence[int | None] = ()
+    ) -> None:
+        trained = list(trained) or [None] * len(prompt_tokens)
+        for row, (tokens, budget, most) in enumerate(zip(prompt_tokens, limits, trained, strict=True)):
             where = f"prompt {row} of the batch" if len(prompt_tokens) > 1 else "the prompt"
+            if most is not None and tokens > most:
+                raise PromptTooLong(
+                    f"{where} has {tokens} tokens; this adapter was trained and evaluated on examples of at most "
+                    f"{most} (its recipe's max_length), so its answer here was never scored: shorten the input"
+                )
             if self.max_prompt_tokens is not None and tokens > self.max_prompt_tokens:
                 raise PromptTooLong(
                     f"{where} has {tokens} tokens; this server takes at most {self.max_prompt_tokens} "

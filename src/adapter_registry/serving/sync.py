@@ -37,9 +37,8 @@ class StageHolders:
     """What a source hands out for one poll: the versions to serve, and the stage holders it holds back."""
 
     serve: list[AdapterVersion]  # one per adapter name: its attested stage holder
-    held_back: dict[str, tuple[int, str]] = field(
-        default_factory=dict
-    )  # name -> (alias holder, why not served)
+    held_back: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (alias holder, why not)
+    errors: dict[str, str] = field(default_factory=dict)  # name -> why it could not be read this time
 
 
 class AdapterSource(Protocol):
@@ -69,34 +68,50 @@ class RegistrySource:
 
     def holders(self) -> StageHolders:
         from adapter_registry.registry.audit import AuditLog
-        from adapter_registry.registry.entities import PROMOTION_STAGES
-        from adapter_registry.registry.stages import check_stages
 
         serve: list[AdapterVersion] = []
         held_back: dict[str, tuple[int, str]] = {}
+        errors: dict[str, str] = {}
         audit = AuditLog(self.store)
         for name in self.store.list_models():
-            holder = self.store.holder(name, self.stage)
-            if self.stage not in PROMOTION_STAGES:
-                serve.extend([holder] if holder else [])
+            try:  # one adapter's broken record must not stop the others from syncing
+                version, held = self._holder(audit, name)
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
-            events = audit.read(name).events if holder is not None else ()
-            check = check_stages(
-                name, {self.stage: holder.version if holder else None}, events, (self.stage,)
-            )
-            checked = check[self.stage]
-            if checked.ok:
-                serve.extend([holder] if holder else [])
-                continue
-            assert checked.holder is not None and checked.problem is not None
-            if checked.attested is None:
-                held_back[name] = (checked.holder, f"{checked.problem}; nothing attested to serve")
-                continue
-            held_back[name] = (
-                checked.holder, f"{checked.problem}; serving the last attested version {checked.attested}"
-            )  # fmt: skip
-            serve.append(self.store.get_version(name, checked.attested))
-        return StageHolders(serve, held_back)
+            if version is not None:
+                serve.append(version)
+            if held is not None:
+                held_back[name] = held
+        return StageHolders(serve, held_back, errors)
+
+    def _holder(self, audit: Any, name: str) -> tuple[AdapterVersion | None, tuple[int, str] | None]:
+        """The version of ``name`` to serve, and (the alias holder, why) when that holder is held back."""
+        from adapter_registry.checksums import files_digest
+        from adapter_registry.registry.entities import PROMOTION_STAGES
+        from adapter_registry.registry.stages import check_stages
+
+        holder = self.store.holder(name, self.stage)
+        if self.stage not in PROMOTION_STAGES:
+            return holder, None
+        events = audit.read(name).events
+        digests = {self.stage: files_digest(holder.checksums)} if holder is not None else {}
+        check = check_stages(
+            name, {self.stage: holder.version if holder else None}, events, (self.stage,), digests
+        )
+        checked = check[self.stage]
+        if checked.ok:
+            return holder, None
+        assert checked.problem is not None
+        if checked.attested is None:
+            return None, (checked.holder or 0, f"{checked.problem}; nothing attested to serve")
+        if checked.files_changed:  # nothing new is loaded; what is loaded (the bytes promoted) keeps serving
+            from adapter_registry.registry.entities import RegistryError
+
+            raise RegistryError("CORRUPTED", checked.problem)
+        attested = self.store.get_version(name, checked.attested)
+        return attested, (checked.holder or checked.attested,
+                          f"{checked.problem}; serving the last attested version {checked.attested}")  # fmt: skip
 
     def fetch(self, version: AdapterVersion, dest: Path) -> Path:
         self.store.pull(version.ref, dest)
@@ -149,6 +164,15 @@ class RegistrySync:
                 log.error("registry poll failed, serving what is loaded: %s", self.last_error)
                 return
             names = {v.name for v in holders.serve}
+            for (
+                name,
+                error,
+            ) in holders.errors.items():  # keep serving what is loaded; say why it was not re-read
+                if self.failed.get(name, (0, ""))[1] != error:
+                    log.error("could not read %s from the registry, serving what is loaded: %s", name, error)
+                loaded = next((a for a in self.pool.adapters() if a.name == name), None)
+                self.failed[name] = (int(loaded.metadata.get("version", 0)) if loaded else 0, error)
+            kept = names | set(holders.errors)
             for version in holders.serve:
                 self._apply(version, held_back=version.name in holders.held_back)
             now = time.monotonic()
@@ -166,11 +190,11 @@ class RegistrySync:
             for gone in set(self.unsettled) - set(holders.held_back):
                 del self.unsettled[gone]
             for info in self.pool.adapters():
-                if info.name not in names:
+                if info.name not in kept:
                     self.pool.remove(info.name)
                     log.info("unloaded %s: no attested version holds the stage", _ref(info))
             for table in (self.refused, self.failed):
-                for gone in set(table) - names - set(holders.held_back):
+                for gone in set(table) - kept - set(holders.held_back):
                     del table[gone]
             self.last_sync = dt.datetime.now(dt.UTC)
             self.last_error = None

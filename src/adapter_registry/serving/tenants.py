@@ -45,10 +45,16 @@ def load_tenants(path: Path | None) -> dict[str, str]:
 
 
 def check_tenants(
-    tenants: dict[str, str], store: AdapterStore, stage: str, base_fingerprint: str, source: str = "tenants"
+    tenants: dict[str, str],
+    store: AdapterStore,
+    stage: str,
+    base_fingerprint: str,
+    source: str = "tenants",
+    quantization: str = "",
 ) -> list[str]:
     """Refuse tenants of unknown adapters (TenantsError naming them and the registered adapters); return
-    warnings for tenants whose adapter has no ``stage`` version or one trained on another base."""
+    warnings for tenants whose adapter has no ``stage`` version, one trained on another base, or a QLoRA one on a
+    full-precision server (or the reverse: ``quantization`` is the served base's)."""
     registered = store.list_models()
     unknown = {t: a for t, a in sorted(tenants.items()) if a not in registered}
     if unknown:
@@ -67,5 +73,12 @@ def check_tenants(
         elif holder.base_fingerprint != base_fingerprint:
             warnings.append(
                 f"tenant {tenant!r}: {holder.ref} was trained on base {holder.base_id or '?'}, not the served base"
+            )
+        elif (holder.method == "qlora") != bool(quantization):
+            served = f"quantised ({quantization})" if quantization else "in full precision"
+            warnings.append(
+                f"tenant {tenant!r}: {holder.ref} is a {holder.method} adapter and this server runs the base {served}: "
+                "its requests are refused (409); serve it from a server started with the --quantization its "
+                "serving.json names (nf4-dq for the default QLoRA recipe)"
             )
     return warnings

@@ -15,10 +15,17 @@ The tracking server must be allowed to call a private address over http for a se
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import secrets
 import time
+import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adapter_registry.registry.store import AdapterStore
 
 SIGNATURE = "x-mlflow-signature"
 TIMESTAMP = "x-mlflow-timestamp"
@@ -51,3 +58,29 @@ def signature_problem(
     if not any(hmac.compare_digest(expected, given.strip()) for given in signature.split(" ")):
         return "signature does not match the secret this server registered"
     return None
+
+
+class WebhookRegistration:
+    """This server's webhook on the tracking server: registered with a fresh secret when the server starts,
+    removed when it stops (also when it could not bind its port)."""
+
+    def __init__(self, store: AdapterStore, url: str) -> None:
+        self.store = store
+        self.url = url
+        self.webhook_id = ""
+        self.secret = ""
+
+    def start(self) -> str:
+        """Register; the secret deliveries are signed with ("" when the store has no webhooks: poll only)."""
+        secret = secrets.token_urlsafe(32)
+        self.webhook_id = self.store.create_webhook(
+            f"adapter-registry-serve-{uuid.uuid4().hex[:8]}", self.url, secret
+        )
+        self.secret = secret if self.webhook_id else ""
+        return self.secret
+
+    def stop(self) -> None:
+        if self.webhook_id:
+            with contextlib.suppress(Exception):
+                self.store.delete_webhook(self.webhook_id)
+            self.webhook_id = ""

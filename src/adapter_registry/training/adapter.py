@@ -359,7 +359,9 @@ def train_adapter(
     trainer = train_classifier if classifier else train_causal_lm
     trained = trainer(recipe, base, train_examples, val_examples, checkpoint_dir, run_key)
     trained.warnings = warnings + trained.warnings
+    systems = {getattr(e, "system", None) for e in train_examples}  # chat: the system turn they share, if any
     trained.contract = recipe.serving_contract(
-        answers=() if classifier else trained.labels, labels=trained.labels if classifier else ()
-    )
+        answers=() if classifier else trained.labels, labels=trained.labels if classifier else (),
+        system_message=(systems.pop() or "") if len(systems) == 1 else "",
+    )  # fmt: skip
     return trained
