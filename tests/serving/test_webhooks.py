@@ -89,7 +89,8 @@ def test_an_alias_move_reaches_serve_by_webhook_without_polling(
             "X-MLflow-Signature": sign("guessed", "d9", stamp, PAYLOAD), "X-MLflow-Timestamp": stamp,
             "X-MLflow-Delivery-Id": "d9"})  # fmt: skip
         assert forged.status_code == 401 and "signature does not match" in forged.json()["detail"]
-        secret = _app_state(server).webhook_secret  # the secret serve registered: a genuine delivery, sent twice
+        # the secret serve registered: a genuine delivery, sent twice
+        secret = _app_state(server).webhook_secret
         signed = {"X-MLflow-Signature": sign(secret, "d10", stamp, PAYLOAD), "X-MLflow-Timestamp": stamp,
                   "X-MLflow-Delivery-Id": "d10"}  # fmt: skip
         first = httpx.post(f"{url}/v1/registry/events", content=PAYLOAD, headers=signed)
