@@ -2,7 +2,8 @@
 
 Heavy libraries (mlflow, peft, torch) are imported inside the commands, so ``--help`` answers at once. Every
 command takes ``--json``; a failure prints one line ``error: ...`` on stderr and exits non-zero (1; ``compat``
-exits 3 for "retrain recommended" and 4 for "incompatible").
+exits 3 for "retrain recommended" and 4 for "incompatible"; ``export`` exits 4 for an adapter the engine cannot
+take).
 """
 
 from __future__ import annotations
@@ -444,18 +445,36 @@ def lineage(
 @app.command()
 def compat(
     ref: RefArg,
-    base: Annotated[str, typer.Option("--base", help="base model folder or offline base name")],
+    base: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--base", help="base model folder or offline base name"),
+    ] = None,
+    engine: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--engine", help="check against a serving engine's rules instead of a base: vllm"),
+    ] = None,
+    max_lora_rank: Annotated[
+        int, typer.Option("--max-lora-rank", help="with --engine vllm: the servers' --max-lora-rank")
+    ] = 16,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check that an adapter fits a base; exit 0 compatible, 3 retrain recommended, 4 incompatible."""
+    """Check that an adapter fits a base (exit 0 compatible, 3 retrain recommended, 4 incompatible), or with
+    --engine vllm that vLLM can serve it (exit 0, or 4 with every reason and its fix)."""
     import tempfile
 
     from adapter_registry.registry.compat import check_compat
+    from adapter_registry.registry.entities import RegistryError
 
     with _errors(), tempfile.TemporaryDirectory() as tmp:
+        if (base is None) == (engine is None):
+            raise RegistryError("INVALID_INPUT", "give exactly one of --base BASE or --engine vllm")
         store = _store()
         version = store.pull(ref, Path(tmp) / "adapter")
-        report = check_compat(version, Path(tmp) / "adapter", base)
+        if engine is not None:
+            report = _engine_report(version, Path(tmp) / "adapter", engine, max_lora_rank)
+        else:
+            assert base is not None
+            report = check_compat(version, Path(tmp) / "adapter", base)
 
     def render() -> None:
         from rich.table import Table
@@ -471,6 +490,79 @@ def compat(
     if report.exit_code:
         _error_line(f"{report.outcome}: {report.reason}")
         raise typer.Exit(report.exit_code)
+
+
+def _engine_report(version: AdapterVersion, folder: Path, engine: str, max_lora_rank: int) -> Any:
+    """``compat --engine``: the engine's rules as compat checks (a warning is a passed check that says so)."""
+    from adapter_registry.registry.compat import COMPATIBLE, INCOMPATIBLE, Check, CompatReport
+    from adapter_registry.registry.entities import RegistryError
+
+    if engine != "vllm":
+        raise RegistryError("INVALID_INPUT", f"--engine {engine!r} is not known; the engines checked: vllm")
+    _check_rank(max_lora_rank)
+    from adapter_registry.vllm.export import check_version
+
+    verdict = check_version(version, folder, max_lora_rank)
+    checks = [
+        Check(f.rule, f.ok, f.detail if f.ok else f"{f.detail}. Fix: {f.fix}") for f in verdict.findings
+    ]
+    checks += [Check("note", True, w) for w in (*verdict.base.warnings, *verdict.warnings)]
+    return CompatReport(
+        version=version.ref, base=f"vllm (--max-lora-rank {max_lora_rank}) as {verdict.lora_name}",
+        outcome=COMPATIBLE if verdict.ok else INCOMPATIBLE, checks=tuple(checks),
+    )  # fmt: skip
+
+
+def _check_rank(max_lora_rank: int) -> None:
+    from adapter_registry.registry.entities import RegistryError
+    from adapter_registry.vllm.rules import MAX_LORA_RANKS
+
+    if max_lora_rank not in MAX_LORA_RANKS:
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"--max-lora-rank {max_lora_rank} is not a value vLLM accepts: {', '.join(map(str, MAX_LORA_RANKS))}",
+        )
+
+
+@app.command()
+def export(
+    ref: RefArg,
+    dest: Annotated[Path, typer.Argument(help="empty or new folder")],
+    fmt: Annotated[str, typer.Option("--format", help="the serving engine's format: vllm")] = "vllm",
+    max_lora_rank: Annotated[
+        int, typer.Option("--max-lora-rank", help="the --max-lora-rank the vLLM servers run with")
+    ] = 16,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a folder a serving engine loads as it is (sha256-checked pull): for vLLM, hub base id, safetensors,
+    the serving contract and a README. An adapter the engine cannot take is refused (exit 4) with the fix."""
+    from adapter_registry.registry.entities import RegistryError
+
+    with _errors():
+        if fmt != "vllm":
+            raise RegistryError("INVALID_INPUT", f"--format {fmt!r} is not known; the formats written: vllm")
+        _check_rank(max_lora_rank)
+        from adapter_registry.vllm.export import ExportRefused, export_version
+
+        try:
+            report = export_version(_store(), ref, dest, max_lora_rank)
+        except ExportRefused as exc:
+            _emit(as_json, {"version": exc.ref, "ok": False, "findings": [f.to_dict() for f in exc.findings]},
+                  lambda: None)  # fmt: skip
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(4) from None
+        except FileExistsError as exc:
+            raise RegistryError("INVALID_INPUT", str(exc)) from None
+
+    def render() -> None:
+        typer.echo(f"exported {report.check.ref} to {dest} as {report.check.lora_name}")
+        typer.echo(f"base_model_name_or_path: {report.check.base.name_or_path}"
+                   + (f" (revision {report.check.base.revision})" if report.check.base.revision else ""))  # fmt: skip
+        for warning in (*report.check.base.warnings, *report.check.warnings):
+            typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"serve it: see {dest / 'README.md'}")
+
+    _emit(as_json, report.to_dict(), render)
 
 
 @app.command()
