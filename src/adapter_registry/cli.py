@@ -652,6 +652,109 @@ def serve(
         raise typer.Exit(1) from None
 
 
+@app.command("vllm-sync")
+def vllm_sync(
+    url: Annotated[
+        list[str], typer.Option("--url", help="a vLLM server, e.g. http://gpu-1:8000 (repeat the option)")
+    ],
+    stage: Annotated[
+        str, typer.Option("--stage", help="load the attested holder of this stage")
+    ] = "production",
+    once: Annotated[
+        bool, typer.Option("--once", help="one poll, then exit (1 when a server failed)")
+    ] = False,
+    poll_seconds: Annotated[
+        float, typer.Option("--poll-seconds", help="how often the registry is re-read")
+    ] = 10.0,
+    cache: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--cache",
+            help="export cache; the servers must read the same paths (default "
+            "~/.cache/adapter_registry/vllm)",
+        ),
+    ] = None,
+    tenants: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--tenants", help="tenant -> adapter YAML (default conf/base/tenants.yml)"),
+    ] = None,
+    aliases: Annotated[
+        bool, typer.Option("--aliases", help="also load NAME@STAGE and tenant names (one LoRA slot each)")
+    ] = False,
+    max_lora_rank: Annotated[
+        int, typer.Option("--max-lora-rank", help="the --max-lora-rank the servers run with")
+    ] = 16,
+    api_key: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--api-key", envvar="VLLM_API_KEY", help="the servers' --api-key"),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load the attested stage holders on running vLLM servers under digest names (NAME@sha256:...), and unload
+    what left the stage; report per server what is loaded."""
+    import time
+
+    from adapter_registry.serving.tenants import TenantsError, load_tenants
+    from adapter_registry.vllm.resolver import DEFAULT_CACHE, RegistryResolver
+    from adapter_registry.vllm.sync import FleetSync, VllmServer
+
+    with _errors():
+        _check_rank(max_lora_rank)
+    try:
+        tenant_map = load_tenants(tenants)
+        resolver = RegistryResolver(_store(), cache or DEFAULT_CACHE, stage, tenant_map, max_lora_rank)
+    except (TenantsError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    servers = [VllmServer(u, api_key) for u in url]
+    fleet = FleetSync(resolver, servers, aliases=aliases)
+    last: str | None = None
+    try:
+        while True:
+            with _errors():
+                report = fleet.sync_once()
+            summary = json.dumps(report.to_dict(), sort_keys=True, default=str)
+            if summary != last:
+                _emit(as_json, report.to_dict(), lambda r=report: _sync_table(r))  # type: ignore[misc]
+                last = summary
+            if once:
+                if not report.ok:
+                    raise typer.Exit(1)
+                return
+            time.sleep(poll_seconds)
+    finally:
+        for server in servers:
+            server.close()
+
+
+def _sync_table(report: Any) -> None:
+    from rich.table import Table
+
+    console = _console()
+    for server in report.servers:
+        table = Table(title=f"{server.url} (base {server.base or '?'}): {len(server.loaded)} adapters loaded")
+        for column in ("name", "version", "digest", "current"):
+            table.add_column(column)
+        for row in server.loaded:
+            table.add_row(row["name"], row["version"] or "?", row["digest"][:19] + "…" if row["digest"] else "?",
+                          row["current"])  # fmt: skip
+        console.print(table)
+        for name in server.added:
+            console.print(f"loaded {name}")
+        for name in server.removed:
+            console.print(f"unloaded {name}")
+        for ref, why in server.refused.items():
+            typer.echo(f"warning: {server.url}: not loading {ref}: {why}", err=True)
+        for note in server.notes:
+            typer.echo(f"note: {server.url}: {note}", err=True)
+        for error in server.errors:
+            typer.echo(f"error: {error}", err=True)
+    for name, why in report.held_back.items():
+        typer.echo(f"warning: {name}: {why}", err=True)
+    for ref, why in report.refused.items():
+        typer.echo(f"warning: not loading {ref}: {why}", err=True)
+
+
 @app.command()
 def reproduce(
     ref: RefArg,
