@@ -4,6 +4,9 @@ No vLLM and no GPU: these tests check the export format (loaded back by plain pe
 documented rules), the resolver's registry side as a library function, the request bodies, and vllm-sync's HTTP
 client against a stand-in that speaks only vLLM's documented adapter endpoints. Serving on vLLM itself is
 ``benchmarks/vllm_live_check.py``'s job, on a GPU machine.
+
+This folder has no ``__init__.py`` on purpose: a package named ``vllm`` on the test path would shadow vLLM. (It
+still counts as a namespace package where vLLM is not installed, so "is vLLM installed" asks for a module origin.)
 """
 
 from __future__ import annotations

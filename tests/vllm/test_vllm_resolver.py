@@ -215,7 +215,9 @@ def test_the_plugin_is_declared_and_imports_no_vllm(tmp_path: Path, monkeypatch:
     assert (configured.cache_dir, configured.stage, configured.tenants, configured.max_lora_rank) == (
         tmp_path / "cache", "staging", {"acme": "acme_support_lora"}, 32,
     )  # fmt: skip
-    if importlib.util.find_spec("vllm.lora") is None:  # (tests/vllm is no package: it does not count)
+    if (
+        getattr(importlib.util.find_spec("vllm"), "origin", None) is None
+    ):  # (tests/vllm, a namespace, is not vLLM)
         from adapter_registry.vllm.resolver import register as plugin
 
         with pytest.raises(ModuleNotFoundError, match="vllm"):
