@@ -188,7 +188,7 @@ def check_version(
     warnings = list(_serving_warnings(version, folder))
     return VllmCheck(
         ref=version.ref, lora_name=lora_name(version), findings=tuple(findings), base=served_base(version),
-        warnings=tuple(warnings), max_rank=facts.max_rank if facts.config.get("r") else 0,
+        warnings=tuple(warnings), max_rank=facts.max_rank,
     )  # fmt: skip
 
 
