@@ -15,9 +15,12 @@ What it does, within ``--timeout`` seconds in all (default 480):
    ``vllm.general_plugins`` entry point; where the project is not installed, a temporary dist-info on the server's
    path declares it);
 3. resolver: ``acme_support_lora@production`` and the tenant ``acme`` are served by version 1 under its digest name;
-4. served = evaluated: every acme test row (``--rows``, the recipe's ``max_test_rows``) asked through the serving
-   contract with vLLM's structured-output choice (``adapter_registry.vllm.request_body``), compared with the same
-   rows decoded as evaluation decodes them (transformers + peft, constrained to the answer set, float32);
+4. served = evaluated: every acme test row evaluation scored, asked through the serving contract with vLLM's
+   structured output (``adapter_registry.vllm.request_body``: the category one of the answer set, the reply free
+   after the separator), compared with the answers evaluation produced: the registered ``predictions.json``
+   (``--predictions``, default ``data/08_reporting/acme_support_lora/predictions.json``) when present, else the rows
+   decoded here as evaluation decodes them (transformers + peft, float32, ``decoding.AnswerConstraint``). Whole
+   answers and categories (what exact match scores) are compared; the categories are also asked as a plain choice;
 5. alias move while requests flow: clients keep asking ``acme_support_lora@production`` while version 2 is
    promoted and ``vllm-sync`` runs once; no request may fail, and afterwards the answers name version 2's digest;
 6. throughput: the same requests (``--requests``, 64 new tokens each, ``ignore_eos``) to one adapter, then spread
@@ -27,7 +30,8 @@ It writes ``benchmarks/results/vllm_live_check.json`` and ``.md`` (``--results``
 when every check passed, 1 when one failed, 2 when it could not run.
 
 On the device machine (``run`` tool), carry the adapter folder and the test rows, which git does not hold:
-``carry: ["data/06_models/acme_support_lora/adapter", "data/05_model_input/acme_support"]``, and run
+``carry: ["data/06_models/acme_support_lora/adapter", "data/05_model_input/acme_support",
+"data/08_reporting/acme_support_lora/predictions.json"]``, and run
 ``python benchmarks/vllm_live_check.py --timeout 480``.
 """
 
@@ -64,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adapter-dir", type=Path, default=ROOT / "data/06_models/acme_support_lora/adapter")
     parser.add_argument("--recipe", type=Path, default=ROOT / "pipelines/acme_support_lora.yaml")
     parser.add_argument("--rows", type=Path, default=ROOT / "data/05_model_input/acme_support/test.jsonl")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        default=ROOT / "data/08_reporting/acme_support_lora/predictions.json",
+        help="the answers evaluation produced (evaluated again here when the file is absent)",
+    )
     parser.add_argument(
         "--base", default="smollm2-135m-instruct", help="offline base name, or a model folder"
     )
@@ -254,8 +264,8 @@ def check_resolver(client: Any, store: Any, contract: Any) -> dict[str, Any]:
 def evaluation_answers(
     base_path: Path, adapter_dir: Path, contract: Any, records: list[dict[str, Any]], max_length: int
 ) -> list[str]:
-    """The rows decoded as evaluation decodes them: transformers + peft in float32, constrained to the answer set
-    (``evaluation.evaluate.generate`` with ``decoding.AnswerConstraint``)."""
+    """The rows decoded as evaluation decodes them: transformers + peft in float32, through the contract (its
+    budget; the answer set with the reply free after the separator: ``decoding.AnswerConstraint``)."""
     import torch
     from peft import PeftModel
 
@@ -267,36 +277,41 @@ def evaluation_answers(
     model = PeftModel.from_pretrained(load_base_model(base_path, "causal_lm_sft"), str(adapter_dir)).eval()
     if torch.cuda.is_available():
         model = model.cuda()
-    constraint = (
-        AnswerConstraint.build(list(contract.answers), tokenizer)
-        if contract.decoding == "constrained"
-        else None
-    )
+    constraint = None
+    if contract.decoding == "constrained":
+        constraint = AnswerConstraint.build(list(contract.answers), tokenizer, contract.answer_separator)
     budget = max(contract.max_new_tokens, constraint.longest if constraint else 0)
     prompts = [contract.render(r) for r in records]
     return list(generate(model, tokenizer, prompts, budget, max_length, constraint=constraint))
 
 
 def check_guided(client: Any, contract: Any, records: list[dict[str, Any]], gold: list[str], reference: list[str],
-                 separator: str) -> dict[str, Any]:  # fmt: skip
+                 source: str) -> dict[str, Any]:  # fmt: skip
+    """Every row asked through the contract (category and free reply), and its category alone as a choice."""
     from adapter_registry.evaluation.evaluate import answer_key
     from adapter_registry.vllm.request_body import answer_text, request_body
 
-    def one(record: dict[str, Any]) -> str:
-        path, body = request_body(contract, f"{NAME}@production", record)
+    separator = contract.answer_separator
+
+    def one(record: dict[str, Any], free_reply: bool = True) -> str:
+        path, body = request_body(contract, f"{NAME}@production", record, free_reply=free_reply)
         return answer_text(ask(client, path, body))
 
     with ThreadPoolExecutor(16) as pool:
         served = list(pool.map(one, records))
+        categories = list(pool.map(lambda r: one(r, free_reply=False), records))
+    n = len(records)
     keys = [answer_key(s, separator) for s in served]
     ref = [answer_key(r, separator) for r in reference]
     differ = [{"row": i, "vllm": s, "evaluation": r} for i, (s, r) in enumerate(zip(served, reference, strict=True))
-              if answer_key(s, separator) != answer_key(r, separator)]  # fmt: skip
-    n = len(records)
+              if s.strip() != r.strip()]  # fmt: skip
     return {
-        "ok": not differ, "rows": n, "equal": n - len(differ), "differ": differ[:20],
-        "exact_match_vllm": sum(k == g for k, g in zip(keys, gold, strict=True)) / n,
-        "exact_match_evaluation": sum(k == g for k, g in zip(ref, gold, strict=True)) / n,
+        "ok": keys == ref, "rows": n, "reference": source, "equal_answers": n - len(differ),
+        "equal_categories": sum(k == r for k, r in zip(keys, ref, strict=True)),
+        "equal_categories_as_choice": sum(answer_key(c, separator) == r for c, r in zip(categories, ref, strict=True)),
+        "exact_match_vllm": round(sum(k == g for k, g in zip(keys, gold, strict=True)) / n, 4),
+        "exact_match_evaluation": round(sum(k == g for k, g in zip(ref, gold, strict=True)) / n, 4),
+        "differ": differ[:20],
     }  # fmt: skip
 
 
@@ -434,9 +449,18 @@ def main(argv: list[str] | None = None) -> int:
         rows = rows[: recipe.evaluation.max_test_rows] if recipe.evaluation.max_test_rows else rows
         records = [{"prompt": r["prompt"]} for r in rows]
         gold = [answer_key(r["completion"], contract.answer_separator) for r in rows]
-        reference = evaluation_answers(
-            base_path, workdir / "acme-1", contract, records, recipe.training.max_length
-        )
+        if args.predictions.is_file():  # what evaluation produced for these rows, registered with the version
+            evaluated = json.loads(args.predictions.read_text())
+            rendered = [contract.render(r) for r in records[: len(evaluated)]]
+            if [e["prompt"] for e in evaluated] != rendered:
+                raise RuntimeError(f"{args.predictions} was scored on other prompts than these rows renders")
+            records, gold = records[: len(evaluated)], gold[: len(evaluated)]
+            reference, source = [e["adapter"] for e in evaluated], str(args.predictions)
+        else:
+            reference = evaluation_answers(
+                base_path, workdir / "acme-1", contract, records, recipe.training.max_length
+            )
+            source = "evaluated here (transformers + peft, float32)"
         results["evaluation_rows"] = len(records)
         deadline.check("starting vLLM")
 
@@ -448,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             results["checks"]["resolver"] = check_resolver(client, store, contract)
             deadline.check("served = evaluated")
             results["checks"]["served_equals_evaluated"] = check_guided(
-                client, contract, records, gold, reference, contract.answer_separator
+                client, contract, records, gold, reference, source
             )
             deadline.check("the alias move")
             results["checks"]["alias_move"] = check_alias_move(client, url, store, contract, workdir)

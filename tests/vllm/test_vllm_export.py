@@ -56,7 +56,10 @@ def test_export_writes_the_folder_vllm_loads_and_peft_loads_it_unchanged(
 
     readme = (out / "README.md").read_text()
     assert f"--enable-lora --max-lora-rank 8 --lora-modules 'acme@sha256:{digest}={out.resolve()}'" in readme
-    assert '"structured_outputs": {"choice": ["refund", "damaged_item", "cancel_order"]}' in readme
+    assert (
+        '"structured_outputs": {"regex": "(refund|damaged_item|cancel_order)( \\\\|[\\\\s\\\\S]*)?"}'
+        in readme
+    )
     assert '"prompt": "### Request:\\n<your text>\\n### Answer:\\n"' in readme
 
 

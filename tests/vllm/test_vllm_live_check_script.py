@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 from adapter_registry.bases.resolve import describe_folder
 from adapter_registry.contract import ServingContract
-from adapter_registry.decoding import write_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,12 +48,18 @@ def test_copies_registry_contract_and_evaluation_side(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     legacy = live.scaled_copy(lora_dirs["one"], tmp_path / "legacy", 1.0)
-    write_answers(legacy, ["a b", "c"], " | ")  # a folder registered before serving contracts
+    (legacy / "answers.json").write_text(
+        json.dumps({"answers": ["a b", "c"], "separator": " | "})
+    )  # pre-contract
     recipe = ROOT / "pipelines" / "acme_support_lora.yaml"
     contract = live.contract_for(legacy, recipe)
+    from adapter_registry.recipes.load import load_recipe
+
+    spec = load_recipe(recipe)
     assert (contract.prompt_template, contract.answers, contract.max_new_tokens, contract.decoding) == (
-        "### Request:\n{prompt}\n### Answer:\n", ("a b", "c"), 8, "constrained",
+        spec.task.prompt_template, ("a b", "c"), spec.evaluation.max_new_tokens, "constrained",
     )  # fmt: skip
+    assert contract.prompt_template == "### Request:\n{prompt}\n### Answer:\n"
 
     half = load_file(live.scaled_copy(legacy, tmp_path / "half", 0.5) / "adapter_model.safetensors")
     full = load_file(legacy / "adapter_model.safetensors")

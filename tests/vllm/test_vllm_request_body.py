@@ -3,16 +3,18 @@ answer set as vLLM's structured-output choice (https://docs.vllm.ai/en/latest/fe
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from vllm_helpers import CONTRACT
 
 from adapter_registry.contract import ContractError, ServingContract
-from adapter_registry.vllm.request_body import answer_text, request_body, structured_outputs
+from adapter_registry.vllm.request_body import answer_regex, answer_text, request_body, structured_outputs
 
 NAME = "acme_support_lora@sha256:" + "ab" * 32
 
 
-def test_a_constrained_completion_contract_becomes_a_choice() -> None:
+def test_a_constrained_contract_becomes_vllms_structured_output() -> None:
     contract = ServingContract.from_dict(CONTRACT)
     path, body = request_body(contract, NAME, "The tent was dented on arrival")
     assert path == "/v1/completions"
@@ -21,11 +23,29 @@ def test_a_constrained_completion_contract_becomes_a_choice() -> None:
         "prompt": "### Request:\nThe tent was dented on arrival\n### Answer:\n",
         "max_tokens": 8,
         "temperature": 0,
-        "structured_outputs": {"choice": ["refund", "damaged_item", "cancel_order"]},
+        "structured_outputs": {"regex": r"(refund|damaged_item|cancel_order)( \|[\s\S]*)?"},
     }
-    _, legacy = request_body(contract, NAME, {"prompt": "x"}, legacy_guided_choice=True)
-    assert legacy["guided_choice"] == ["refund", "damaged_item", "cancel_order"]
-    assert "structured_outputs" not in legacy
+    # the language evaluation decodes in: a category, then the end or the separator and a free reply
+    regex = re.compile(body["structured_outputs"]["regex"])
+    for answer in ("damaged_item", "damaged_item | Free replacement arranged.", "refund |\nline two"):
+        assert regex.fullmatch(answer)
+    for answer in ("damaged", "refund Refund issued.", "other | x", " refund"):
+        assert not regex.fullmatch(answer)
+
+    _, category = request_body(contract, NAME, "x", free_reply=False)
+    assert category["structured_outputs"] == {"choice": ["refund", "damaged_item", "cancel_order"]}
+    _, legacy = request_body(contract, NAME, {"prompt": "x"}, legacy=True)
+    assert (
+        legacy["guided_regex"] == body["structured_outputs"]["regex"] and "structured_outputs" not in legacy
+    )
+    no_separator = ServingContract.from_dict({**CONTRACT, "answer_separator": ""})
+    assert structured_outputs(no_separator) == {"choice": ["refund", "damaged_item", "cancel_order"]}
+
+
+def test_answers_are_matched_literally() -> None:
+    regex = re.compile(answer_regex(["a.b (x)", "c|d", "e+"], " / "))
+    assert regex.fullmatch("a.b (x)") and regex.fullmatch("c|d / free") and regex.fullmatch("e+")
+    assert not regex.fullmatch("aXb (x)") and not regex.fullmatch("c") and not regex.fullmatch("eee")
 
 
 def test_greedy_chat_and_alpaca_contracts() -> None:
@@ -45,7 +65,7 @@ def test_a_bad_input_is_refused_by_the_contract() -> None:
     with pytest.raises(
         ContractError, match=r"field\(s\) \['question'\] that the completion template does not use"
     ):
-        request_body(contract, NAME, {"question": "x"})
+        request_body(contract, NAME, {"prompt": "x", "question": "y"})
 
 
 def test_answer_text_reads_both_endpoints() -> None:

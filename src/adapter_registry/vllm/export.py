@@ -356,16 +356,18 @@ def readme(version: AdapterVersion, verdict: VllmCheck, folder: Path, served_at:
             "the base's chat template (vLLM's chat endpoint applies it)" if contract.chat_template
             else f"prompt template `{json.dumps(contract.prompt_template)}`"
         ) + f"; decoding {contract.decoding}, temperature 0, at most {contract.max_new_tokens} new tokens"
-        + (f"; the answer is one of {len(contract.answers)} ({', '.join(contract.answers[:6])}"
-           + (", ..." if len(contract.answers) > 6 else "") + "), as vLLM's structured-output choice"
-           if contract.answers else "") + ".",
+        + (f"; the answer starts with one of {len(contract.answers)} ({', '.join(contract.answers[:6])}"
+           + (", ..." if len(contract.answers) > 6 else "") + ")"
+           + (f", then ends or goes on freely after `{contract.answer_separator.rstrip()}`"
+              if contract.answer_separator.strip() else "")
+           + ", as vLLM's structured output" if contract.answers else "") + ".",
         "",
         "```bash",
         f"curl http://localhost:8000{path} -H 'Content-Type: application/json' \\",
         f"    -d '{json.dumps(body, ensure_ascii=False)}'",
         "```",
         "",
-        "vLLM before v0.12 takes `\"guided_choice\": [...]` instead of `\"structured_outputs\": {\"choice\": [...]}`.",
+        "vLLM before v0.12 takes `guided_regex` / `guided_choice` instead of `structured_outputs`.",
         "",
     ]  # fmt: skip
     return "\n".join(lines)
