@@ -144,3 +144,15 @@ def test_cli_export_and_compat_engine_vllm(
     assert code == 4 and "acme/2 cannot be served by vLLM: DoRA" in err and not (tmp_path / "no").exists()
     code, _, err = cli(registry, "export", "acme/1", str(tmp_path / "ok"), "--format", "vllm")
     assert code == 1 and "exists and is not an empty folder" in err
+
+
+def test_a_qlora_adapter_is_served_on_a_bitsandbytes_base(
+    registry: AdapterStore, vllm_base: Path, lora_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    source = with_contract(lora_dirs["one"], tmp_path, base_quantization="nf4-dq")
+    register(registry, "globex", source, vllm_base, **{Tag.METHOD: "qlora"})
+    report = export_version(registry, "globex/1", tmp_path / "out")
+    assert any("quantised base (nf4-dq, bitsandbytes)" in w for w in report.check.warnings)
+    assert (
+        " --quantization bitsandbytes \\\n    --enable-lora" in (tmp_path / "out" / "README.md").read_text()
+    )

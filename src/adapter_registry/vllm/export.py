@@ -204,10 +204,12 @@ def _serving_warnings(version: AdapterVersion, folder: Path | None) -> list[str]
                 else ""
             )
         )
-    if version.method == "qlora" or _contract_quantization(folder):
+    quantization = _contract_quantization(folder)
+    if version.method == "qlora" or quantization:
         out.append(
-            "evaluated on a 4-bit base (QLoRA): start vLLM with --quantization bitsandbytes to serve it on the "
-            "kind of base it was scored on"
+            f"evaluated on a quantised base ({quantization or 'QLoRA'}, bitsandbytes): the nearest vLLM has is "
+            "--quantization bitsandbytes (in-flight 4-bit); on a full-precision base its answers may differ from "
+            "evaluation's"
         )
     return out
 
