@@ -164,8 +164,7 @@ def build_registry(workdir: Path, adapter_dir: Path, base: Any, contract: Any) -
     from adapter_registry.registry.policy import Actor, PromotionPolicy
     from adapter_registry.registry.store import AdapterStore
 
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
-    store = AdapterStore(os.environ["MLFLOW_TRACKING_URI"])
+    store = AdapterStore(f"sqlite:///{workdir / 'mlflow.db'}")  # its run artifacts land in the cwd's mlruns/
     tags = {
         Tag.BASE_ID: base.identity, Tag.BASE_REVISION: base.revision, Tag.BASE_FINGERPRINT: base.fingerprint,
         Tag.BASE_ARCHITECTURE: base.architecture, Tag.TASK: "causal_lm_sft", Tag.METHOD: "lora",
@@ -194,7 +193,12 @@ def free_port() -> int:
 
 
 def start_vllm(
-    args: argparse.Namespace, base_path: Path, port: int, workdir: Path, plugin_path: Path | None
+    args: argparse.Namespace,
+    base_path: Path,
+    port: int,
+    workdir: Path,
+    plugin_path: Path | None,
+    tracking_uri: str,
 ) -> Any:
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_path), "--port", str(port),
@@ -205,7 +209,7 @@ def start_vllm(
     path = [str(SRC), *([str(plugin_path)] if plugin_path else []), os.environ.get("PYTHONPATH", "")]
     env = {
         **os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p),
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_PLUGINS": PLUGIN,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_PLUGINS": PLUGIN, "MLFLOW_TRACKING_URI": tracking_uri,
         "ADAPTER_REGISTRY_VLLM_CACHE": str(workdir / "cache"),
         "ADAPTER_REGISTRY_TENANTS": str(workdir / "tenants.yml"), "HF_HUB_OFFLINE": "1",
     }  # fmt: skip
@@ -433,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     process = None
     workdir = Path(tempfile.mkdtemp(prefix="vllm-live-check-"))
+    for name in ("adapter_dir", "recipe", "rows", "predictions", "results"):
+        setattr(args, name, getattr(args, name).resolve())
+    cwd = Path.cwd()
+    os.chdir(workdir)  # the throw-away registry's artifacts go here, not into the project
     try:
         from adapter_registry.bases.resolve import describe_folder, offline_base_path
 
@@ -466,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
 
         port = args.port or free_port()
         url = f"http://127.0.0.1:{port}"
-        process = start_vllm(args, base_path, port, workdir, plugin_dist_info(workdir / "plugin"))
+        process = start_vllm(
+            args, base_path, port, workdir, plugin_dist_info(workdir / "plugin"), store.tracking_uri
+        )
         results["ready_s"] = round(wait_ready(url, process, deadline, workdir / "vllm.log"), 1)
         with httpx.Client(base_url=url, timeout=120) as client:
             results["checks"]["resolver"] = check_resolver(client, store, contract)
@@ -500,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             results["vllm_log_tail"] = log.read_text()[-4000:]
     finally:
         stop(process)
+        os.chdir(cwd)
         shutil.rmtree(workdir, ignore_errors=True)
     results["seconds"] = round(time.monotonic() - started, 1)
     results["passed"] = (
