@@ -26,7 +26,6 @@ mount).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
     import httpx
 
     from adapter_registry.registry.entities import AdapterVersion
-
-log = logging.getLogger("adapter_registry.vllm")
 
 
 class VllmServerError(Exception):
@@ -248,9 +245,8 @@ class FleetSync:
                     if alias not in (holder.aliases if holder else ()) and server.unload(alias):
                         out.removed.append(alias)
             out.loaded = self._loaded(server, wanted)
-        except VllmServerError as exc:
+        except VllmServerError as exc:  # reported (the CLI prints it on stderr), never logged on stdout
             out.errors.append(str(exc))
-            log.error("%s", exc)
         return out
 
     @staticmethod
