@@ -31,6 +31,8 @@ from adapter_registry.registry.store import AdapterStore
 from adapter_registry.vllm.resolver import RegistryResolver
 from adapter_registry.vllm.sync import FleetSync, VllmServer
 
+pytestmark = pytest.mark.server  # the stand-in listens on 127.0.0.1
+
 
 class AdapterEndpoints:
     """The stand-in's state: key -> (card id, path), and every call it answered."""
