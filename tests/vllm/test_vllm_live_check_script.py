@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from benchmarks import vllm_live_check as live
 from safetensors.torch import load_file
 
 from adapter_registry.bases.resolve import describe_folder
 from adapter_registry.contract import ServingContract
+from benchmarks import vllm_live_check as live
 
 ROOT = Path(__file__).resolve().parents[2]
 
