@@ -130,9 +130,9 @@ def test_tampered_files_are_refused_and_a_tampered_cache_is_pulled_again(
     run_id = registry.get_version("acme_support_lora", 1).run_id
     register(registry, "acme_support_lora", lora_dirs["two"], vllm_base)
     v2 = registry.get_version("acme_support_lora", 2)
+    attest(registry, "acme_support_lora", 2)  # (promotion checks the files: they are tampered with after it)
     weights = next(tmp_path.rglob(f"{v2.run_id}/artifacts/adapter/adapter_model.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
-    attest(registry, "acme_support_lora", 2)
     with pytest.raises(
         ResolveError,
         match=r"acme_support_lora/2: pull of acme_support_lora/2 refused: file 'adapter_model.safetensors' has sha256",
