@@ -161,6 +161,8 @@ def test_the_cli_has_no_command_that_edits_history() -> None:
         "pull",
         "serve",
         "reproduce",
+        "export",  # writes a folder for a serving engine; reads the registry only
+        "vllm-sync",  # loads adapters on vLLM servers; reads the registry only
     }
 
 
