@@ -27,6 +27,8 @@ from typer.testing import CliRunner
 from vllm_helpers import attest, register
 
 from adapter_registry.cli import app
+from adapter_registry.registry import promotion
+from adapter_registry.registry.policy import Actor, PromotionPolicy
 from adapter_registry.registry.store import AdapterStore
 from adapter_registry.vllm.resolver import RegistryResolver
 from adapter_registry.vllm.sync import FleetSync, VllmServer
@@ -178,7 +180,11 @@ def test_holders_are_loaded_by_digest_and_follow_audited_moves(
     report = sync.sync_once()
     assert state.changes() == [] and "version 4: " in report.held_back["acme_support_lora"]
 
-    registry.drop_alias("globex", "production")
+    registry.drop_alias("globex", "production")  # emptied outside adapter-registry: the attested one stays
+    sync.sync_once()
+    assert state.changes() == []
+    promotion.retire(registry, "globex", "production", reason="tenant left",
+                     policy=PromotionPolicy(enforce="never"), actor=Actor("tester", False))  # fmt: skip
     sync.sync_once()
     assert state.changes() == [("/v1/unload_lora_adapter", globex1)]
 

@@ -345,10 +345,14 @@ def retire(
         )
     if not reason.strip():
         raise RegistryError("INVALID_INPUT", "retire needs --reason: say why the stage is emptied")
-    current = store.holder(name, stage)
-    if current is None:
-        raise RegistryError("INVALID_STATE", f"retire {name}@{stage}: no version holds {stage}")
     audit = AuditLog(store)
+    holder = store.holder(name, stage)
+    current = holder
+    if current is None:  # the alias may have been deleted outside adapter-registry: retire what the trail placed
+        attested = audit.stage_checks(name)[stage].attested
+        if attested is None:
+            raise RegistryError("INVALID_STATE", f"retire {name}@{stage}: no version holds {stage}")
+        current = store.get_version(name, attested)
     actor = actor or Actor.of(store.tracking_uri)
     _check_policy(audit, policy or load_policy(), actor, current, stage, reason, "retirement")
     event = StageChange(
@@ -356,10 +360,12 @@ def retire(
         when=dt.datetime.now(dt.UTC), reason=reason, action="retire", digest=files_digest(current.checksums),
     )  # fmt: skip
     try:
-        store.drop_alias(name, stage)
+        if holder is not None:
+            store.drop_alias(name, stage)
         store.set_stage(name, current.version, "archived")
         return audit.append(event)
     except RegistryError:
-        with contextlib.suppress(RegistryError):
-            store.set_stage(name, current.version, stage)
+        if holder is not None:
+            with contextlib.suppress(RegistryError):
+                store.set_stage(name, current.version, stage)
         raise
