@@ -348,7 +348,8 @@ def retire(
     audit = AuditLog(store)
     holder = store.holder(name, stage)
     current = holder
-    if current is None:  # the alias may have been deleted outside adapter-registry: retire what the trail placed
+    # the alias may have been deleted outside adapter-registry: then retire what the trail placed
+    if current is None:
         attested = audit.stage_checks(name)[stage].attested
         if attested is None:
             raise RegistryError("INVALID_STATE", f"retire {name}@{stage}: no version holds {stage}")
