@@ -11,8 +11,15 @@ once per request into (batch, in, r) and (batch, r, out) stacks, and a step is t
 whatever the mix: punica's / S-LoRA's gathered LoRA (BGMV), in plain torch. The gathered stacks are transient:
 batch × adapter size while a mixed request runs.
 
-Replacing an adapter loads it under a new slot, swaps the name → slot mapping under the lock, then drops the
-old slot: a request sees the old adapter or the new one, never half of one.
+Loading an adapter is two steps: :meth:`AdapterPool.prepare` reads and checks its files (no lock: serving goes
+on), :meth:`AdapterPool.install` puts the prepared matrices in under the model lock. Replacing an adapter installs
+it under a new slot, swaps the name → slot mapping, then drops the old slot: a request sees the old adapter or the
+new one, never half of one. The name table is replaced whole on every change, so it is read without the model lock
+(``adapters``, ``info``, ``in``): a health probe never waits for a generation.
+
+A row of a batch may carry :class:`RowHooks`: told which version answers it before its first token, handed its
+text as it is generated (streaming), and asked after every step whether anyone still waits for it (a row nobody
+waits for stops generating).
 
 Each adapter is served under its serving contract (``serving.json``, see ``contract``): a request's raw input is
 rendered by the contract of the version that generates it, under the same lock, and its answer budget is the
@@ -28,15 +35,18 @@ A prompt that, with the tokens it may generate, does not fit the base's context 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from adapter_registry.adapter_folder import (
     AdapterFolderError,
@@ -58,7 +68,10 @@ from adapter_registry.serving.lora_layer import PooledLinear, Route, Router
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["AdapterInfo", "AdapterPool", "Generation", "Input", "PoolError", "PromptTooLong"]
+__all__ = [
+    "AdapterInfo", "AdapterPool", "Generation", "Input", "NotForThisServer", "PoolError", "PreparedAdapter",
+    "PromptTooLong", "RowHooks",
+]  # fmt: skip
 
 BASE = None  # a row that names no adapter runs the bare base model
 # LoraConfig fields the pool cannot apply, with the value that means "not used"
@@ -75,6 +88,10 @@ class PoolError(ValueError):
 
 class PromptTooLong(PoolError):
     """A prompt longer than the pool takes, or too long to leave room for the tokens it may generate."""
+
+
+class NotForThisServer(PoolError):
+    """An adapter made for a server set up otherwise (its base quantised differently, another task)."""
 
 
 # ------------------------------------------------------------------------------------------------ adapters
@@ -130,6 +147,27 @@ class Generation:
     served_by: AdapterInfo | None = None  # the adapter version that produced it (None: the base)
     constrained: bool = False  # decoded over the adapter's closed answer set
     prompt: str = ""  # the prompt it continued (an Input rendered by its contract)
+    finish_reason: str = (
+        "length"  # "stop": it ended with the end-of-sequence token; "length": its budget ran out
+    )
+
+
+@dataclass(frozen=True)
+class PreparedAdapter:
+    """An adapter's matrices read and checked against the base, not yet installed (``AdapterPool.prepare``)."""
+
+    info: AdapterInfo  # what it will serve as (its slot is given at install)
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # module -> (A, B, scaling)
+    constraint: AnswerConstraint | None
+
+
+@dataclass(frozen=True)
+class RowHooks:
+    """What the caller of one row wants to hear while it is generated; called from the generating thread."""
+
+    on_start: Callable[[AdapterInfo | None], None] | None = None  # the version answering, before any token
+    on_text: Callable[[str], None] | None = None  # each new piece of the answer's text, in order
+    abandoned: Callable[[], bool] | None = None  # True once nobody waits for the row: it stops generating
 
 
 def _lora_config(folder: Path) -> dict[str, Any]:
@@ -178,7 +216,10 @@ class AdapterPool:
         self._names: dict[str, AdapterInfo] = {}  # adapter name -> what serves it now
         self._constraints: dict[str, AnswerConstraint] = {}  # slot -> its closed answer set
         self._contracts: dict[str, ServingContract] = {}  # slot -> how its requests are rendered and decoded
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the model, its layers and routes
+        self._tokenizer_lock = (
+            threading.Lock()
+        )  # a fast tokenizer is not safe to call from two threads at once
         self._counter = itertools.count(1)
 
     @classmethod
@@ -211,26 +252,42 @@ class AdapterPool:
     # ------------------------------------------------------------------------------------ adapters
     def add(self, name: str, folder: Path | str, metadata: dict[str, str] | None = None) -> AdapterInfo:
         """Load (or replace) adapter ``name`` from a peft LoRA folder; requests switch over atomically."""
+        return self.install(self.prepare(name, folder, metadata))
+
+    def prepare(
+        self, name: str, folder: Path | str, metadata: dict[str, str] | None = None
+    ) -> PreparedAdapter:
+        """Read and check adapter ``name`` from a peft LoRA folder, without the model lock (serving goes on).
+        Raises PoolError naming what does not fit."""
         folder = Path(folder)
         contract = self._contract(folder)
-        weights = self._prepare(folder)  # outside the lock: file reads and checks while serving goes on
+        weights = self._prepare(folder)
         constraint = self._constraint(folder, contract)
+        info = AdapterInfo(
+            name=name, slot="", source=str(folder), layers=len(weights),
+            ranks=tuple(sorted({a.shape[0] for a, _, _ in weights.values()})),
+            nbytes=sum(a.nbytes + b.nbytes for a, b, _ in weights.values()),
+            metadata=dict(metadata or {}), answers=constraint.size if constraint else 0, contract=contract,
+        )  # fmt: skip
+        return PreparedAdapter(info, weights, constraint)
+
+    def install(self, prepared: PreparedAdapter, evict: str | None = None) -> AdapterInfo:
+        """Serve a prepared adapter under its name (replacing the version serving it), after unloading ``evict``
+        if given: one hold of the model lock, between two batches."""
         with self._lock:
-            slot = f"{name}#{next(self._counter)}"
-            layers = {module: self._wrap(module) for module in weights}
-            for module, triple in weights.items():
+            if evict is not None:
+                self.remove(evict)
+            slot = f"{prepared.info.name}#{next(self._counter)}"
+            layers = {module: self._wrap(module) for module in prepared.weights}
+            for module, triple in prepared.weights.items():
                 layers[module].adapters[slot] = triple
-            if constraint is not None:
-                self._constraints[slot] = constraint
-            self._contracts[slot] = contract
-            info = AdapterInfo(
-                name=name, slot=slot, source=str(folder), layers=len(weights),
-                ranks=tuple(sorted({a.shape[0] for a, _, _ in weights.values()})),
-                nbytes=sum(a.nbytes + b.nbytes for a, b, _ in weights.values()),
-                metadata=dict(metadata or {}), answers=constraint.size if constraint else 0, contract=contract,
-            )  # fmt: skip
-            old = self._names.get(name)
-            self._names[name] = info
+            if prepared.constraint is not None:
+                self._constraints[slot] = prepared.constraint
+            assert prepared.info.contract is not None
+            self._contracts[slot] = prepared.info.contract
+            info = dataclasses.replace(prepared.info, slot=slot)
+            old = self._names.get(info.name)
+            self._names = {**self._names, info.name: info}  # replaced whole: readers take no lock
             if old is not None:
                 self._drop_slot(old.slot)
         return info
@@ -238,14 +295,19 @@ class AdapterPool:
     def remove(self, name: str) -> None:
         """Unload adapter ``name``."""
         with self._lock:
-            info = self._names.pop(name, None)
+            info = self._names.get(name)
             if info is None:
                 raise PoolError(f"adapter {name!r} is not loaded; loaded: {sorted(self._names)}")
+            self._names = {n: i for n, i in self._names.items() if n != name}
             self._drop_slot(info.slot)
 
     def adapters(self) -> list[AdapterInfo]:
-        with self._lock:
-            return sorted(self._names.values(), key=lambda a: a.name)
+        """The adapters loaded now (read without the model lock)."""
+        return sorted(self._names.values(), key=lambda a: a.name)
+
+    def info(self, name: str) -> AdapterInfo | None:
+        """What serves ``name`` now, or None (read without the model lock)."""
+        return self._names.get(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._names
@@ -307,7 +369,9 @@ class AdapterPool:
         except ContractError as exc:
             raise PoolError(f"{folder}: {exc}") from exc
         if contract.task != "causal_lm_sft":
-            raise PoolError(f"{folder}: task {contract.task!r} is not served (the pool generates text)")
+            raise NotForThisServer(
+                f"{folder}: task {contract.task!r} is not served (the pool generates text)"
+            )
         if contract.base_quantization != self.quantization:
             evaluated = contract.base_quantization or "full precision"
             served = self.quantization or "full precision"
@@ -316,7 +380,7 @@ class AdapterPool:
                 if contract.base_quantization
                 else "no --quantization"
             )
-            raise PoolError(
+            raise NotForThisServer(
                 f"{folder}: it was evaluated on the base in {evaluated} and this server runs it in {served}: its "
                 f"answers would differ from the evaluated ones; serve it from a server started with {fix}"
             )
@@ -327,34 +391,33 @@ class AdapterPool:
         if contract.decoding != "constrained":
             return None
         try:
-            with self._lock:  # a fast tokenizer is not safe to call from two threads at once
+            with self._tokenizer_lock:
                 return AnswerConstraint.build(contract.answers, self.tokenizer, contract.answer_separator)
         except ValueError as exc:
             raise PoolError(f"{folder}: {exc}") from exc
 
     def contract(self, name: str) -> ServingContract:
         """The serving contract of the adapter that serves ``name`` now."""
-        with self._lock:
-            info = self._names.get(name)
-            if info is None:
-                raise PoolError(f"adapter {name!r} is not loaded; loaded: {sorted(self._names)}")
-            return self._contracts[info.slot]
+        info = self._names.get(name)
+        if info is None or info.contract is None:
+            raise PoolError(f"adapter {name!r} is not loaded; loaded: {sorted(self._names)}")
+        return info.contract
 
     def render(self, name: str, value: Any) -> tuple[str, AdapterInfo]:
         """The prompt for a request's ``input`` under the contract of the adapter serving ``name`` now, and that
         adapter (its version is the one whose contract rendered it). Raises ContractError for a bad input."""
         # no lock: the model lock is held for whole generations, and a request being checked must not wait for
-        # one. A dict read is atomic; a slot dropped in between (a replacement) is looked up again.
-        for _ in range(3):
-            info = self._names.get(name)
-            if info is None:
-                raise PoolError(f"adapter {name!r} is not loaded; loaded: {sorted(self._names)}")
-            contract = self._contracts.get(info.slot)
-            if (
-                contract is not None
-            ):  # a chat template is rendered as text (jinja), not tokenised: thread-safe
-                return contract.render(value, self.tokenizer), info
-        raise PoolError(f"adapter {name!r} is being replaced; try again")
+        # one. One read of the name table: the contract and the version named go together.
+        info = self._names.get(name)
+        if info is None or info.contract is None:
+            raise PoolError(f"adapter {name!r} is not loaded; loaded: {sorted(self._names)}")
+        # a chat template is rendered as text (jinja), not tokenised: thread-safe
+        return info.contract.render(value, self.tokenizer), info
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids to text, as an answer is decoded (special tokens skipped)."""
+        with self._tokenizer_lock:
+            return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     def _wrap(self, module: str) -> PooledLinear:
         layer = self._layers.get(module)
@@ -428,6 +491,7 @@ class AdapterPool:
         prompts: Sequence[str | Input],
         adapters: Sequence[str | None],
         max_new_tokens: int | Sequence[int | None] | None = 32,
+        hooks: Sequence[RowHooks | None] | None = None,
     ) -> list[Generation]:
         """Greedy completions of a mixed batch: prompt i through ``adapters[i]``.
 
@@ -441,6 +505,10 @@ class AdapterPool:
         it; the other rows decode freely. Every row stops at its budget or its end of sequence. Raises
         :class:`PromptTooLong` (and generates nothing) if a prompt is over ``max_prompt_tokens`` or would, with its
         budget, overrun the base's context window, and ``ContractError`` if an input does not fit its contract.
+
+        ``hooks[i]`` (optional) hears row i: the version answering it once the batch is checked, its text as it
+        grows (the pieces add up to the row's final ``text``), and is asked after every step whether the row is
+        abandoned (it then stops; the batch ends when every row has).
         """
         if len(prompts) != len(adapters):
             raise PoolError(f"{len(prompts)} prompts but {len(adapters)} adapter names: give one per prompt")
@@ -449,15 +517,18 @@ class AdapterPool:
         budgets = (
             list(max_new_tokens) if isinstance(max_new_tokens, Sequence) else [max_new_tokens] * len(prompts)
         )
+        rows = list(hooks) if hooks is not None else [None] * len(prompts)
+        eos = self.tokenizer.eos_token_id
         with self.routed(adapters):
             served_by = [None if a is BASE else self._names[a] for a in adapters]
             contracts = [None if info is None else self._contracts.get(info.slot) for info in served_by]
-            texts = [
-                p if isinstance(p, str) else self._render(p, contract)
-                for p, contract in zip(prompts, contracts, strict=True)
-            ]
-            # tokenised as in training and evaluation (the prompt template's text, no special tokens)
-            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with self._tokenizer_lock:
+                texts = [
+                    p if isinstance(p, str) else self._render(p, contract)
+                    for p, contract in zip(prompts, contracts, strict=True)
+                ]
+                # tokenised as in training and evaluation (the prompt template's text, no special tokens)
+                encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             width = encoded["input_ids"].shape[1]
             constraints = [None if info is None else self._constraints.get(info.slot) for info in served_by]
             wanted = [
@@ -476,26 +547,36 @@ class AdapterPool:
             if any(c is not None for c in constraints):
                 vocab = self.model.get_output_embeddings().weight.shape[0]
                 constrain = allowed_tokens_per_row(constraints, width, vocab)
+            for hook, info in zip(rows, served_by, strict=True):
+                if hook is not None and hook.on_start is not None:
+                    hook.on_start(info)
+            streamer = _RowStreamer(self, rows, limits, eos) if any(h and h.on_text for h in rows) else None
+            stop = _Abandoned(rows) if any(h and h.abandoned for h in rows) else None
             output = self.model.generate(  # type: ignore[operator]
                 **encoded, max_new_tokens=max(limits), do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                prefix_allowed_tokens_fn=constrain,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos,
+                prefix_allowed_tokens_fn=constrain, streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([stop]) if stop is not None else None,
             )  # fmt: skip
         new = output[:, width:]
         results = []
         for i, (adapter, row) in enumerate(zip(adapters, new, strict=True)):
             row = row[: limits[i]]  # greedy: a free row's first tokens do not depend on a longer budget
-            ends = (row == self.tokenizer.eos_token_id).nonzero()
+            ends = (row == eos).nonzero()
             kept = row[: int(ends[0]) + 1] if len(ends) else row
+            text = self.decode(kept.tolist())
+            if streamer is not None:
+                streamer.finish(i, text)
             results.append(
                 Generation(
                     adapter=adapter,
-                    text=str(self.tokenizer.decode(kept, skip_special_tokens=True)),
+                    text=text,
                     prompt_tokens=int(encoded["attention_mask"][i].sum()),
                     new_tokens=len(kept),
                     served_by=served_by[i],
                     constrained=constraints[i] is not None,
                     prompt=texts[i],
+                    finish_reason="stop" if len(ends) else "length",
                 )
             )
         return results
@@ -547,3 +628,62 @@ class AdapterPool:
             "adapters_total_bytes": held,
             "total_bytes": base + held,
         }
+
+
+# ------------------------------------------------------------------------------------------------ row hooks
+class _RowStreamer(BaseStreamer):
+    """Hands each row's text to its ``on_text`` as ``generate`` produces tokens, up to the row's end or budget.
+
+    The text of the tokens so far is decoded at every step and its new part handed on (held back while it ends
+    in an incomplete character); ``finish`` hands on whatever the final text adds."""
+
+    def __init__(
+        self, pool: AdapterPool, rows: Sequence[RowHooks | None], limits: Sequence[int], eos: int
+    ) -> None:
+        self.pool = pool
+        self.rows = rows
+        self.limits = limits
+        self.eos = eos
+        self.ids: list[list[int]] = [[] for _ in rows]
+        self.sent = [""] * len(rows)
+        self.done = [h is None or h.on_text is None for h in rows]
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first call hands over the prompts
+            self.prompt_seen = True
+            return
+        for i, token in enumerate(value.reshape(-1).tolist()):
+            if self.done[i]:
+                continue
+            if token == self.eos or len(self.ids[i]) >= self.limits[i]:
+                self.done[i] = True
+                continue
+            self.ids[i].append(int(token))
+            self._send(i, self.pool.decode(self.ids[i]))
+
+    def end(self) -> None:
+        pass
+
+    def finish(self, row: int, text: str) -> None:
+        if self.rows[row] is not None and self.rows[row].on_text is not None:  # type: ignore[union-attr]
+            self._send(row, text)
+
+    def _send(self, row: int, text: str) -> None:
+        if text.endswith("\ufffd") or not text.startswith(self.sent[row]) or text == self.sent[row]:
+            return
+        hook = self.rows[row]
+        assert hook is not None and hook.on_text is not None
+        hook.on_text(text[len(self.sent[row]) :])
+        self.sent[row] = text
+
+
+class _Abandoned(StoppingCriteria):
+    """Stops the rows nobody waits for any more (their client left, or their deadline passed)."""
+
+    def __init__(self, rows: Sequence[RowHooks | None]) -> None:
+        self.rows = rows
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        gone = [bool(h is not None and h.abandoned is not None and h.abandoned()) for h in self.rows]
+        return torch.tensor(gone, dtype=torch.bool, device=input_ids.device)
