@@ -651,6 +651,41 @@ def serve(
             "MLflow webhook so an alias move is served at once (polling stays on)",
         ),
     ] = None,
+    max_resident: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--max-resident",
+            min=1,
+            help="adapters loaded at once; the others load on their first request, the least recently used "
+            "making room (default: all)",
+        ),
+    ] = None,
+    pin: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--pin", help="adapter or tenant always resident (repeat for several)"),
+    ] = None,
+    adapter_cache: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--adapter-cache", help="folder for pulled adapter files, kept (default: a temporary one)"
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int,
+        typer.Option("--max-queue", min=1, help="requests waiting for a batch; beyond: 429 + Retry-After"),
+    ] = 64,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            "--request-timeout", help="seconds a request may take; then 504 and its work is dropped"
+        ),
+    ] = 60.0,
+    shutdown_timeout: Annotated[
+        float,
+        typer.Option(
+            "--shutdown-timeout", help="seconds in-flight requests get after SIGTERM before they stop"
+        ),
+    ] = 5.0,
 ) -> None:
     """Serve every STAGE adapter registered for BASE over HTTP: many adapters on one base model."""
     from adapter_registry.serving.app import ServeOptions
@@ -661,7 +696,8 @@ def serve(
         stage=stage, host=host, port=port, tracking_uri=_state["tracking_uri"], poll_seconds=poll_seconds,
         tenants_file=tenants, max_prompt_tokens=max_prompt_tokens, quantization=quantization,
         request_log=request_log if str(request_log) not in ("", ".") else None, log_prompts=log_prompts,
-        webhook_url=webhook_url,
+        webhook_url=webhook_url, max_resident=max_resident, pin=tuple(pin or ()), adapter_cache=adapter_cache,
+        max_queue=max_queue, request_timeout=request_timeout, shutdown_timeout=shutdown_timeout,
     )  # fmt: skip
     try:
         with _errors():

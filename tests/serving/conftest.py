@@ -89,6 +89,19 @@ def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
+@pytest.fixture
+def registry(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A sqlite MLflow registry of its own in tmp_path (a copy of the migrated empty one)."""
+    import shutil
+
+    from adapter_registry.registry.store import AdapterStore
+
+    monkeypatch.chdir(tmp_path)  # run artifacts land in tmp_path/mlruns
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    shutil.copyfile(empty_db, tmp_path / "mlflow.db")
+    return AdapterStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
 def attest(store, name: str, version: int, stage: str = "production") -> None:  # type: ignore[no-untyped-def]
     """Put ``name/version`` into ``stage`` the way an operator does: an audited promotion (forced with a reason:
     these tiny adapters record no metrics for the gates). ``serve`` only serves stage holders placed like this."""

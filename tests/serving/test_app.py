@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import threading
 import time
@@ -41,14 +40,6 @@ def register(
     version = store.register_adapter(name, folder, tags=tags, metrics={})
     attest(store, name, version.version)
     return version.version
-
-
-@pytest.fixture
-def registry(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> AdapterStore:
-    monkeypatch.chdir(tmp_path)  # run artifacts land in tmp_path/mlruns
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    shutil.copyfile(empty_db, tmp_path / "mlflow.db")
-    return AdapterStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 @pytest.fixture

@@ -146,3 +146,25 @@ def test_an_alias_moved_outside_adapter_registry_is_not_served(sync, registry, a
     assert version == 2 and "which no audited, gate-checked promotion placed" in reason
     assert reason.endswith("serving the last attested version 1")
     assert len([r for r in caplog.records if "refused alpha/2" in r.getMessage()]) == 1
+
+
+def test_stage_holders_are_cached_by_content_and_a_cold_load_does_not_call_the_registry(
+    registry, adapters, tiny_base, tmp_path
+):
+    from adapter_registry.serving.residency import Residency
+    from adapter_registry.serving.sync import AdapterCache, content_key
+
+    pool = AdapterPool.from_pretrained(tiny_base, describe_folder(tiny_base).fingerprint)
+    cache = AdapterCache(tmp_path / "cache")
+    sync = RegistrySync(
+        pool, RegistrySource(registry), pool.fingerprint, residency=Residency(pool, 1), cache=cache
+    )
+    put(registry, "alpha", adapters["alpha"], pool.fingerprint)
+    put(registry, "beta", adapters["beta"], pool.fingerprint)
+    sync.sync()
+    assert [s.name for s in sync.residency.servables()] == ["alpha", "beta"] and len(pool) == 1
+    keys = {content_key(registry.get_version(n, 1).checksums) for n in ("alpha", "beta")}
+    assert {p.name for p in (tmp_path / "cache").iterdir()} == keys
+    shutil.rmtree(tmp_path / "mlruns")  # the registry's files are gone: a cold load reads the cache
+    sync.residency.acquire("beta")
+    assert [a.name for a in pool.adapters()] == ["beta"] and pool.info("beta").metadata["version"] == "1"

@@ -3,9 +3,12 @@
     POST /v1/generate         {"adapter": NAME | "tenant": T, "input": "<the user's text>" | {fields},
                                "max_new_tokens": int (default: the adapter's contract's)}
                               or, instead of "input", "prompt": an already-templated prompt sent as it is
-    GET  /v1/adapters         what is served (name, version, digest, contract) and what was refused, with why
+    GET  /v1/adapters         what is served (name, version, digest, contract, resident) and what was refused, why
     POST /v1/registry/events  the tracking server's signed webhook: an alias moved, re-sync now
-    GET  /health              ok, or degraded (a failed registry poll; a stage holder that cannot be loaded, named)
+    GET  /v1/models, POST /v1/completions, POST /v1/chat/completions   the OpenAI API (``serving.openai_api``)
+    GET  /metrics             Prometheus metrics (``serving.metrics``)
+    GET  /health              ok, or degraded (a failed registry poll; a stage holder that cannot be loaded, named);
+                              never waits on the model
 
 ``input`` is rendered by the adapter's serving contract (``serving.json``, saved with it: the prompt template or
 chat template, decoding, answer set, answer budget its evaluation used), so a served answer is the evaluated one.
@@ -20,10 +23,15 @@ poller re-reads the registry every ``poll_seconds`` (at once on a verified webho
 version is pulled (sha256-checked) and loaded beside the old one, which keeps serving until the pool swaps the name
 over.
 
-Concurrent requests are gathered by one worker thread (``serving.batcher``) into mixed batches and run through the
-pool's mixed-batch path. A prompt over ``max_prompt_tokens`` (2048 by default: one long prompt would otherwise
-stall every request batched with it), or one that with its answer budget overruns the base's context window, is
-answered 413 and the rest of its batch is served.
+Every servable version is pulled into a local cache; at most ``max_resident`` are loaded, the others on their first
+request (``serving.residency``: least recently used evicted, ``pinned`` never). Concurrent requests are gathered by
+one worker thread (``serving.batcher``) into mixed batches and run through the pool's mixed-batch path; its queue
+is bounded (``max_queue``: 429 with Retry-After beyond), each request has a deadline (``request_timeout``: 504,
+dropped), a request whose client left is dropped, and a stopping server (SIGTERM) answers queued requests 503,
+finishes the running batch and exits within ``shutdown_timeout`` (``serving.service`` follows one request). A
+prompt over ``max_prompt_tokens`` (2048 by default: one long prompt would otherwise stall every request batched
+with it), or one that with its answer budget overruns the base's context window, is answered 413 and the rest of
+its batch is served.
 """
 
 from __future__ import annotations
@@ -32,29 +40,31 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request, Response  # FastAPI reads route annotations from the module's names
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adapter_registry.contract import ContractError, MissingField
 from adapter_registry.serving.batcher import Batcher
-from adapter_registry.serving.pool import AdapterInfo, AdapterPool, Input, PoolError, PromptTooLong
+from adapter_registry.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from adapter_registry.serving.openai_api import add_openai_routes
+from adapter_registry.serving.pool import AdapterPool, Input
 from adapter_registry.serving.request_log import RequestLog
-from adapter_registry.serving.sync import AdapterSource, RegistrySource, RegistrySync
+from adapter_registry.serving.residency import Residency, check_capacity
+from adapter_registry.serving.service import Call, Refusal, Service, provenance_headers
+from adapter_registry.serving.sync import AdapterCache, AdapterSource, RegistrySource, RegistrySync
 from adapter_registry.serving.tenants import check_tenants, load_tenants
 from adapter_registry.serving.webhooks import WebhookRegistration
-
-if TYPE_CHECKING:
-    import uvicorn
 
 __all__ = ["ServeOptions", "build_server", "create_app", "serve"]
 
@@ -97,44 +107,7 @@ class GenerateRequest(BaseModel):
         return self
 
 
-def provenance(info: AdapterInfo | None, fingerprint: str) -> dict[str, Any]:
-    """What answered a request: adapter, version, weights digest, base fingerprint."""
-    meta = info.metadata if info is not None else {}
-    return {
-        "adapter": info.name if info is not None else None,
-        "version": int(meta["version"]) if meta.get("version") else None,
-        "digest": meta.get("digest", ""),
-        "base_fingerprint": fingerprint,
-    }
-
-
-def provenance_headers(facts: dict[str, Any], request_id: str) -> dict[str, str]:
-    return {
-        "X-Request-Id": request_id,
-        "X-Adapter-Name": str(facts["adapter"] or ""),
-        "X-Adapter-Version": str(facts["version"] or ""),
-        "X-Adapter-Digest": str(facts["digest"]),
-        "X-Base-Fingerprint": str(facts["base_fingerprint"]),
-    }
-
-
-# ------------------------------------------------------------------------------------------------ service
-@dataclass
-class _Service:
-    pool: AdapterPool
-    sync: RegistrySync
-    batcher: Batcher
-    tenants: dict[str, str]
-    base: dict[str, str]
-    poll_seconds: float
-    requests: RequestLog
-    webhook_secret: str = ""
-    wake: threading.Event = field(default_factory=threading.Event)  # set: poll the registry now
-    webhooks: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "rejected": 0})
-    deliveries: dict[str, float] = field(default_factory=dict)  # delivery ids accepted (replays are refused)
-    started: float = field(default_factory=time.time)
-
-
+# ------------------------------------------------------------------------------------------------ the app
 def create_app(
     pool: AdapterPool,
     source: AdapterSource,
@@ -146,24 +119,36 @@ def create_app(
     max_batch: int = 8,
     request_log: RequestLog | None = None,
     webhook: WebhookRegistration | None = None,
+    max_resident: int | None = None,
+    pinned: Iterable[str] = (),
+    cache_dir: Path | None = None,
+    max_queue: int | None = 64,
+    request_timeout: float | None = 60.0,
 ) -> FastAPI:
     """The FastAPI app: syncs with ``source`` at start-up, then every ``poll_seconds`` (or at once on a verified
-    registry webhook) in a thread."""
+    registry webhook) in a thread. ``pinned``: adapter names (or tenants) always resident."""
     from fastapi.responses import JSONResponse
 
-    service = _Service(
-        pool=pool,
-        sync=RegistrySync(pool, source, pool.fingerprint),
-        batcher=Batcher(pool, max_batch=max_batch),
-        tenants=dict(tenants or {}),
-        base={
-            "identity": base_identity,
-            "fingerprint": pool.fingerprint,
-            "stage": stage,
-            "quantization": pool.quantization or "none",
-        },
-        poll_seconds=poll_seconds,
-        requests=request_log or RequestLog(None),
+    tenants = dict(tenants or {})
+    pins = sorted({tenants.get(p, p) for p in pinned})
+    check_capacity(max_resident, pins)
+    metrics = ServingMetrics()
+    residency = Residency(pool, max_resident, pins, metrics)
+    sync = RegistrySync(pool, source, pool.fingerprint, residency=residency, cache=AdapterCache(cache_dir))
+    service = Service(
+        pool=pool, sync=sync, residency=residency, batcher=Batcher(pool, max_batch=max_batch, max_queue=max_queue),
+        metrics=metrics, tenants=tenants,
+        base={"identity": base_identity, "fingerprint": pool.fingerprint, "stage": stage,
+              "quantization": pool.quantization or "none"},
+        poll_seconds=poll_seconds, requests=request_log or RequestLog(None), request_timeout=request_timeout,
+    )  # fmt: skip
+    metrics.bind(
+        lambda: [
+            (s.name, s.metadata.get("version", ""), s.metadata.get("digest", ""), s.name in pool)
+            for s in residency.servables()
+        ],
+        max_resident,
+        service.batcher.figures,
     )
     stop = threading.Event()
 
@@ -180,16 +165,24 @@ def create_app(
         if webhook is not None:
             service.webhook_secret = await asyncio.to_thread(webhook.start)
         await asyncio.to_thread(service.sync.sync)
+        for pin in pins:
+            if residency.servable(pin) is None:
+                log.warning("--pin %s: no servable %s version of it (yet)", pin, stage)
         service.batcher.start()
         poller = threading.Thread(target=poll, name="registry-poller", daemon=True)
         poller.start()
-        log.info("serving %d adapters on %s (%s)", len(pool), base_identity, pool.fingerprint)
+        log.info(
+            "serving %d adapters (%d resident, at most %s) on %s (%s)", len(residency), len(pool),
+            max_resident or "all", base_identity, pool.fingerprint,
+        )  # fmt: skip
         yield
         stop.set()
         service.wake.set()
-        poller.join(timeout=60)
-        service.batcher.stop()
+        service.begin_shutdown()
+        poller.join(timeout=2)  # a registry call under way is left to its thread (a daemon)
+        service.batcher.stop(timeout=5)
         service.requests.close()
+        service.sync.close()
         if webhook is not None:
             webhook.stop()
 
@@ -218,85 +211,54 @@ def create_app(
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); request {request_id}"}, 500,
                             {"X-Request-Id": request_id})  # fmt: skip
 
-    def refuse(status: int, message: str, record: dict[str, Any], request_id: str) -> JSONResponse:
-        service.requests.write({**record, "status": status, "error": message})
+    def refuse(refusal: Refusal, call: Call) -> JSONResponse:
+        headers = service.refused(call, refusal)
         return JSONResponse(
-            {"detail": message, "request_id": request_id}, status, {"X-Request-Id": request_id}
+            {"detail": refusal.message, "request_id": call.request_id}, refusal.status, headers
         )
 
     @app.post("/v1/generate")
-    async def generate(body: GenerateRequest) -> Response:
-        request_id = uuid.uuid4().hex
-        started = time.perf_counter()
-        record: dict[str, Any] = {
-            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "request_id": request_id,
-            "tenant": body.tenant, "adapter": body.adapter,
-        }  # fmt: skip
-        name = body.adapter
-        if body.tenant is not None:
-            name = service.tenants.get(body.tenant)
+    async def generate(body: GenerateRequest, request: Request) -> Response:
+        name, tenant = body.adapter, body.tenant
+        if tenant is not None:
+            name = service.tenants.get(tenant)
             if name is None:
                 known = ", ".join(sorted(service.tenants)) or "none"
-                return refuse(404, f"tenant {body.tenant!r} is not in the tenants file (tenants: {known})",
-                              record, request_id)  # fmt: skip
+                message = f"tenant {tenant!r} is not in the tenants file (tenants: {known})"
+                return refuse(Refusal(404, message, "not_served"), service.call("generate", "", tenant))
         assert name is not None
-        record["adapter"] = name
-        if name not in pool:
-            refused = service.sync.refused.get(name)
-            if refused:
-                return refuse(409, f"adapter {name!r} version {refused[0]} is refused: {refused[1]}", record,
-                              request_id)  # fmt: skip
-            served = [a.name for a in pool.adapters()]
-            return refuse(404, f"adapter {name!r} is not served; served: {served}", record, request_id)
-        prompt: str | Input
-        if body.input is not None:
-            try:  # checked now for a clear 422 (no lock: never waits on a batch); rendered again by the version
-                pool.render(name, body.input)  # that generates it, under the model lock
-            except MissingField as exc:
-                return refuse(422, f"{exc} (field: {exc.field})", record, request_id)
-            except ContractError as exc:
-                return refuse(422, str(exc), record, request_id)
-            except PoolError as exc:  # unloaded in the meantime
-                return refuse(404, str(exc), record, request_id)
-            prompt = Input(body.input)
-        else:
-            assert body.prompt is not None
-            prompt = body.prompt
+        call = service.call("generate", name, tenant)
+        prompt: str | Input = Input(body.input) if body.input is not None else str(body.prompt)
         try:
-            result = await asyncio.wrap_future(service.batcher.submit(name, prompt, body.max_new_tokens))
-        except PromptTooLong as exc:
-            return refuse(413, str(exc), record, request_id)
-        except ContractError as exc:
-            return refuse(422, str(exc), record, request_id)
-        except PoolError as exc:
-            return refuse(404, str(exc), record, request_id)
-        facts = provenance(result.served_by, pool.fingerprint)
-        latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        service.requests.write(
-            {**record, **facts, "status": 200, "latency_ms": latency_ms, "prompt_tokens": result.prompt_tokens,
-             "new_tokens": result.new_tokens},
-            {"input": body.input, "prompt": result.prompt, "text": result.text},
-        )  # fmt: skip
+            deadline = service.admit(call, prompt)
+            result = await service.generate(call, prompt, body.max_new_tokens, request, deadline)
+        except Refusal as refusal:
+            return refuse(refusal, call)
+        facts = service.answered(call, result, {"input": body.input})
+        latency_ms = facts.pop("latency_ms")
         contract = result.served_by.contract if result.served_by is not None else None
         payload = {
-            **facts, "tenant": body.tenant, "request_id": request_id, "text": result.text,
+            **facts, "tenant": tenant, "request_id": call.request_id, "text": result.text,
             "constrained": result.constrained, "contract": bool(contract and contract.complete),
             "prompt_tokens": result.prompt_tokens, "new_tokens": result.new_tokens, "latency_ms": latency_ms,
         }  # fmt: skip
-        return JSONResponse(payload, headers=provenance_headers(facts, request_id))
+        return JSONResponse(payload, headers=provenance_headers(facts, call.request_id))
 
     @app.get("/v1/adapters")
-    def adapters() -> dict[str, Any]:
+    async def adapters() -> dict[str, Any]:
         stale = service.sync.stale()  # served by an older version: the stage holder was refused or failed
         served = []
-        for a in pool.adapters():
-            version = int(a.metadata.get("version", 0)) or None
-            contract = a.contract
+        for s in residency.servables():
+            version = int(s.metadata.get("version", 0)) or None
+            loaded = pool.info(s.name)
+            contract = s.info.contract
             served.append({
-                "name": a.name, "version": version, "digest": a.metadata.get("digest", ""),
-                "fingerprint": a.metadata.get("fingerprint", ""), "loaded_at": a.metadata.get("loaded_at"),
-                "layers": a.layers, "ranks": list(a.ranks), "bytes": a.nbytes, "answers": a.answers,
-                "stage_holder": stale.get(a.name, version),
+                "name": s.name, "version": version, "digest": s.metadata.get("digest", ""),
+                "fingerprint": s.metadata.get("fingerprint", ""),
+                "resident": loaded is not None, "pinned": s.name in residency.pinned,
+                "loaded_at": loaded.metadata.get("loaded_at") if loaded is not None else None,
+                "layers": s.info.layers, "ranks": list(s.info.ranks), "bytes": s.info.nbytes,
+                "answers": s.info.answers, "stage_holder": stale.get(s.name, version),
                 "contract": contract.to_dict() if contract and contract.complete else None,
                 "warnings": [f"registered without a serving contract: no {', '.join(contract.missing)}; "
                              "'input' is refused, send 'prompt'"] if contract and not contract.complete else [],
@@ -339,24 +301,39 @@ def create_app(
         return JSONResponse({"status": "sync scheduled"}, 202)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        """``degraded`` when the last registry poll failed or a stage holder cannot be loaded (named in
-        ``unloadable``: its files failed their sha256 check, or could not be fetched)."""
+    async def health() -> dict[str, Any]:
+        """``degraded`` when the last registry poll failed or a stage holder cannot be served: ``unloadable``
+        names those whose files could not be fetched or failed their sha256 check, ``problems`` every stage
+        holder this server should serve and cannot (also refused files, unattested holders, failed cold loads).
+        Answered from plain attributes in the event loop: never waits on the model or a registry call."""
         sync = service.sync
+        problems = service.problems()
+        queue = service.batcher.figures()
         unloadable = [{"name": n, "version": v, "error": e} for n, (v, e) in sorted(sync.failed.items())]
         return {
-            "status": "ok" if sync.last_error is None and not unloadable else "degraded",
+            "status": "ok" if sync.last_error is None and not problems and not unloadable else "degraded",
             "unloadable": unloadable,
+            "problems": [{"adapter": n, "version": v, "reason": r} for n, (v, r) in problems.items()],
             "base": service.base,
-            "adapters": len(pool),
+            "adapters": len(residency),
+            "resident": len(pool),
+            "max_resident": residency.max_resident,
             "last_sync": sync.last_sync.isoformat(timespec="seconds") if sync.last_sync else None,
             "last_sync_error": sync.last_error,
-            "batches": service.batcher.batches,
-            "largest_batch": service.batcher.largest_batch,
+            "batches": queue["batches"],
+            "largest_batch": queue["largest_batch"],
+            "queue": {"depth": queue["depth"], "capacity": queue["capacity"], "in_flight": service.in_flight},
+            "shutting_down": service.batcher.closing,
             "webhooks": dict(service.webhooks),
             "uptime_s": round(time.time() - service.started, 1),
         }
 
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        service.metrics.in_flight.set(service.in_flight)
+        return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    add_openai_routes(app, service)
     return app
 
 
@@ -377,18 +354,24 @@ class ServeOptions:
     request_log: Path | None = DEFAULT_REQUEST_LOG
     log_prompts: bool = False
     webhook_url: str | None = None  # this server's /v1/registry/events as the tracking server reaches it
+    max_resident: int | None = None  # adapters loaded at once (others on their first request); None: all
+    pin: tuple[str, ...] = ()  # adapters or tenants always resident
+    adapter_cache: Path | None = None  # pulled adapter files (kept); None: a temporary folder
+    max_queue: int | None = 64  # requests waiting for a batch; beyond: 429 with Retry-After
+    request_timeout: float | None = 60.0  # seconds a request may take; then 504 and it is dropped
+    shutdown_timeout: float = 5.0  # seconds in-flight requests get after SIGTERM before they are cancelled
 
 
 def build_server(base: str, options: ServeOptions | None = None) -> uvicorn.Server:
     """Check the tenants, load the base, connect the registry and return the (not yet started) uvicorn server."""
-    import uvicorn
-
     from adapter_registry.bases.resolve import resolve_reference
     from adapter_registry.contract import QUANTIZATIONS
     from adapter_registry.registry.entities import PROMOTION_STAGES
     from adapter_registry.registry.store import AdapterStore
 
     o = options or ServeOptions()
+    if o.request_timeout is not None and o.request_timeout <= 0:
+        raise ValueError(f"--request-timeout {o.request_timeout} must be positive (seconds)")
     if o.stage not in (*PROMOTION_STAGES, "candidate"):
         raise ValueError(f"stage {o.stage!r} cannot be served; use production, staging or candidate")
     if o.quantization and o.quantization not in QUANTIZATIONS:
@@ -396,6 +379,7 @@ def build_server(base: str, options: ServeOptions | None = None) -> uvicorn.Serv
     resolved = resolve_reference(base)
     store = AdapterStore(o.tracking_uri) if o.tracking_uri else AdapterStore.from_env()
     tenants = load_tenants(o.tenants_file)
+    check_capacity(o.max_resident, {tenants.get(p, p) for p in o.pin})  # before the base is loaded
     source = str(o.tenants_file or "tenants")
     for warning in check_tenants(tenants, store, o.stage, resolved.fingerprint, source, o.quantization):
         log.warning(warning)
@@ -407,9 +391,26 @@ def build_server(base: str, options: ServeOptions | None = None) -> uvicorn.Serv
         pool, RegistrySource(store, o.stage), base_identity=resolved.identity, stage=o.stage, tenants=tenants,
         poll_seconds=o.poll_seconds, max_batch=o.max_batch, request_log=RequestLog(o.request_log, o.log_prompts),
         webhook=WebhookRegistration(store, o.webhook_url) if o.webhook_url else None,
+        max_resident=o.max_resident, pinned=o.pin,
+        cache_dir=o.adapter_cache, max_queue=o.max_queue, request_timeout=o.request_timeout,
     )  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(app, host=o.host, port=o.port, log_level="info"))
-    return server
+    config = uvicorn.Config(
+        app, host=o.host, port=o.port, log_level="info", timeout_graceful_shutdown=math.ceil(o.shutdown_timeout)
+    )  # fmt: skip
+    return _Server(config, app.state.service)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the service as soon as it starts to stop (SIGTERM, SIGINT): the queued requests
+    are answered 503 at once instead of being served while the connections drain; the running batch finishes."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.service.begin_shutdown()
+        await super().shutdown(sockets)
 
 
 def serve(base: str, options: ServeOptions | None = None) -> None:

@@ -3,14 +3,19 @@
 An :class:`AdapterSource` says which version of each adapter to serve for the stage (and which stage holders it
 holds back) and fetches its files; :class:`RegistrySource` is the MLflow registry through ``AdapterStore``: alias
 holders checked against the audit trail (only attested versions serve), files pulled with their registered sha256
-checked. :class:`RegistrySync` loads new and moved versions into the pool, unloads adapters that left the stage,
-and keeps the previous version serving when a new one is refused or fails to load.
+checked. :class:`RegistrySync` pulls new and moved versions into the local :class:`AdapterCache` (a folder per
+registered content, so a cold load never calls the registry) and offers them to the ``Residency`` (which loads
+them now or on their first request, within its resident limit), withdraws adapters that left the stage, and keeps
+the previous version serving when a new one is refused or fails to load.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -19,13 +24,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adapter_registry.adapter_folder import WEIGHT_FILES
+from adapter_registry.checksums import checksum_problem, sha256_folder
 from adapter_registry.registry.entities import AdapterVersion
-from adapter_registry.serving.pool import AdapterPool, PoolError
+from adapter_registry.serving.pool import AdapterPool, NotForThisServer, PoolError
+from adapter_registry.serving.residency import Residency
 
 if TYPE_CHECKING:
     from adapter_registry.registry.store import AdapterStore
 
-__all__ = ["SERVED_TASK", "AdapterSource", "RegistrySource", "RegistrySync", "StageHolders", "weights_digest"]
+__all__ = [
+    "SERVED_TASK", "AdapterCache", "AdapterSource", "RegistrySource", "RegistrySync", "StageHolders", "content_key",
+    "weights_digest",
+]  # fmt: skip
 
 log = logging.getLogger("adapter_registry.serving")
 SERVED_TASK = "causal_lm_sft"
@@ -118,6 +128,50 @@ class RegistrySource:
         return dest
 
 
+# ------------------------------------------------------------------------------------------------ cache
+class AdapterCache:
+    """Pulled adapter files on local disk, one folder per registered content (``content_key`` of its files'
+    sha256), so that a version is pulled once and a cold load reads local files. ``root`` None: a temporary
+    folder removed by ``close``; a folder given is kept (and may be shared by replicas: a folder appears whole,
+    by rename)."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self._tmp = None if root is not None else tempfile.TemporaryDirectory(prefix="adapter-cache-")
+        self.root = Path(root) if root is not None else Path(self._tmp.name)  # type: ignore[union-attr]
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def fetch(self, version: AdapterVersion, source: AdapterSource) -> Path:
+        """The version's files in the cache, pulled (sha256-checked) unless already there and intact."""
+        folder = self.root / content_key(version.checksums)
+        if folder.is_dir():
+            problem = checksum_problem(sha256_folder(folder), version.checksums)
+            if problem is None:
+                return folder
+            log.warning("cached files of %s changed (%s): pulling them again", version.ref, problem)
+            shutil.rmtree(folder, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=self.root))
+        try:
+            source.fetch(version, staging / "adapter")
+            try:
+                os.replace(staging / "adapter", folder)
+            except OSError:
+                if not folder.is_dir():  # else another replica put the same files there first
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def content_key(checksums: dict[str, str]) -> str:
+    """The sha256 of a version's file checksums (path and sha256 per line, sorted): its cache folder's name."""
+    lines = "".join(f"{path} {sha}\n" for path, sha in sorted(checksums.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 # ------------------------------------------------------------------------------------------------ sync
 @dataclass
 class RegistrySync:
@@ -136,8 +190,17 @@ class RegistrySync:
     unsettled: dict[str, tuple[tuple[int, str], float]] = field(
         default_factory=dict
     )  # name -> (held, first seen)
-    _unservable: dict[tuple[str, int], str] = field(default_factory=dict)  # files the pool refused
+    residency: Residency = None  # type: ignore[assignment]  # default: every servable adapter resident
+    cache: AdapterCache = None  # type: ignore[assignment]  # default: a temporary folder
+    foreign: set[str] = field(default_factory=set)  # refused names made for another server (base, task, bits)
+    _unservable: dict[tuple[str, int], tuple[str, bool]] = field(default_factory=dict)  # -> (why, foreign)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.residency is None:
+            self.residency = Residency(self.pool)
+        if self.cache is None:
+            self.cache = AdapterCache()
 
     def refusal(self, version: AdapterVersion) -> str | None:
         """Why ``version`` cannot be served on this base, or None."""
@@ -170,7 +233,7 @@ class RegistrySync:
             ) in holders.errors.items():  # keep serving what is loaded; say why it was not re-read
                 if self.failed.get(name, (0, ""))[1] != error:
                     log.error("could not read %s from the registry, serving what is loaded: %s", name, error)
-                loaded = next((a for a in self.pool.adapters() if a.name == name), None)
+                loaded = self.residency.servable(name)
                 self.failed[name] = (int(loaded.metadata.get("version", 0)) if loaded else 0, error)
             kept = names | set(holders.errors)
             for version in holders.serve:
@@ -189,10 +252,10 @@ class RegistrySync:
                     del self.unsettled[name]
             for gone in set(self.unsettled) - set(holders.held_back):
                 del self.unsettled[gone]
-            for info in self.pool.adapters():
-                if info.name not in kept:
-                    self.pool.remove(info.name)
-                    log.info("unloaded %s: no attested version holds the stage", _ref(info))
+            for servable in self.residency.servables():
+                if servable.name not in kept:
+                    self.residency.withdraw(servable.name)
+                    log.info("unloaded %s: no attested version holds the stage", servable.ref)
             for table in (self.refused, self.failed):
                 for gone in set(table) - kept - set(holders.held_back):
                     del table[gone]
@@ -209,42 +272,69 @@ class RegistrySync:
     def stale(self) -> dict[str, int]:
         """Adapter name -> the stage holder's version, for adapters still served by an older version."""
         pending = {**self.failed, **self.refused}
-        return {a.name: pending[a.name][0] for a in self.pool.adapters() if a.name in pending}
+        return {s.name: pending[s.name][0] for s in self.residency.servables() if s.name in pending}
+
+    def problems(self) -> dict[str, tuple[int | None, str]]:
+        """Stage holders this server should serve and cannot: pulls or loads that failed, files the pool refuses,
+        holders no audited promotion placed. Not those made for another server (another base, task or
+        quantisation): they are listed as refused, and are not this server's problem."""
+        found: dict[str, tuple[int | None, str]] = {
+            n: v for n, v in self.refused.items() if n not in self.foreign
+        }
+        found.update(self.failed)
+        for name, failure in self.residency.failures.items():
+            found.setdefault(name, failure)
+        return dict(sorted(found.items()))
+
+    def close(self) -> None:
+        """Remove the temporary cache (if the cache is one)."""
+        self.cache.close()
 
     def _apply(self, version: AdapterVersion, held_back: bool = False) -> None:
         """Serve ``version`` unless refused; ``held_back``: the stage holder is another version, refused by the
         source (its refusal stays listed while this one serves)."""
-        current = next((a for a in self.pool.adapters() if a.name == version.name), None)
-        reason = self.refusal(version) or self._unservable.get((version.name, version.version))
+        current = self.residency.servable(version.name)
+        refusal = self.refusal(version)
+        reason, foreign = (
+            (refusal, True) if refusal else self._unservable.get((version.name, version.version), ("", False))
+        )
         if reason:
-            if self.refused.get(version.name) != (version.version, reason):
-                log.warning("refused %s: %s (serving %s)", version.ref, reason, _ref(current))
-            self.refused[version.name] = (version.version, reason)
+            self._refuse(version, reason, foreign, current)
             return
         if not held_back:
             self.refused.pop(version.name, None)
+            self.foreign.discard(version.name)
         if current is not None and current.metadata.get("version") == str(version.version):
             return
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="adapter-pull-") as tmp:
-            try:
-                folder = self.source.fetch(version, Path(tmp) / "adapter")
-                self.pool.add(version.name, folder, metadata=_metadata(version))
-            except PoolError as exc:  # the files are what was registered, and the pool cannot serve them
-                self._unservable[(version.name, version.version)] = str(exc)
-                self.refused[version.name] = (version.version, str(exc))
-                log.warning("refused %s: %s (serving %s)", version.ref, exc, _ref(current))
-                return
-            except Exception as exc:  # pull failed: keep serving the old version; retry at the next poll
-                error = f"{type(exc).__name__}: {exc}"
-                if self.failed.get(version.name) != (version.version, error):
-                    log.error("could not load %s, still serving %s: %s", version.ref, _ref(current), error)
-                self.failed[version.name] = (version.version, error)
-                return
+        try:
+            folder = self.cache.fetch(version, self.source)
+            resident = self.residency.offer(version.name, folder, version.checksums, _metadata(version))
+        except PoolError as exc:  # the files are what was registered, and the pool cannot serve them
+            foreign = isinstance(exc, NotForThisServer)
+            self._unservable[(version.name, version.version)] = (str(exc), foreign)
+            self._refuse(version, str(exc), foreign, current)
+            return
+        except Exception as exc:  # pull failed: keep serving the old version; retry at the next poll
+            error = f"{type(exc).__name__}: {exc}"
+            if self.failed.get(version.name) != (version.version, error):
+                log.error("could not load %s, still serving %s: %s", version.ref, _ref(current), error)
+            self.failed[version.name] = (version.version, error)
+            return
         self.failed.pop(version.name, None)
         log.info(
-            "loaded %s in %.2f s (replacing %s)", version.ref, time.perf_counter() - started, _ref(current)
-        )
+            "%s %s in %.2f s (replacing %s)", "loaded" if resident else "pulled (loaded on its first request)",
+            version.ref, time.perf_counter() - started, _ref(current),
+        )  # fmt: skip
+
+    def _refuse(self, version: AdapterVersion, reason: str, foreign: bool, current: Any) -> None:
+        if self.refused.get(version.name) != (version.version, reason):
+            log.warning("refused %s: %s (serving %s)", version.ref, reason, _ref(current))
+        self.refused[version.name] = (version.version, reason)
+        if foreign:
+            self.foreign.add(version.name)
+        else:
+            self.foreign.discard(version.name)
 
 
 def _metadata(version: AdapterVersion) -> dict[str, str]:
@@ -263,5 +353,5 @@ def weights_digest(checksums: dict[str, str]) -> str:
     return f"sha256:{checksums[name]}" if name else ""
 
 
-def _ref(info: Any) -> str:
-    return "nothing" if info is None else str(info.metadata.get("ref", info.name))
+def _ref(served: Any) -> str:
+    return "nothing" if served is None else str(served.metadata.get("ref", served.name))
