@@ -1,5 +1,7 @@
-"""Serving many adapters on one base model: ``pool`` (load, switch, mixed batches), ``sync`` (the pool follows the
-registry), ``batcher`` (concurrent requests into mixed batches) and ``app`` (the FastAPI routes).
+"""Serving many adapters on one base model: ``pool`` (load, switch, mixed batches), ``residency`` (at most K
+resident, cold loads), ``sync`` (the pool follows the registry through a local cache), ``batcher`` (concurrent
+requests into mixed batches, with admission control), ``service`` (one request's course), ``metrics``, and the
+routes: ``app`` (FastAPI) and ``openai_api`` (the OpenAI API).
 
 ``app`` is imported by nothing in the package; ``adapter-registry serve`` imports it lazily.
 """

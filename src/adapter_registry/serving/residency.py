@@ -184,8 +184,9 @@ class Residency:
                     raise PoolError(f"adapter {name!r} is not served")
                 self._loading.add(name)
             try:
+                started = time.perf_counter()
                 prepared = self._read(servable)
-                self._install(prepared, "cold", deadline, hold=True)
+                self._install(prepared, "cold", deadline, hold=True, started=started)
                 return
             except PoolError as exc:
                 with self._cond:
@@ -213,25 +214,28 @@ class Residency:
     # ------------------------------------------------------------------------------------ loading
     def _read(self, servable: Servable) -> PreparedAdapter:
         """The cached files, checked against their registered sha256, read and checked against the base."""
-        started = time.perf_counter()
         problem = checksum_problem(sha256_folder(servable.folder), servable.checksums)
         if problem:
             raise PoolError(
                 f"the cached files of {servable.ref} in {servable.folder} changed since they were pulled "
                 f"({problem}); delete that folder to pull them again"
             )
-        prepared = self.pool.prepare(servable.name, servable.folder, servable.metadata)
-        log.debug("read %s in %.0f ms", servable.ref, (time.perf_counter() - started) * 1000)
-        return prepared
+        return self.pool.prepare(servable.name, servable.folder, servable.metadata)
 
     def _install(
-        self, prepared: PreparedAdapter, cause: str, deadline: float | None, hold: bool = False
+        self,
+        prepared: PreparedAdapter,
+        cause: str,
+        deadline: float | None,
+        hold: bool = False,
+        started: float | None = None,
     ) -> bool:
         """Install ``prepared`` (the caller marked its name loading). A name not resident takes a free slot or,
         for a cold or pinned load, the slot of the least recently used idle adapter, evicted in the same hold of
-        the model lock; an eager load finding no free slot is skipped (False). ``hold``: one request holds it."""
+        the model lock; an eager load finding no free slot is skipped (False). ``hold``: one request holds it.
+        ``started``: when its files began to be read (the load's time is counted from there)."""
         name = prepared.info.name
-        started = time.perf_counter()
+        started = time.perf_counter() if started is None else started
         victim = None
         with self._cond:
             if name not in self._lru:

@@ -269,7 +269,7 @@ class Service:
         loading = asyncio.ensure_future(asyncio.to_thread(self.residency.acquire, call.name, deadline))
         try:
             await self._until(loading, None, call, request, deadline)
-        except Refusal:
+        except BaseException:  # a Refusal, or this request cancelled
             if not loading.done():  # the load goes on; give its slot back when it ends
                 loading.add_done_callback(lambda t: self._release_if_held(t, call.name))
             raise
@@ -397,8 +397,9 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        if not self.ticket.future.done():
+        if not self.ticket.future.done():  # the client left before the end
             self.ticket.cancel("disconnected")
+            self.service.refused(self.call, Refusal(499, "the client closed the stream", "disconnected"))
         self.service.in_flight -= 1
         self.service.residency.release(self.call.name)
 
