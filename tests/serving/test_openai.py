@@ -108,6 +108,7 @@ def test_the_openai_client_lists_completes_chats_and_streams(served, client, tin
     pieces = list(client.completions.create(model="alpha", prompt=PROMPT, max_tokens=6, stream=True))
     assert "".join(c.choices[0].text for c in pieces) == completion.choices[0].text
     assert len(pieces) > 2 and pieces[-1].choices[0].finish_reason == "length"
+    assert pieces[-1].model_extra["provenance"]["digest"] == digest
     response = client.chat.completions.with_raw_response.create(
         model="gamma", messages=[{"role": "user", "content": "b c 1"}], stream=True,
         stream_options={"include_usage": True},

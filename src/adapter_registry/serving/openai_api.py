@@ -17,7 +17,7 @@ batch generates (a streamer hands each row's tokens out of the batched ``generat
 
 Every answer names what answered it: ``X-Adapter-Name``/``-Version``/``-Digest``, ``X-Base-Fingerprint`` and
 ``X-Request-Id`` headers (a stream's too: they are sent once its version is known), ``system_fingerprint``
-(``adapter/version@digest``), and a ``provenance`` object in the body (or in each chunk). Errors have OpenAI's
+(``adapter/version@digest``), and a ``provenance`` object in the body (a stream's: in its last chunk). Errors have OpenAI's
 shape, ``{"error": {"message", "type", "param", "code"}}``, with the HTTP status of the native API (a bad input
 or a prompt too long: 400; an unknown model: 404; a full queue: 429 with ``Retry-After``; a request past its
 deadline: 504; a stopping server: 503).
@@ -333,18 +333,17 @@ async def _events(
     }
     extra = {"usage": None} if usage else {}
 
-    def chunk(piece: str | None, finish: str | None = None) -> str:
+    def chunk(piece: str | None, finish: str | None = None, **more: Any) -> str:
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
         if chat:
             choice["delta"] = {} if piece is None else {"content": piece}
         else:
             choice["text"] = piece or ""
-        return _sse({**head, "choices": [choice], **extra})
+        return _sse({**head, "choices": [choice], **extra, **more})
 
     if chat:
         yield _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                         "logprobs": None, "finish_reason": None}],
-                    "provenance": _provenance(call, facts, None), **extra})  # fmt: skip
+                                         "logprobs": None, "finish_reason": None}], **extra})  # fmt: skip
     try:
         async for piece in stream.pieces():
             yield chunk(piece)
@@ -355,7 +354,7 @@ async def _events(
                               "code": refusal.reason}})  # fmt: skip
         return
     service.answered(call, result, {})
-    yield chunk(None, result.finish_reason)
+    yield chunk(None, result.finish_reason, provenance=_provenance(call, facts, result))
     if usage:
         yield _sse({**head, "choices": [], "usage": _usage(result)})
     yield _sse("[DONE]")
