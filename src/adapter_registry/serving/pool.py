@@ -45,8 +45,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 
 from adapter_registry.adapter_folder import (
     AdapterFolderError,
@@ -552,6 +550,8 @@ class AdapterPool:
                     hook.on_start(info)
             streamer = _RowStreamer(self, rows, limits, eos) if any(h and h.on_text for h in rows) else None
             stop = _Abandoned(rows) if any(h and h.abandoned for h in rows) else None
+            from transformers.generation.stopping_criteria import StoppingCriteriaList
+
             output = self.model.generate(  # type: ignore[operator]
                 **encoded, max_new_tokens=max(limits), do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos,
@@ -631,7 +631,9 @@ class AdapterPool:
 
 
 # ------------------------------------------------------------------------------------------------ row hooks
-class _RowStreamer(BaseStreamer):
+# transformers' BaseStreamer (put/end) and StoppingCriteria (a call per step) by their interfaces: importing
+# transformers.generation here would cost every importer of this module a second (the vllm commands import sync).
+class _RowStreamer:
     """Hands each row's text to its ``on_text`` as ``generate`` produces tokens, up to the row's end or budget.
 
     The text of the tokens so far is decoded at every step and its new part handed on (held back while it ends
@@ -678,7 +680,7 @@ class _RowStreamer(BaseStreamer):
         self.sent[row] = text
 
 
-class _Abandoned(StoppingCriteria):
+class _Abandoned:
     """Stops the rows nobody waits for any more (their client left, or their deadline passed)."""
 
     def __init__(self, rows: Sequence[RowHooks | None]) -> None:
