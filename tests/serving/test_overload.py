@@ -86,7 +86,7 @@ def test_full_queue_deadline_and_departed_client_while_the_model_is_busy(busy_se
 
             with pytest.raises(httpx.ReadTimeout):
                 leaving.result()  # its client left; the server drops its request
-            time.sleep(0.3)
+            until(lambda: figures()["depth"] == 0)
             late = executor.submit(generate, url, adapter="beta")  # takes the departed request's place
             assert late.result().status_code == 504 and "--request-timeout" in late.result().json()["detail"]
             assert first.result().status_code == 504  # its batch still waits for the model

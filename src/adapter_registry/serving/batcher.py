@@ -156,9 +156,11 @@ class Batcher:
         return max(1, math.ceil(len(self._waiting) / self.max_batch * self._batch_s))
 
     def figures(self) -> dict[str, Any]:
-        """Queue depth and capacity, batches, rows generated and requests dropped (for /health and /metrics)."""
+        """Queue depth (requests waiting that someone still waits for) and capacity, batches, rows generated and
+        requests dropped (for /health and /metrics)."""
+        waiting = list(self._waiting)
         return {
-            "depth": len(self._waiting), "capacity": self.max_queue, "batches": self.batches,
+            "depth": sum(not t.abandoned() for t in waiting), "capacity": self.max_queue, "batches": self.batches,
             "largest_batch": self.largest_batch, "rows": self.rows, "dropped": dict(self.dropped),
         }  # fmt: skip
 
