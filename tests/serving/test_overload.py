@@ -137,13 +137,22 @@ def test_sigterm_stops_a_busy_serve_within_seconds(registry, tiny_base, adapters
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
             stopped_in = time.monotonic() - started
-            statuses = [a.result().status_code for a in answers]
+            statuses = [_status(a) for a in answers]
     finally:
         if process.poll() is None:
             process.kill()
     assert stopped_in < 5, (stopped_in, (tmp_path / "serve.log").read_text()[-3000:])
-    assert set(statuses) <= {200, 503} and 503 in statuses, statuses  # every request answered
+    # every request the server had accepted is answered (200, or 503 if queued); one whose client had not connected
+    # yet is refused by the closed socket ("refused"), never cut off half-way
+    assert set(statuses) <= {200, 503, "refused"} and 503 in statuses, statuses
     assert "Shutting down" in (tmp_path / "serve.log").read_text()
+
+
+def _status(answer: Any) -> int | str:
+    try:
+        return int(answer.result().status_code)
+    except httpx.ConnectError:
+        return "refused"
 
 
 def _get(url: str) -> dict[str, Any] | None:
