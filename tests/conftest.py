@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,12 @@ def intent_data(tmp_path: Path) -> Path:
         write_jsonl(folder / f"{split}.jsonl", intent_rows(n, seed))
     _drop_overlap(folder, "text")
     return folder
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A plain ``mlflow server`` (sqlite backend, no auth) on 127.0.0.1, started once for every test that needs
+    one: the registry's server round trip and serve's webhooks (it may call 127.0.0.1, see WEBHOOK_ENV)."""
+    from registry.conftest import WEBHOOK_ENV, start_server
+
+    yield from start_server(tmp_path_factory.mktemp("server"), env=WEBHOOK_ENV)

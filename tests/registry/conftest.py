@@ -178,7 +178,6 @@ def start_server(workdir: Path, *extra: str, env: dict[str, str] | None = None) 
         log.close()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A plain ``mlflow server`` (no auth) on 127.0.0.1, shared by the server tests."""
-    yield from start_server(tmp_path_factory.mktemp("server"))
+# A server may call a webhook on 127.0.0.1 over http, and re-reads its webhooks every second (tests/serving)
+WEBHOOK_ENV = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+               "MLFLOW_WEBHOOK_CACHE_TTL": "1"}  # fmt: skip

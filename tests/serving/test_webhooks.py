@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.store import AdapterStore
 from adapter_registry.serving.app import ServeOptions, build_server
 from adapter_registry.serving.webhooks import TOLERANCE_S, sign, signature_problem
-from registry.conftest import start_server
 
 from .conftest import attest
 from .test_app import free_port
@@ -39,28 +37,20 @@ def test_signatures_are_checked_as_mlflow_signs_them() -> None:
     assert "unsigned delivery" in (signature_problem(SECRET, {}, PAYLOAD) or "")
 
 
-@pytest.fixture
-def webhook_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An mlflow server allowed to call 127.0.0.1 over http, re-reading its webhooks every second."""
-    env = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-           "MLFLOW_WEBHOOK_CACHE_TTL": "1"}  # fmt: skip
-    yield from start_server(tmp_path_factory.mktemp("webhook-server"), env=env)
-
-
 @pytest.mark.server
 @pytest.mark.slow
 def test_an_alias_move_reaches_serve_by_webhook_without_polling(
-    webhook_server: str, tiny_base: Path, adapters: dict[str, Path], tmp_path: Path,
+    mlflow_server: str, tiny_base: Path, adapters: dict[str, Path], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    store = AdapterStore(webhook_server)
+    store = AdapterStore(mlflow_server)
     tags = {Tag.BASE_FINGERPRINT: describe_folder(tiny_base).fingerprint, Tag.TASK: "causal_lm_sft"}
     attest(store, "alpha", store.register_adapter("alpha", adapters["alpha"], tags=tags, metrics={}).version)
     port = free_port()
     (tmp_path / "tenants.yml").write_text("tenants: {}\n")
     options = ServeOptions(
-        tracking_uri=webhook_server, port=port, poll_seconds=600, tenants_file=tmp_path / "tenants.yml",
+        tracking_uri=mlflow_server, port=port, poll_seconds=600, tenants_file=tmp_path / "tenants.yml",
         request_log=None, webhook_url=f"http://127.0.0.1:{port}/v1/registry/events",
     )  # fmt: skip
     server = build_server(str(tiny_base), options)
