@@ -1,0 +1,28 @@
+"""conf/logging.yml: Kedro's per-dataset lines are off by default, and conf/logging-verbose.yml brings them back."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("config", "dataset_lines"), [("logging.yml", False), ("logging-verbose.yml", True)])
+def test_per_dataset_lines_only_when_asked(config: str, dataset_lines: bool) -> None:
+    saved = {name: logging.getLogger(name).level for name in ("kedro", "kedro.io", "adapter_registry")}
+    try:
+        logging.config.dictConfig(yaml.safe_load((ROOT / "conf" / config).read_text()))
+        catalog = logging.getLogger("kedro.io.data_catalog")  # "Loading data from ...", "Saving data to ..."
+        assert catalog.isEnabledFor(logging.INFO) is dataset_lines
+        assert logging.getLogger("kedro.runner.sequential_runner").isEnabledFor(
+            logging.INFO
+        )  # "Running node"
+        assert logging.getLogger("adapter_registry.pipelines.train.nodes").isEnabledFor(logging.INFO)
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
