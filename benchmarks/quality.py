@@ -47,6 +47,7 @@ from adapter_registry.environment import offline_defaults  # noqa: E402
 
 offline_defaults()  # before quality_data imports transformers (quality_diagnose.py imports this module too)
 
+from adapter_registry.training.threads import use_threads  # noqa: E402
 from benchmarks.quality_data import BenchmarkInputError, LabelledData, load_labelled, stratified_sample  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -870,11 +871,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --seeds must be at least 1 (got {args.seeds})", file=sys.stderr)
         return 2
     # on a shared 2-core machine, 2 OpenMP threads next to another busy process spin at every barrier:
-    # measured here 18-33 s per SmolLM2 step with 2 threads vs 1.35 s with 1
-    cores = os.cpu_count() or 1
-    torch.set_num_threads(
-        args.threads or (cores if load_now() < 0.5 else max(1, cores - math.ceil(load_now())))
-    )
+    # measured here 18-33 s per SmolLM2 step with 2 threads vs 1.35 s with 1 (the pipeline chooses the same way)
+    print(f"threads: {use_threads(args.threads or None)}", flush=True)
     quick = args.quick
     try:
         data = load_labelled(
