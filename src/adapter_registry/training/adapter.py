@@ -36,7 +36,7 @@ from adapter_registry.training.heads import (
     pool,
     refit_linear_probe,
 )
-from adapter_registry.training.loop import LoopConfig, TrainResult, seed_everything, train
+from adapter_registry.training.loop import LoopConfig, Progress, TrainResult, seed_everything, train
 from adapter_registry.training.models import (
     answer_only_loss_fn,
     load_base_model,
@@ -174,6 +174,8 @@ def _train_with_method(
     run_key: str,
     head: Sequence[nn.Parameter] = (),
     loss_fn: Any = None,
+    progress: Progress | None = None,
+    phase: str = "train",
 ) -> TrainResult:
     """The loop with what the method asks of it: its optimizer (LoRA-FA) and its per-step hook (AdaLoRA)."""
     config = loop_config(recipe, steps)
@@ -184,7 +186,7 @@ def _train_with_method(
     return train(
         model, train_feats, val_feats, config, pad_id, head_parameters=head, optimizer=optimizer,
         on_step=step_callback(recipe.method, peft_model), checkpoint_dir=checkpoint_dir, run_key=run_key,
-        loss_fn=loss_fn,
+        loss_fn=loss_fn, progress=progress, phase=phase,
     )  # fmt: skip
 
 
@@ -195,6 +197,7 @@ def train_causal_lm(
     val_examples: Sequence[Any],
     checkpoint_dir: Path | None,
     run_key: str,
+    progress: Progress | None = None,
 ) -> TrainedAdapter:
     tokenizer = load_tokenizer(base.path)
     max_length = training_of(recipe).max_length
@@ -209,7 +212,7 @@ def train_causal_lm(
     model = get_peft_model(model, build_peft_config(recipe.method, recipe.task.type, total_steps=steps))
     result = _train_with_method(
         recipe, model, model, train_feats, val_feats, steps, tokenizer.pad_token_id, checkpoint_dir, run_key,
-        loss_fn=answer_only_loss_fn(model),
+        loss_fn=answer_only_loss_fn(model), progress=progress,
     )  # fmt: skip
     trainable, total = trainable_parameters(model)
     answers = answer_labels(recipe, train_examples)
@@ -241,6 +244,7 @@ def train_classifier(
     val_examples: Sequence[Any],
     checkpoint_dir: Path | None,
     run_key: str,
+    progress: Progress | None = None,
 ) -> TrainedAdapter:
     task = recipe.task
     assert task.type == "sequence_classification"
@@ -275,6 +279,7 @@ def train_classifier(
         steps: int,
         folder: Path | None,
         key: str,
+        phase: str = "train",
     ) -> tuple[PooledClassifier, TrainResult]:
         seed_everything(training_of(recipe).seed)
         peft_encoder = get_peft_model(encoder, build_peft_config(recipe.method, task.type, total_steps=steps))
@@ -285,7 +290,7 @@ def train_classifier(
                 model.head.bias.copy_(torch.from_numpy(head.bias))
         result = _train_with_method(
             recipe, model, peft_encoder, feats, val, steps, pad, folder, key,
-            head=list(model.head.parameters()),
+            head=list(model.head.parameters()), progress=progress, phase=phase,
         )  # fmt: skip
         return model, result
 
@@ -308,7 +313,7 @@ def train_classifier(
         )  # same rows as the adapter
         encoder = load_base_model(base.path, task.type)
         folder = checkpoint_dir / "refit" if checkpoint_dir else None
-        model, refit = fit(encoder, probe, every, [], refit_steps, folder, f"{run_key}:refit")
+        model, refit = fit(encoder, probe, every, [], refit_steps, folder, f"{run_key}:refit", "refit")
         result.refit_steps, result.tokens, result.wall_s = (
             refit.steps,
             result.tokens + refit.tokens,
@@ -343,8 +348,10 @@ def train_adapter(
     val_examples: Sequence[Any],
     checkpoint_dir: Path | None = None,
     run_key: str = "",
+    progress: Progress | None = None,
 ) -> TrainedAdapter:
-    """Train the recipe's adapter; ``run_key`` (the recipe hash) guards resuming from a checkpoint.
+    """Train the recipe's adapter; ``run_key`` (the recipe hash) guards resuming from a checkpoint; ``progress``
+    hears of every step and validation loss (``training.progress``).
 
     Too little data, or ``max_steps`` that end before one epoch, is warned about before training starts, and the
     warnings are recorded on the trained adapter (and so on its registered version).
@@ -357,7 +364,7 @@ def train_adapter(
     for warning in warnings:
         logger.warning("%s: %s", recipe.name, warning)
     trainer = train_classifier if classifier else train_causal_lm
-    trained = trainer(recipe, base, train_examples, val_examples, checkpoint_dir, run_key)
+    trained = trainer(recipe, base, train_examples, val_examples, checkpoint_dir, run_key, progress)
     trained.warnings = warnings + trained.warnings
     systems = {getattr(e, "system", None) for e in train_examples}  # chat: the system turn they share, if any
     trained.contract = recipe.serving_contract(

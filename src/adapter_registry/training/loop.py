@@ -1,7 +1,9 @@
 """One readable training loop: length-grouped batches, AdamW with warm-up, validation-loss early stopping with
 the best state restored, an overfitting flag, and resumable checkpoints.
 
-It knows nothing of MLflow or Kedro: it returns the loss history, and the caller decides where it goes.
+It knows nothing of MLflow or Kedro: it returns the loss history, and tells a ``Progress`` (if given) each step's
+loss and each validation loss as they come; the caller decides where they go (``training.progress`` prints them,
+the pipeline also streams them to its MLflow run).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -67,6 +69,22 @@ class TrainResult:
         data["tokens_per_s"] = round(self.tokens_per_s, 2)
         data["final_train_loss"] = self.train_loss[-1][1] if self.train_loss else None
         return data
+
+
+class Progress(Protocol):
+    """What the loop tells as it trains (``training.progress.ProgressLine``, the pipeline's MLflow logger)."""
+
+    def started(self, total: int, phase: str, done: TrainResult) -> None:
+        """Training of ``phase`` ("train", or "refit") begins: ``total`` steps, ``done`` what a checkpoint restored."""
+
+    def stepped(self, step: int, loss: float) -> None:
+        """One optimiser step ended with this training loss."""
+
+    def validated(self, step: int, loss: float) -> None:
+        """The validation loss after ``step``."""
+
+    def finished(self, result: TrainResult) -> None:
+        """The loop ended (last step, or early stopping)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -143,13 +161,16 @@ def train(
     checkpoint_dir: Path | None = None,
     run_key: str = "",
     loss_fn: LossFn | None = None,
+    progress: Progress | None = None,
+    phase: str = "train",
 ) -> TrainResult:
     """Train ``model``'s trainable parameters; the best validation state is restored at the end.
 
     ``head_parameters`` train at ``head_learning_rate``. ``on_step(step)`` runs after each optimiser step
     (AdaLoRA's rank allocation). With ``checkpoint_dir``, a checkpoint is written every ``checkpoint_every``
     steps and an interrupted run with the same ``run_key`` resumes from it. ``loss_fn(model, batch)`` replaces
-    the model's own loss (``models.answer_only_loss_fn``).
+    the model's own loss (``models.answer_only_loss_fn``). ``progress`` hears of every step and validation
+    (``phase`` names the run to it: "train", or "refit" for a classifier's second run).
     """
     loss_fn = loss_fn or model_loss
     seed_everything(config.seed)
@@ -181,6 +202,8 @@ def train(
     stream = itertools.islice(batch_stream(lengths, config.batch_size, config.seed), start, None)
     checks_without_gain = 0
     began = time.perf_counter() - result.wall_s
+    if progress is not None:
+        progress.started(config.max_steps, phase, result)
     model.train()
     for step in range(start + 1, config.max_steps + 1):
         batch = collate([train_features[i] for i in next(stream)], pad_id)
@@ -197,10 +220,14 @@ def train(
         result.steps = step
         result.tokens += int(batch["attention_mask"].sum())
         result.train_loss.append((step, loss.item()))
+        if progress is not None:
+            progress.stepped(step, result.train_loss[-1][1])
         if val_features and (step % config.eval_every == 0 or step == config.max_steps):
             val = mean_loss(model, val_features, config.batch_size * 2, pad_id, loss_fn)
             model.train()
             result.val_loss.append((step, val))
+            if progress is not None:
+                progress.validated(step, val)
             if val < result.best_val_loss:
                 result.best_val_loss, result.best_step = val, step
                 best_state = _trainable_state(model)
@@ -228,6 +255,8 @@ def train(
             )
     result.wall_s = time.perf_counter() - began
     result.overfitting = is_overfitting(result)
+    if progress is not None:
+        progress.finished(result)
     if result.val_loss:
         model.load_state_dict(best_state, strict=False)
     if not result.val_loss:

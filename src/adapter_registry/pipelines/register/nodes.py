@@ -129,6 +129,8 @@ def register_adapter_node(
         "base_score": evaluation["base_metrics"][metric],
         "beats_base": evaluation["beats_base"],
         "warnings": evaluation.get("warnings", []),
+        "base": base.identity,  # what `adapter-registry serve --base` takes
+        "quantization": trained.contract.base_quantization if trained.contract is not None else "",
     }
 
 
