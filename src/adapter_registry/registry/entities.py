@@ -32,6 +32,12 @@ class Tag:
     TRAINABLE_SHARE = "ar.params.trainable_share"  # trainable / total, a float
     TRAINING = "ar.training"  # JSON of the recipe's training block
     BASE_ID = "ar.base.id"  # offline name, hub id or local path
+    BASE_HUB_ID = (
+        "ar.base.hub_id"  # the hub id the adapter folder names (an offline base's hub model); "" for a folder
+    )
+    BASE_PATH = (
+        "ar.base.path"  # the local folder the base was loaded from when training (its copy on that machine)
+    )
     BASE_REVISION = "ar.base.revision"  # hub revision, or "" for local/offline
     BASE_FINGERPRINT = "ar.base.fingerprint"  # sha256 identity of the base weights (bases.fingerprint)
     BASE_ARCHITECTURE = "ar.base.architecture"  # e.g. LlamaForCausalLM, BertModel

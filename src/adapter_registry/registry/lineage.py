@@ -60,6 +60,8 @@ class LineageFacts:
     parents: list[dict[str, Any]] = field(default_factory=list)  # a composed adapter's: version, weight each
     merge: dict[str, Any] | None = None  # the merge report (max_abs_diff, diff_vs_base) when it merged
     merged_uri: str = ""  # where the merged weights were written
+    base_hub_id: str = ""  # the hub id adapter_config.json names (ResolvedBase.hub_id); "" for a local folder
+    base_path: str = ""  # the local folder the base was loaded from (the fingerprint says which weights)
 
 
 def _tag_json(value: Any) -> str:
@@ -99,6 +101,10 @@ def lineage_tags(facts: LineageFacts) -> dict[str, str]:
         **{Tag.library(name): version for name, version in facts.libraries.items()},
         **{f"ar.user.{k}": v for k, v in facts.user_tags.items()},
     }
+    if facts.base_hub_id:
+        tags[Tag.BASE_HUB_ID] = facts.base_hub_id
+    if facts.base_path:
+        tags[Tag.BASE_PATH] = facts.base_path
     if facts.training is not None:
         tags[Tag.TRAINING] = _tag_json(facts.training)
     if facts.compose is not None:
@@ -171,7 +177,9 @@ def lineage_of(store: AdapterStore, ref: str) -> Lineage:
         recipe={"name": tags.get(Tag.RECIPE_NAME, ""), "hash": tags.get(Tag.RECIPE_HASH, "")},
         base={
             "id": tags.get(Tag.BASE_ID, ""),
+            "hub_id": tags.get(Tag.BASE_HUB_ID, ""),
             "revision": tags.get(Tag.BASE_REVISION, ""),
+            "path": tags.get(Tag.BASE_PATH, ""),
             "fingerprint": tags.get(Tag.BASE_FINGERPRINT, ""),
             "architecture": tags.get(Tag.BASE_ARCHITECTURE, ""),
             "shapes": _parsed(tags.get(Tag.BASE_SHAPES)),

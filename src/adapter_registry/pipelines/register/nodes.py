@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from adapter_registry.bases.resolve import ResolvedBase
-from adapter_registry.evaluation.report import model_card
+from adapter_registry.evaluation.report import card_description, model_card
 from adapter_registry.methods import method_builder
 from adapter_registry.provenance import git_state, library_versions
 from adapter_registry.recipes import Recipe, recipe_hash
@@ -68,6 +68,8 @@ def lineage_facts(
         parents=trained.parents,
         merge=merge,
         merged_uri=merged_uri,
+        base_hub_id=base.hub_id,
+        base_path=str(base.path),
     )
 
 
@@ -83,10 +85,16 @@ def register_adapter_node(
     merge: dict[str, Any] | None = None,
     merged_folder: Path | None = None,
 ) -> dict[str, Any]:
-    """Write the model card, then register the adapter with its lineage; returns what was registered."""
+    """Write the model card (also the version's description), then register the adapter with its lineage; returns
+    what was registered."""
     from adapter_registry.registry.store import AdapterStore
 
-    (adapter_folder / "README.md").write_text(model_card(recipe, evaluation, base.identity, base.fingerprint))
+    datasets = sorted({Path(v["path"]).parent.name for v in data_versions.values() if v.get("path")})
+    card = model_card(
+        recipe, evaluation, base.identity, base.fingerprint,
+        base_hub_id=base.hub_id, base_obtained=base.obtained, datasets=datasets,
+    )  # fmt: skip
+    (adapter_folder / "README.md").write_text(card)
     reports = Path(reporting_root) / recipe.name
     reports.mkdir(parents=True, exist_ok=True)
     resolved = reports / "recipe.yaml"
@@ -111,7 +119,7 @@ def register_adapter_node(
         tags=tags,
         metrics=evaluation["flat_metrics"],
         artifacts={"recipe.yaml": resolved, "reports": reports},
-        description=recipe.description,
+        description=card_description(card),  # MLflow's UI shows the model card on the version's page
         registration_id=registration_id,
     )
     metric = evaluation["task_metric"]
