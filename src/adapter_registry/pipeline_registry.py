@@ -1,5 +1,6 @@
 """One namespaced pipeline per recipe in ``pipelines/``: ``kedro run`` runs them all,
-``kedro run --namespaces NAME`` one of them."""
+``kedro run --namespaces NAME`` one of them, ``kedro run --params "NAME.training.learning_rate=1e-4"`` overrides a
+recipe key for that run (validated by the recipe schema; ``pipelines/recipe``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from kedro.pipeline import Pipeline
 from adapter_registry.pipelines.compose.pipeline import create_pipeline as compose_pipeline
 from adapter_registry.pipelines.evaluate.pipeline import create_pipeline as evaluate_pipeline
 from adapter_registry.pipelines.merge.pipeline import create_pipeline as merge_pipeline
+from adapter_registry.pipelines.recipe.pipeline import create_pipeline as recipe_file_pipeline
 from adapter_registry.pipelines.register.pipeline import create_pipeline as register_pipeline
 from adapter_registry.pipelines.train.pipeline import create_pipeline as train_pipeline
 from adapter_registry.pipelines.validate.pipeline import create_pipeline as validate_pipeline
@@ -19,9 +21,10 @@ SHARED_PARAMETERS = {"checkpoint_root", "reporting_root"}
 
 
 def recipe_pipeline(recipe: Recipe) -> Pipeline:
-    """validate → train (or compose) → evaluate → [merge] → register, namespaced by the recipe's name."""
+    """recipe (+ --params) → validate → train (or compose) → evaluate → [merge] → register, namespaced by the
+    recipe's name."""
     build = compose_pipeline() if recipe.compose is not None else train_pipeline()
-    stages = validate_pipeline() + build + evaluate_pipeline()
+    stages = recipe_file_pipeline() + validate_pipeline() + build + evaluate_pipeline()
     if recipe.merge.enabled:
         stages += merge_pipeline()
     stages += register_pipeline(merged=recipe.merge.enabled)

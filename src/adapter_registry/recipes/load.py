@@ -180,6 +180,53 @@ def load_recipe(path: Path | str) -> Recipe:
     return parse_recipe(data, path, text)
 
 
+FIXED_KEYS = ("name", "data")  # read from the file itself by the catalog's datasets: not overridable
+
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _leaves(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    return [
+        leaf
+        for key, value in overrides.items()
+        for leaf in (
+            _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else [f"{prefix}{key}"]
+        )
+    ]
+
+
+def override_recipe(recipe: Recipe, overrides: dict[str, Any], source: str = "--params") -> Recipe:
+    """``recipe`` with ``overrides`` (nested keys, e.g. ``{"training": {"learning_rate": 1e-4}}``) merged in and
+    validated by the same schema; a bad key or value is a ``RecipeError`` that names it and its fix. ``name`` and
+    ``data`` are refused: the catalog reads the data files from the recipe file itself."""
+    if not overrides:
+        return recipe
+    where = f"{source} {recipe.name}."
+    if not isinstance(overrides, dict):
+        raise RecipeError(
+            source, [f"{recipe.name}: overrides are keys of the recipe, e.g. {where}training.epochs=2"]
+        )
+    fixed = [leaf for leaf in _leaves(overrides) if leaf.split(".")[0] in FIXED_KEYS]
+    if fixed:
+        raise RecipeError(
+            source,
+            [f"{recipe.name}.{leaf}: cannot be overridden (the catalog reads the data files from the recipe file). "
+             f"Fix: edit pipelines/{recipe.name}.yaml" for leaf in fixed],
+        )  # fmt: skip
+    try:
+        return parse_recipe(_merged(recipe.model_dump(mode="json"), overrides), path="")
+    except RecipeError as exc:
+        raise RecipeError(source, [f"{recipe.name}.{problem}" for problem in exc.problems]) from None
+
+
 def recipe_paths(root: Path | str = ".") -> list[Path]:
     """Every recipe file under ``root/pipelines``, sorted."""
     folder = Path(root) / RECIPE_DIR

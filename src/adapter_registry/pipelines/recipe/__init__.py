@@ -1,0 +1,1 @@
+"""Recipe: the recipe file, with any ``kedro run --params`` overrides, validated."""
