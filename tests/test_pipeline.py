@@ -128,6 +128,22 @@ def test_kedro_run_trains_evaluates_merges_and_registers(
     assert "of one epoch" in done.stdout + done.stderr  # and said before training started
     timings = json.loads((reports / "run_timings.json").read_text())
     assert "tiny_sft.train_adapter_node" in timings["nodes"]
+    # what DVC shows (dvc.yaml: metrics, plots), what a log shows, what MLflow's UI shows
+    dvc_metrics = json.loads((reports / "dvc-metrics" / "tiny_sft.json").read_text())
+    assert dvc_metrics["test"]["exact_match"] == sft.metrics["exact_match"] and "baseline" in dvc_metrics
+    curve = json.loads((reports / "dvc-plots" / "tiny_sft.json").read_text())
+    assert [r["step"] for r in curve] == list(range(1, 7)) and sum(
+        r["val_loss"] is not None for r in curve
+    ) == 2
+    assert "tiny_sft train: step 6/6 (100%)  loss " in done.stderr
+    assert "Loading data from" not in done.stdout + done.stderr  # conf/logging.yml
+    assert "Next:" in done.stdout and "adapter-registry serve --base " in done.stdout
+    assert sft.description.startswith("# tiny_sft") and "```python" in sft.description
+    run = client.get_run(sft.run_id)
+    assert run.data.params["training.max_steps"] == "6"
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"tiny_sft.train", "tiny_sft.validation",
+                                                                   "tiny_sft.test"}  # fmt: skip
+    assert len(client.get_metric_history(sft.run_id, "train_loss")) == 6
 
     again = kedro_run(project, db, "--namespaces", "tiny_cls")
     assert again.returncode == 0, again.stderr[-3000:]

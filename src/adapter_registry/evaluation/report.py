@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from adapter_registry.evaluation.evaluate import EvaluationReport
 from adapter_registry.recipes import Recipe
 from adapter_registry.training.adapter import TrainedAdapter
+from adapter_registry.training.loop import TrainResult
 
 
 def report_dict(recipe: Recipe, trained: TrainedAdapter, report: EvaluationReport) -> dict[str, Any]:
@@ -57,6 +58,28 @@ def report_dict(recipe: Recipe, trained: TrainedAdapter, report: EvaluationRepor
             "validation_log_loss": trained.neighbour_scores,
         }
     return data
+
+
+def dvc_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures `dvc metrics show` / `dvc metrics diff` list for one recipe (``dvc.yaml``: metrics): the test
+    scores with their 95% intervals, the baseline's, whether it beats its baseline, and how training went."""
+    training = report.get("training") or {}
+    return {
+        "test": dict(report["metrics"]),
+        "baseline": dict(report["base_metrics"]),
+        "beats_base": bool(report["beats_base"]),
+        "trainable_share": round(float(report["trainable_share"]), 6),
+        "training": {k: training[k] for k in ("steps", "best_step", "best_val_loss") if k in training},
+    }
+
+
+def learning_curve(result: TrainResult) -> list[dict[str, Any]]:
+    """One record per step, ``{"step", "train_loss", "val_loss"}`` (``val_loss`` null where validation did not run:
+    DVC wants the same keys in every record, and the plot skips the nulls): what `dvc plots show` draws
+    (``dvc.yaml``: plots, x = step)."""
+    validated, train = dict(result.val_loss), dict(result.train_loss)
+    steps = sorted(set(train) | set(validated))
+    return [{"step": s, "train_loss": train.get(s), "val_loss": validated.get(s)} for s in steps]
 
 
 def figures(trained: TrainedAdapter, report: EvaluationReport) -> dict[str, Figure]:

@@ -1,4 +1,4 @@
-"""Evaluate: adapter + test split → report, figures and every test row's answer."""
+"""Evaluate: adapter + test split → report, figures, every test row's answer, DVC's metrics and plot data."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -11,7 +11,13 @@ def create_pipeline() -> Pipeline:
             Node(
                 evaluate_adapter_node,
                 ["recipe", "trained_adapter", "examples"],
-                ["evaluation_report", "evaluation_figures", "evaluation_predictions"],
+                [
+                    "evaluation_report",
+                    "evaluation_figures",
+                    "evaluation_predictions",
+                    "dvc_metrics",
+                    "learning_curve",
+                ],
                 name="evaluate_adapter_node",
             ),
         ]
