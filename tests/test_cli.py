@@ -85,8 +85,28 @@ def test_list_and_show(registered: AdapterStore) -> None:
     assert code == 0 and "other/1" in out and f"{NAME}/1" not in out
     code, out, _ = cli(registered, "show", f"{NAME}@candidate", "--json")
     assert code == 0 and json.loads(out)["version"] == 2
-    code, out, _ = cli(registered, "show", f"{NAME}/1")
+    code, out, _ = cli(registered, "show", f"{NAME}/1", "--all")  # every raw tag
     assert code == 0 and "ar.sha256.adapter_config.json" in out
+
+
+def test_show_reads_in_sections(registered: AdapterStore) -> None:
+    code, out, _ = cli(registered, "show", f"{NAME}/1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"{NAME}/1" and lines[1].startswith("  stage      candidate")
+    sections = [line for line in lines if not line.startswith(" ")]
+    assert sections == [
+        f"{NAME}/1", "metrics (test split, 95% interval; baseline)", "gates (checked again at each promotion)",
+        "lineage (`adapter-registry lineage` for the whole tree)",
+        f"files: 3 with a recorded sha256; every raw tag: show {NAME}/1 --all",
+    ]  # fmt: skip
+    assert "  exact_match  0.9100 [0.8600, 0.9500]   baseline 0.0000" in lines
+    assert "  ✓ exact_match >= 0.8  (exact_match = 0.91)" in lines and "  ✓ beats its baseline" in lines
+    assert (
+        "  data       train split: data/01_raw/support/train.jsonl md5 d41d8cd98f00b204e9800998ecf8427e"
+        in lines
+    )
+    assert "ar.sha256" not in out and "{" not in out  # no raw tags, no JSON
 
 
 @pytest.mark.parametrize(
@@ -102,6 +122,11 @@ def test_list_and_show(registered: AdapterStore) -> None:
         (["audit", "ghost"], "error: adapter 'ghost' is not registered"),
         (["lineage"], "error: give exactly one of NAME/VERSION, --dataset, --md5 or --base-model"),
         (["lineage", f"{NAME}/1", "--format", "png"], "error: --format 'png' is not one of"),
+        (
+            ["lineage", "--dataset", "d41d8cd98f00b204e9800998ecf8427e"],
+            "error: --dataset takes a path (PATH or PATH@MD5); 'd41d8cd98f00b204e9800998ecf8427e' is an md5: "
+            "did you mean --md5 d41d8cd98f00b204e9800998ecf8427e?",
+        ),
         (
             ["compat", f"{NAME}/1", "--base", "/nonexistent/base"],
             "error: base '/nonexistent/base' is not a model",
@@ -178,6 +203,12 @@ def test_lineage_forward_reverse_and_pictures(registered: AdapterStore, tmp_path
     assert data["data_validation"]["success"] is True and data["metrics"]["exact_match"] == 0.91
     code, out, _ = cli(registered, "lineage", f"{NAME}/1")
     assert code == 0 and "d41d8cd98f00b204e9800998ecf8427e" in out
+    assert "train split: data/01_raw/support/train.jsonl" in out and "test split: " in out
+    assert (
+        "data-validation report (Great Expectations + dvc.lock): passed" in out
+    )  # not a second "validation"
+    assert "adapter: lora r=4 lora_alpha=8 target_modules=q_proj,v_proj" in out
+    assert "training: epochs=1 learning_rate=0.0002" in out and "{" not in out  # no JSON in the tree
 
     code, out, _ = cli(registered, "lineage", f"{NAME}/1", "--format", "mermaid")
     assert code == 0 and out.startswith("flowchart LR") and "base -->|base| run" in out
@@ -246,6 +277,13 @@ def test_compat_three_outcomes(registered: AdapterStore, tiny_base: Path, tmp_pa
     assert code == 4 and json.loads(out)["outcome"] == "incompatible"
     assert "hidden_size: base has 48, adapter expects 32" in err
     assert "module model.layers.0.self_attn.q_proj: base 48→48, adapter expects 32→32" in err
+    assert err.count("\n") == 1 and len(err) < 400  # a summary, not a line per module
+    code, out, _ = cli(registered, "compat", f"{NAME}/1", "--base", str(wider))
+    assert code == 4 and out.splitlines()[0] == f"{NAME}/1 on {wider}: incompatible (exit 4)"
+    assert "  ✗ target modules: 4 of 4 shaped otherwise, e.g. module model.layers.0.self_attn.q_proj" in out
+    assert "every check (" in out and "--verbose" in out
+    code, out, _ = cli(registered, "compat", f"{NAME}/1", "--base", str(wider), "--verbose")
+    assert code == 4 and out.count("module model.layers.") == 4  # a row per module
 
     not_a_model = tmp_path / "notes"
     not_a_model.mkdir()
@@ -254,6 +292,16 @@ def test_compat_three_outcomes(registered: AdapterStore, tiny_base: Path, tmp_pa
     assert (
         code == 1 and err.startswith(f"error: base '{not_a_model}' is not a model") and err.count("\n") == 1
     )
+
+
+def test_compat_on_another_architecture_says_how_many_modules_are_missing(
+    registered: AdapterStore, tiny_bert: Path
+) -> None:
+    code, out, err = cli(registered, "compat", f"{NAME}/1", "--base", str(tiny_bert))
+    assert code == 4, err
+    assert "  ✗ target modules: 4 of 4 missing from the base, e.g. model.layers.0.self_attn.q_proj, " in out
+    assert err.startswith("error: incompatible: architecture: base is ") and err.count("\n") == 1
+    assert "4 of 4 missing from the base" in err and len(err) < 800  # one line per mismatch kind, not per module
 
 
 def test_compat_flags_an_adapter_that_changes_nothing(

@@ -200,8 +200,13 @@ def list_(
 
 
 @app.command()
-def show(ref: RefArg, as_json: JsonOpt = False) -> None:
-    """Everything recorded about one version (an unattested stage holder is marked)."""
+def show(
+    ref: RefArg,
+    show_all: Annotated[bool, typer.Option("--all", help="also every raw tag, as recorded")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """One version in sections: stage, metrics with their 95% intervals, gates, lineage (``--all``: every raw tag).
+    An unattested stage holder is marked."""
     with _errors():
         store = _store()
         version = store.resolve(ref)
@@ -209,19 +214,90 @@ def show(ref: RefArg, as_json: JsonOpt = False) -> None:
     check = checks.get((version.name, version.stage))
 
     def render() -> None:
-        from rich.table import Table
+        console = _console()
+        for line in _show_sections(version, check):
+            console.print(line, markup=False, highlight=False)
+        if show_all:
+            from rich.table import Table
 
-        stage = version.stage if check is None or check.ok else f"{version.stage}, UNATTESTED"
-        table = Table(title=f"{version.ref} ({stage})", show_header=False)
-        for key, value in [("run", version.run_id), ("source", version.source), ("created", str(version.created)),
-                           ("aliases", ", ".join(version.aliases)), ("description", version.description),
-                           *sorted(version.tags.items())]:  # fmt: skip
-            table.add_row(key, value)
-        _console().print(table)
+            table = Table(title="every tag", show_header=False)
+            for key, value in sorted(version.tags.items()):
+                table.add_row(key, value)
+            console.print(table)
         if check is not None and not check.ok:
             typer.echo(f"warning: {check.problem}", err=True)
 
     _emit(as_json, _with_attestation(version, checks), render)
+
+
+def _show_sections(version: AdapterVersion, check: StageCheck | None) -> list[str]:
+    """``show``'s text: stage, metrics (95% interval, baseline), gates, lineage summary, warnings, files."""
+    from adapter_registry.registry.entities import Tag
+    from adapter_registry.registry.lineage import datasets_of, gates_of, must_beat_base
+
+    tags, metrics = version.tags, version.metrics
+    attested = "" if check is None else (" (attested)" if check.ok else " (UNATTESTED)")
+    out = [f"{version.ref}", f"  stage      {version.stage}{attested}"
+           + (f"   aliases: {', '.join(version.aliases)}" if version.aliases else ""),
+           f"  created    {version.created:%Y-%m-%d %H:%M} UTC   run {version.run_id}"]  # fmt: skip
+    if version.description:
+        out.append(f"  about      {version.description.splitlines()[0].lstrip('# ')}")
+    out.append("metrics (test split, 95% interval; baseline)")
+    names = [
+        m
+        for m in metrics
+        if not m.startswith("base.") and m != "beats_base" and not m.endswith(("_ci_low", "_ci_high"))
+    ]
+    for name in names:
+        low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+        interval = f" [{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
+        base = metrics.get(f"base.{name}")
+        out.append(
+            f"  {name:<12} {metrics[name]:.4f}{interval}"
+            + (f"   baseline {base:.4f}" if base is not None else "")
+        )
+    if "beats_base" in metrics:
+        out.append(f"  beats its baseline: {'yes' if metrics['beats_base'] == 1.0 else 'NO'}")
+    out.append("gates (checked again at each promotion)")
+    for text, gate in gates_of(version):
+        if isinstance(gate, ValueError):
+            out.append(f"  ✗ {text}: {gate}")
+            continue
+        value = metrics.get(gate.metric)
+        mark = "?" if value is None else ("✓" if gate.passes(value) else "✗")
+        out.append(
+            f"  {mark} {text}"
+            + (f"  ({gate.metric} = {value:.4g})" if value is not None else "  (not recorded)")
+        )
+    out.append(f"  {'✓' if metrics.get('beats_base') == 1.0 else '✗'} beats its baseline"
+               if must_beat_base(version) else "  - must beat its baseline: no (recipe)")  # fmt: skip
+    out.append("lineage (`adapter-registry lineage` for the whole tree)")
+    dirty = " (dirty)" if tags.get(Tag.GIT_DIRTY) == "true" else ""
+    out.append(f"  recipe     {tags.get(Tag.RECIPE_NAME, '?')} ({tags.get(Tag.RECIPE_HASH, '')[:12]}), "
+               f"git {tags.get(Tag.GIT_COMMIT, '?')[:10]}{dirty}")  # fmt: skip
+    hub = tags.get(Tag.BASE_HUB_ID, "")
+    out.append(f"  base       {version.base_id or '?'}" + (f" = {hub}" if hub and hub != version.base_id else "")
+               + f", {version.base_fingerprint[:23] or 'no fingerprint'}")  # fmt: skip
+    share = tags.get(Tag.TRAINABLE_SHARE)
+    trainable = f", {100 * float(share):.2f}% trainable" if share else ""
+    out.append(f"  method     {version.method or '?'} ({tags.get(Tag.METHOD_FAMILY, '?')}){trainable}")
+    for d in datasets_of(version):
+        out.append(f"  data       {d.split} split: {d.path} md5 {d.md5}")
+    warnings = _parsed_tag(tags.get(Tag.WARNINGS))
+    if warnings:
+        out.append("warnings")
+        out += [f"  - {w}" for w in warnings]
+    out.append(
+        f"files: {len(version.checksums)} with a recorded sha256; every raw tag: show {version.ref} --all"
+    )
+    return out
+
+
+def _parsed_tag(value: str | None) -> Any:
+    try:
+        return json.loads(value) if value else None
+    except ValueError:
+        return value
 
 
 @app.command()
@@ -387,7 +463,9 @@ def history(
 @app.command()
 def lineage(
     ref: Annotated[Optional[str], typer.Argument(help="NAME/VERSION or NAME@STAGE")] = None,  # noqa: UP045
-    dataset: Annotated[str | None, typer.Option(help="reverse: versions built from PATH or PATH@MD5")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="reverse: versions built from PATH or PATH@MD5 (an md5 alone: --md5)")
+    ] = None,
     md5: Annotated[
         str | None, typer.Option(help="reverse: versions built from data with this DVC md5")
     ] = None,
@@ -413,6 +491,7 @@ def lineage(
         store = _store()
         if ref is None:
             if dataset:
+                _reverse_dataset(dataset)
                 versions, what = lin.versions_from_dataset(store, dataset), f"dataset {dataset}"
             elif md5:
                 versions, what = lin.versions_from_md5(store, md5), f"data md5 {md5}"
@@ -432,33 +511,98 @@ def lineage(
             typer.echo(text, nl=False)
         return
 
-    def render() -> None:
-        from rich.tree import Tree
+    _emit(as_json, graph.to_dict(), lambda: _console().print(_lineage_tree(graph)))
 
-        v = graph.version
-        tree = Tree(f"[bold]{v.ref}[/] ({v.stage}) run {v.run_id}")
-        data = tree.add("data")
-        for d in graph.datasets:
-            data.add(f"{d.split}: {d.path} md5={d.md5} git={d.commit}")
-        data.add(f"validation: {json.dumps(graph.data_validation)}")
-        tree.add(f"code: {graph.code_commit} dirty={graph.code_dirty}")
-        tree.add(f"recipe: {graph.recipe['name']} {graph.recipe['hash']}")
-        tree.add(f"base: {graph.base['id']} {graph.base['fingerprint']} {graph.base['architecture']}")
-        tree.add(f"peft config: {json.dumps(graph.peft_config)}")
-        tree.add(f"training: {json.dumps(graph.training)}")
-        if graph.parents:  # a composed adapter: the registered versions it was built from
-            parents = tree.add("parents")
-            for parent in graph.parents:
-                parents.add(f"{parent.get('version')} weight={parent.get('weight')}")
-        tree.add("metrics: " + ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.metrics.items())))
-        history = tree.add("history")
-        for e in graph.history:
-            history.add(
-                f"{e.when:%Y-%m-%d %H:%M} {e.who} {e.action} v{e.version} {e.from_stage}→{e.to_stage}"
+
+MD5 = r"[0-9a-f]{32}"
+
+
+def _reverse_dataset(dataset: str) -> None:
+    """``--dataset`` takes PATH or PATH@MD5; a bare md5 is a mistake worth naming."""
+    import re
+
+    from adapter_registry.registry.entities import RegistryError
+
+    if re.fullmatch(MD5, dataset.strip().lower()):
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"--dataset takes a path (PATH or PATH@MD5); {dataset!r} is an md5: did you mean --md5 {dataset}?",
+        )
+
+
+def _summary(value: Any, keys: tuple[str, ...]) -> str:
+    """``key=value`` of the ``keys`` a JSON tag holds (lists joined), for one line of the tree."""
+    if not isinstance(value, dict):
+        return "-" if value is None else str(value)
+    shown = []
+    for key in keys:
+        if value.get(key) not in (None, "", [], {}):
+            item = value[key]
+            shown.append(f"{key}={','.join(map(str, item)) if isinstance(item, list) else item}")
+    return " ".join(shown) or "-"
+
+
+PEFT_KEYS = (
+    "peft_type",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "base_model_name_or_path",
+    "revision",
+)
+TRAINING_KEYS = ("epochs", "max_steps", "batch_size", "learning_rate", "lr_schedule", "max_length", "seed")
+
+
+def _lineage_tree(graph: Any) -> Any:
+    """The lineage as a rich tree: one line per fact, no JSON; the data splits and the data-validation report
+    under distinct names."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    v = graph.version
+    tree = Tree(f"[bold]{escape(v.ref)}[/] ({v.stage}) run {v.run_id}")
+    data = tree.add("data")
+    for d in graph.datasets:
+        data.add(
+            escape(
+                f"{d.split} split: {d.path} md5={d.md5}"
+                + (f" (dvc.lock at {d.commit[:10]})" if d.commit else "")
             )
-        _console().print(tree)
-
-    _emit(as_json, graph.to_dict(), render)
+        )
+    validation = graph.data_validation if isinstance(graph.data_validation, dict) else {}
+    verdict = {True: "passed", False: "FAILED"}.get(validation.get("success"), "not recorded")
+    stats = validation.get("statistics") or {}
+    rows = ", ".join(f"{split} {n}" for split, n in (stats.get("rows") or {}).items())
+    counted = f", {stats['expectations']} expectations" if "expectations" in stats else ""
+    counted += f" on {rows} rows" if rows else ""
+    report = data.add(escape(f"data-validation report (Great Expectations + dvc.lock): {verdict}{counted}"))
+    for failure in validation.get("failures") or []:
+        if isinstance(failure, dict):
+            on = f"({failure['column']})" if failure.get("column") else ""
+            failure = f"[{failure.get('split')}] {failure.get('expectation')}{on}: {failure.get('detail')}"
+        report.add(escape(str(failure)))
+    dirty = " (dirty: uncommitted changes)" if graph.code_dirty == "true" else ""
+    tree.add(escape(f"code: git {graph.code_commit or '?'}{dirty}"))
+    tree.add(escape(f"recipe: {graph.recipe['name']} sha256 {graph.recipe['hash'][:16]}"))
+    base = graph.base
+    hub = f" = {base['hub_id']}" if base.get("hub_id") and base["hub_id"] != base["id"] else ""
+    tree.add(escape(f"base: {base['id']}{hub} {base['fingerprint']} {base['architecture']}"))
+    tree.add(escape(f"adapter: {v.method or '?'} {_summary(graph.peft_config, PEFT_KEYS)}"))
+    if graph.training is not None:
+        tree.add(escape(f"training: {_summary(graph.training, TRAINING_KEYS)}"))
+    if graph.parents:  # a composed adapter: the registered versions it was built from
+        parents = tree.add("parents")
+        for parent in graph.parents:
+            parents.add(escape(f"{parent.get('version')} weight={parent.get('weight')}"))
+    shown = {k: val for k, val in sorted(v.metrics.items()) if not k.endswith(("_ci_low", "_ci_high"))}
+    tree.add("metrics: " + ", ".join(f"{k}={val:.4g}" for k, val in shown.items()))
+    history = tree.add("history")
+    for e in graph.history:
+        history.add(
+            escape(f"{e.when:%Y-%m-%d %H:%M} {e.who} {e.action} v{e.version} {e.from_stage}→{e.to_stage}")
+        )
+    return tree
 
 
 @app.command()
@@ -466,7 +610,7 @@ def compat(
     ref: RefArg,
     base: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--base", help="base model folder or offline base name"),
+        typer.Option("--base", help="base model folder, offline base name or its hub id"),
     ] = None,
     engine: Annotated[
         Optional[str],  # noqa: UP045
@@ -475,6 +619,7 @@ def compat(
     max_lora_rank: Annotated[
         int, typer.Option("--max-lora-rank", help="with --engine vllm: the servers' --max-lora-rank")
     ] = 16,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="every check, one row each")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Check that an adapter fits a base (exit 0 compatible, 3 retrain recommended, 4 incompatible), or with
@@ -495,20 +640,63 @@ def compat(
             assert base is not None
             report = check_compat(version, Path(tmp) / "adapter", base)
 
+    summary = _compat_summary(report.checks)
+
     def render() -> None:
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=f"{report.version} on {report.base}: {report.outcome}")
-        for column in ("check", "ok", "detail"):
-            table.add_column(column)
-        for c in report.checks:
-            table.add_row(c.name, "✓" if c.passed else "✗", c.detail)
-        _console().print(table)
+        console = _console()
+        title = f"{report.version} on {report.base}: {report.outcome} (exit {report.exit_code})"
+        if verbose:
+            table = Table(title=title)
+            for column in ("check", "ok", "detail"):
+                table.add_column(column)
+            for c in report.checks:
+                table.add_row(c.name, "✓" if c.passed else "✗", c.detail)
+            console.print(table)
+            return
+        console.print(escape(title), highlight=False)
+        for c in summary:
+            console.print(escape(f"  {'✓' if c.passed else '✗'} {c.name}: {c.detail}"), highlight=False)
+        console.print(f"every check ({len(report.checks)}): --verbose", highlight=False)
 
     _emit(as_json, report.to_dict(), render)
     if report.exit_code:
-        _error_line(f"{report.outcome}: {report.reason}")
+        reason = "; ".join(f"{c.name}: {c.detail}" for c in summary if not c.passed)
+        _error_line(f"{report.outcome}: {reason}")
         raise typer.Exit(report.exit_code)
+
+
+def _compat_summary(checks: Any) -> list[Any]:
+    """The checks a person reads: each failed one, one line for the adapter's target modules (how many are
+    missing from the base or shaped otherwise, with examples), and one for the rest that passed."""
+    from adapter_registry.registry.compat import Check
+
+    modules = [c for c in checks if c.name.startswith("module ")]
+    others = [c for c in checks if not c.name.startswith("module ")]
+    out = [c for c in others if not c.passed]
+    if modules:
+        missing = [
+            c.name.removeprefix("module ") for c in modules if not c.passed and "not found" in c.detail
+        ]
+        shaped = [c for c in modules if not c.passed and "not found" not in c.detail]
+        total = len(modules)
+        if missing:
+            out.append(Check("target modules", False, f"{len(missing)} of {total} missing from the base, e.g. "
+                             + ", ".join(missing[:3])))  # fmt: skip
+        if shaped:
+            out.append(Check("target modules", False, f"{len(shaped)} of {total} shaped otherwise, e.g. "
+                             f"{shaped[0].name}: {shaped[0].detail}"))  # fmt: skip
+        if not missing and not shaped:
+            out.append(
+                Check("target modules", True, f"all {total} found in the base, with the adapter's shapes")
+            )
+    out += [c for c in others if c.passed and c.name == "note"]  # an engine's warnings: each said
+    passed = [c.name for c in others if c.passed and c.name != "note"]
+    if passed:
+        out.append(Check(f"{len(passed)} other checks", True, ", ".join(passed)))
+    return out
 
 
 def _engine_report(version: AdapterVersion, folder: Path, engine: str, max_lora_rank: int) -> Any:
