@@ -301,7 +301,7 @@ def test_compat_on_another_architecture_says_how_many_modules_are_missing(
     assert code == 4, err
     assert "  ✗ target modules: 4 of 4 missing from the base, e.g. model.layers.0.self_attn.q_proj, " in out
     assert err.startswith("error: incompatible: architecture: base is ") and err.count("\n") == 1
-    assert "4 of 4 missing from the base" in err and len(err) < 800  # one line per mismatch kind, not per module
+    assert "4 of 4 missing from the base" in err and len(err) < 800  # a line per kind of mismatch
 
 
 def test_compat_flags_an_adapter_that_changes_nothing(

@@ -571,7 +571,8 @@ def _lineage_tree(graph: Any) -> Any:
             )
         )
     validation = graph.data_validation if isinstance(graph.data_validation, dict) else {}
-    verdict = {True: "passed", False: "FAILED"}.get(validation.get("success"), "not recorded")
+    success = validation.get("success")
+    verdict = "passed" if success is True else "FAILED" if success is False else "not recorded"
     stats = validation.get("statistics") or {}
     rows = ", ".join(f"{split} {n}" for split, n in (stats.get("rows") or {}).items())
     counted = f", {stats['expectations']} expectations" if "expectations" in stats else ""
