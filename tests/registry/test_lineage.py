@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
+import re
 from dataclasses import replace
 
 from adapter_registry.recipes.schema import Gate
-from adapter_registry.registry.entities import AdapterVersion, DatasetRef, Tag
+from adapter_registry.registry.entities import AdapterVersion, DatasetRef, Lineage, Tag
 from adapter_registry.registry.lineage import (
     COMPOSED,
     MAX_TAG,
     LineageFacts,
+    _edges,
+    _layout,
     datasets_of,
+    facts_table,
     gates_of,
     lineage_tags,
     must_beat_base,
+    to_html,
 )
 
 FACTS = LineageFacts(
@@ -137,3 +143,60 @@ def test_gates_read_from_a_hand_written_tag() -> None:
     assert [text for text, _ in read] == ["bleu >= 3", "loss < 1"] and read[1][1] == Gate.parse("loss < 1")
     assert isinstance(read[0][1], ValueError) and "unknown metric 'bleu'" in str(read[0][1])
     assert must_beat_base(version({})) and gates_of(version({})) == []
+
+
+def _lineage() -> Lineage:
+    from adapter_registry.registry.entities import StageChange
+
+    written = version({**lineage_tags(FACTS), Tag.metric("exact_match"): "0.9", Tag.metric("exact_match_ci_low"): "0.85",
+                       Tag.metric("exact_match_ci_high"): "0.94"})  # fmt: skip
+    written = replace(written, metrics=AdapterVersion.metrics_from_tags(written.tags))
+    when = dt.datetime(2026, 11, 30, 10, 0, tzinfo=dt.UTC)
+    events = tuple(
+        StageChange("support", 1, a, b, "ana", when + dt.timedelta(hours=i), seq=i + 1)
+        for i, (a, b) in enumerate([("candidate", "staging"), ("staging", "production")])
+    )
+    return Lineage(
+        version=written, datasets=datasets_of(written), data_validation=FACTS.validation, code_commit="0123abcd",
+        code_dirty="false", recipe={"name": "support", "hash": "ab" * 32},
+        base={"id": "smollm2-135m-instruct", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+              "fingerprint": "sha256:" + "f" * 64, "architecture": "LlamaForCausalLM"},
+        peft_config={"r": 4, "peft_type": "LORA"}, training={"epochs": 1}, parents=FACTS.parents, history=events,
+    )  # fmt: skip
+
+
+def test_the_html_picture_has_no_overlaps_and_every_arrow_its_own_end() -> None:
+    lineage = _lineage()
+    nodes, edges = _edges(lineage)
+    assert nodes["data0"].startswith("train split: ") and nodes["validation"].startswith(
+        "data-validation report"
+    )
+    boxes = _layout(nodes, edges)
+    for (a, p), (b, q) in itertools.combinations(boxes.items(), 2):  # no two boxes overlap
+        assert p.x + p.w <= q.x or q.x + q.w <= p.x or p.y + p.h <= q.y or q.y + q.h <= p.y, (a, b)
+    for box in boxes.values():  # every line of text fits its box
+        assert max(len(line) for line in box.lines) * 7.2 <= box.w and len(box.lines) * 16 <= box.h
+    page = to_html(lineage)
+    ends = re.findall(r'<path d="M[\d.]+,[\d.]+ C[\d.]+,[\d.]+ [\d.]+,[\d.]+ ([\d.]+),([\d.]+)"', page)
+    into_run = [end for end in ends if abs(float(end[0]) - boxes["run"].x) < 0.1]
+    assert len(into_run) == 7 == len(set(into_run))  # 2 splits, validation, code, recipe, base, parent
+    labels = re.findall(r'<text x="([\d.]+)" y="([\d.]+)" fill="#444">', page)
+    assert len(labels) == len(set(labels))  # no two edge labels at one place
+    assert "<script" not in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_the_html_page_lists_every_fact_in_a_table() -> None:
+    rows = dict(facts_table(_lineage()))
+    assert rows["train split"] == "data/train.jsonl · md5 m1" and rows["test split"].endswith(
+        "dvc.lock at git " + "c" * 40
+    )
+    assert (
+        rows["data-validation report"] == "passed" and rows["metric exact_match"] == "0.9000 [0.8500, 0.9400]"
+    )
+    assert rows["base"] == "smollm2-135m-instruct · HuggingFaceTB/SmolLM2-135M-Instruct · LlamaForCausalLM"
+    assert rows["event #2"].startswith("2026-11-30 11:00 UTC ana: promote v1 staging → production")
+    page = to_html(_lineage())
+    assert (
+        "<th>train split</th><td>data/train.jsonl · md5 m1</td>" in page
+        and "{" not in page.split("<table>")[1]
+    )
