@@ -19,6 +19,7 @@ from adapter_registry.bases.resolve import ResolvedBase
 from adapter_registry.evaluation.report import card_description, model_card
 from adapter_registry.methods import method_builder
 from adapter_registry.provenance import git_state, library_versions
+from adapter_registry.pyfunc import write_mlmodel
 from adapter_registry.recipes import Recipe, recipe_hash
 from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.lineage import LineageFacts, lineage_tags
@@ -85,8 +86,8 @@ def register_adapter_node(
     merge: dict[str, Any] | None = None,
     merged_folder: Path | None = None,
 ) -> dict[str, Any]:
-    """Write the model card (also the version's description), then register the adapter with its lineage; returns
-    what was registered."""
+    """Write the model card (also the version's description) and the ``MLmodel`` file (``adapter_registry.pyfunc``),
+    then register the adapter with its lineage; returns what was registered."""
     from adapter_registry.registry.store import AdapterStore
 
     datasets = sorted({Path(v["path"]).parent.name for v in data_versions.values() if v.get("path")})
@@ -95,6 +96,7 @@ def register_adapter_node(
         base_hub_id=base.hub_id, base_obtained=base.obtained, datasets=datasets,
     )  # fmt: skip
     (adapter_folder / "README.md").write_text(card)
+    write_mlmodel(adapter_folder)  # mlflow.pyfunc.load_model("models:/NAME@STAGE") answers as `serve` does
     reports = Path(reporting_root) / recipe.name
     reports.mkdir(parents=True, exist_ok=True)
     resolved = reports / "recipe.yaml"
