@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -161,6 +163,14 @@ class MlflowRecipeHooks:
         import mlflow
 
         from adapter_registry.provenance import git_state
+
+        if (
+            not sys.stderr.isatty()
+        ):  # a log: no tqdm bars redrawn with carriage returns (training says its own)
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
 
         mlflow.set_tracking_uri(default_tracking_uri())
         experiment = mlflow.set_experiment(EXPERIMENT)

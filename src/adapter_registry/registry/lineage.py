@@ -226,9 +226,8 @@ def _edges(lineage: Lineage) -> tuple[dict[str, str], list[tuple[str, str, str]]
     nodes = {"version": f"version {v.ref}\\nstage: {v.stage}"}
     edges = []
     for i, d in enumerate(lineage.datasets):
-        nodes[f"data{i}"] = (
-            f"{d.split} split: {d.path}\\nmd5 {d.md5[:12]}\\ndvc.lock at git {d.commit[:8] or '-'}"
-        )
+        recorded = f"dvc.lock at git {d.commit[:8]}" if d.commit else "not in a dvc.lock"
+        nodes[f"data{i}"] = f"{d.split} split: {d.path}\\nmd5 {d.md5[:12]}\\n{recorded}"
         edges.append((f"data{i}", "run", d.split))
     nodes["run"] = f"MLflow run\\n{v.run_id[:12]}"
     nodes["code"] = f"code: git {lineage.code_commit[:8]}{' (dirty)' if lineage.code_dirty == 'true' else ''}"
@@ -384,6 +383,14 @@ def _svg(nodes: dict[str, str], edges: list[tuple[str, str, str]]) -> str:
     return "".join(parts)
 
 
+PEFT_FACTS = ("peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "use_dora", "target_modules",
+              "modules_to_save", "base_model_name_or_path", "revision")  # fmt: skip
+
+
+def _fact(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def facts_table(lineage: Lineage) -> list[tuple[str, str]]:
     """Every recorded fact of the lineage as (what, value) rows, in reading order (the HTML page's table)."""
     v = lineage.version
@@ -420,16 +427,11 @@ def facts_table(lineage: Lineage) -> list[tuple[str, str]]:
                 str(failure.get("detail", failure)) if isinstance(failure, dict) else str(failure),
             )
         )
-    for title, value in (("adapter config", lineage.peft_config), ("training", lineage.training)):
+    facts = (("adapter config", lineage.peft_config, PEFT_FACTS), ("training", lineage.training, ()))
+    for title, value, keys in facts:
         if isinstance(value, dict):
-            rows.append(
-                (
-                    title,
-                    ", ".join(
-                        f"{k}={val}" for k, val in sorted(value.items()) if val not in (None, "", [], {})
-                    ),
-                )
-            )
+            shown = {k: value[k] for k in keys or sorted(value) if value.get(k) not in (None, "", [], {})}
+            rows.append((title, ", ".join(f"{k}={_fact(val)}" for k, val in shown.items())))
     for parent in lineage.parents if isinstance(lineage.parents, list) else []:
         rows.append(("parent", f"{parent.get('version')} × {parent.get('weight')}"))
     metrics = v.metrics
@@ -452,9 +454,9 @@ def to_html(lineage: Lineage) -> str:
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts_table(lineage)
     )
     style = ("body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#111}svg{max-width:100%;height:auto}"
-             "table{border-collapse:collapse;margin-top:8px}th,td{border:1px solid #ddd;padding:4px 8px;"
+             "table{border-collapse:collapse;margin-top:8px;max-width:1400px}th,td{border:1px solid #ddd;padding:4px 8px;"
              "text-align:left;vertical-align:top;font-size:13px}th{background:#f9fafb;white-space:nowrap}"
-             "td{font-family:ui-monospace,Menlo,monospace;word-break:break-all}")  # fmt: skip
+             "td{font-family:ui-monospace,Menlo,monospace;overflow-wrap:anywhere}")  # fmt: skip
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
         f"<body><h1>{title}</h1>{_svg(nodes, edges)}<h2>Recorded facts</h2><table>{table}</table></body></html>\n"

@@ -53,7 +53,7 @@ class ProgressLine:
         self.step, self.loss = step, loss
         if self._bar is not None:
             self._update_bar()
-        elif time.perf_counter() - self.last_line >= self.seconds or step == self.total:
+        elif time.perf_counter() - self.last_line >= self.seconds:
             self._write(self.line())
 
     def validated(self, step: int, loss: float) -> None:
