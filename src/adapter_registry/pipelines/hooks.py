@@ -5,13 +5,13 @@ nodes and ended after it; a failed node marks its recipe's run FAILED. Each run 
 reads: the recipe's hyperparameters as parameters (``method.*``, ``training.*``, ``evaluation.*``), each data split
 as a dataset input (its DVC md5 as digest, its path as source), the git commit (``mlflow.source.git.commit``), the
 losses as they are computed (``MlflowLossLogger``, handed to the training loop by the train node) and the
-evaluation metrics. The experiment is typed for model training (``mlflow.experimentKind``), not GenAI.
+evaluation metrics. The experiment is typed for model training (``mlflow.experimentKind``), not GenAI. In a log
+(stderr not a terminal) tqdm's redrawn bars are switched off; training prints its own lines.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -26,13 +26,12 @@ from adapter_registry.registry.store import default_tracking_uri
 
 EXPERIMENT = "adapter-registry"
 REPORTING_ROOT = "data/08_reporting"  # unless parameters.yml sets reporting_root
-# MLflow's UI opens an experiment in its model-training view with this tag (its other kind is genai_development)
+# MLflow's record of an experiment's kind (its other kind is genai_development); MLflow 3.17's UI picks its view by
+# its own "GenAI / Model training" switch (or ?workflowType=machine_learning), earlier 3.x UIs by this tag
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag: the UI links the run to its commit
 PARAM_BLOCKS = ("method", "training", "evaluation")  # recipe blocks logged as run parameters
 MAX_PARAM = 6000  # MLflow keeps parameter values up to 6000 characters
-
-log = logging.getLogger(__name__)
 
 
 def recipe_params(recipe: Any) -> dict[str, str]:
