@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -28,10 +29,22 @@ def _node(name: str, inputs: list[str], outputs: str) -> Node:
     return Node(lambda *_: None, inputs, outputs, name=name, namespace="tiny_sft")
 
 
-def test_a_recipe_run_carries_params_datasets_git_commit_and_a_training_experiment(
-    tiny_llama: Path, sft_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def own_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The hooks set MLflow's process-wide tracking URI and active experiment: give them back after the test."""
+    import mlflow.tracking.fluent
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "")  # set_experiment exports it; monkeypatch takes it back
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    yield
+    mlflow.set_tracking_uri("")
+
+
+@pytest.mark.usefixtures("own_mlflow")
+def test_a_recipe_run_carries_params_datasets_git_commit_and_a_training_experiment(
+    tiny_llama: Path, sft_data: Path
+) -> None:
     raw = sft_recipe(tiny_llama, sft_data)
     recipe = parse_recipe(raw)
     splits = {split: read_records(raw["data"][split]) for split in ("train", "validation", "test")}
