@@ -86,12 +86,15 @@ class ProgressLine:
             return None
         return (time.perf_counter() - self.began) / done * (self.total - self.step)
 
-    def figures(self) -> str:
-        """``loss 0.4120  val 0.3980 @100  1.8 s/step  ETA 20m24s``."""
+    def figures(self, compact: bool = False) -> str:
+        """``loss 0.4120  val 0.3980 @100  1.8 s/step  ETA 20m24s`` (``compact``, beside a bar: ``loss 0.4120  val
+        0.3980  ETA 20m24s``)."""
         parts = [f"loss {self.loss:.4f}" if self.loss is not None else "loss -"]
-        parts.append(f"val {self.val[1]:.4f} @{self.val[0]}" if self.val else "val -")
+        parts.append(
+            (f"val {self.val[1]:.4f}" + ("" if compact else f" @{self.val[0]}")) if self.val else "val -"
+        )
         done = self.step - self.first
-        if done > 0:
+        if done > 0 and not compact:
             parts.append(f"{(time.perf_counter() - self.began) / done:.2f} s/step")
         eta = self.eta()
         parts.append(f"ETA {duration(eta)}" if eta is not None else "ETA -")
@@ -112,8 +115,8 @@ class ProgressLine:
 
         self._bar = Progress(
             TextColumn(f"{self.label} {self.phase}"),
-            BarColumn(),
             MofNCompleteColumn(),
+            BarColumn(bar_width=None),
             TextColumn("{task.fields[figures]}"),
             console=Console(file=self.stream),
             auto_refresh=False,  # refreshed at each step: no thread left behind if training fails
@@ -124,7 +127,7 @@ class ProgressLine:
         self._bar.start()
 
     def _update_bar(self) -> None:
-        self._bar.update(self._task, completed=self.step, figures=self.figures())
+        self._bar.update(self._task, completed=self.step, figures=self.figures(True))
         self._bar.refresh()
 
 
