@@ -10,6 +10,12 @@ Stages are aliases (``candidate``, ``staging``, ``production``: one version each
 registry itself (``entities.stage_of``); a version replaced in a stage holds no alias and carries
 ``ar.archived``. Nothing mirrors an alias, so whatever moves one (this CLI, MLflow's UI or REST) is what every
 reader sees; ``registry.stages`` says whether an audited promotion put it there.
+
+Reads and promotions go through a light client where there is one (``registry.rest`` over HTTP,
+``registry.sqlite`` on a sqlite file of a known schema), so a read command never imports mlflow; registration,
+downloads, webhooks and everything else go through ``MlflowClient``, created on first use. Writes that read
+before they write hold the adapter's writer lock (``registry.locking``), and keep the adapter's version summary
+(``registry.summary``) current.
 """
 
 from __future__ import annotations
@@ -22,29 +28,48 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from adapter_registry.adapter_folder import symlinks
 from adapter_registry.checksums import checksum_problem, sha256_folder
+from adapter_registry.registry import summary
 from adapter_registry.registry.entities import (
     ADAPTER_ARTIFACT,
     AUDIT_EXPERIMENT,
     DEFAULT_EXPERIMENT,
+    LOCK_MODEL,
     STAGES,
     AdapterVersion,
     RegistryError,
     RunTag,
     Tag,
 )
-from adapter_registry.registry.errors import lookup, mask_credentials, mlflow_errors
+from adapter_registry.registry.errors import error_code, lookup, mask_credentials, mlflow_errors
+from adapter_registry.registry.locking import Ticket, writer_lock
 from adapter_registry.registry.registration import check_registration, version_tags_of
-from adapter_registry.registry.search import VersionFilter, quote, search_mlflow, search_sqlite
+from adapter_registry.registry.search import (
+    VersionFilter,
+    quote,
+    search_mlflow,
+    search_sqlite,
+    search_summaries,
+    summary_answers,
+)
+from adapter_registry.registry.sqlite import SqliteClient, open_registry, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 __all__ = ["ALIAS_EVENTS", "AdapterStore", "RegistryError", "parse_ref"]
+
+
+def _notice(text: str) -> None:
+    import logging
+
+    logging.getLogger("adapter_registry.registry").warning(text)
+
 
 ALIAS_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")  # what moves a stage
 log = logging.getLogger(__name__)
@@ -103,23 +128,139 @@ def _abandoned(tags: Mapping[str, str], registration_id: str | None) -> bool:
 
 # ------------------------------------------------------------------------------------------------ store
 class AdapterStore:
-    """Registered adapters in one MLflow tracking store (sqlite file or ``http://`` server)."""
+    """Registered adapters in one MLflow tracking store (sqlite file or ``http://`` server).
 
-    def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
-        from mlflow import MlflowClient
+    ``must_exist=True`` (every CLI command) refuses a sqlite URI whose file does not exist instead of creating an
+    empty registry; the pipeline's registration (the default) creates it.
+    """
 
+    def __init__(
+        self, tracking_uri: str, registry_uri: str | None = None, *, must_exist: bool = False
+    ) -> None:
         self.tracking_uri = tracking_uri
-        self._client: MlflowClient = MlflowClient(
-            tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri
-        )
+        self._registry_uri = registry_uri or tracking_uri
+        self._mlflow: MlflowClient | None = None
+        self._fast: Any = None
+        self._db = sqlite_path(tracking_uri) if self._registry_uri == tracking_uri else None
+        if self._db is not None:
+            if self._db.exists():
+                self._fast = open_registry(self._db, notice=_notice)
+            elif must_exist:
+                raise RegistryError(
+                    "NOT_FOUND",
+                    f"no registry at {tracking_uri}: {self._db} does not exist. Run `make run` (or `kedro run`) "
+                    "in the project to create it, or point MLFLOW_TRACKING_URI / --tracking-uri at a registry",
+                )
+        elif tracking_uri.startswith(("http://", "https://")) and self._registry_uri == tracking_uri:
+            from adapter_registry.registry import rest
+
+            if rest.usable():
+                self._fast = rest.RestClient(tracking_uri)
+
+    @property
+    def _client(self) -> MlflowClient:
+        """MLflow's client (imports mlflow on first use: 1.7 s)."""
+        if self._mlflow is None:
+            from mlflow import MlflowClient
+
+            self._mlflow = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self._registry_uri)
+        return self._mlflow
+
+    @property
+    def _ops(self) -> Any:
+        """The light client where there is one, else MLflow's (the same method names and arguments)."""
+        return self._fast if self._fast is not None else self._client
 
     @classmethod
-    def from_env(cls) -> AdapterStore:
+    def from_env(cls, must_exist: bool = False) -> AdapterStore:
         """The store at :func:`default_tracking_uri`."""
-        return cls(default_tracking_uri())
+        return cls(default_tracking_uri(), must_exist=must_exist)
 
     def __repr__(self) -> str:
         return f"AdapterStore({mask_credentials(self.tracking_uri)!r})"
+
+    # -------------------------------------------------------------------------------------- writer lock
+    def writer_lock(self, name: str) -> Any:
+        """The writer lock of adapter ``name`` (``registry.locking``): a file lock on sqlite, a ticket elsewhere."""
+        from adapter_registry.registry.policy import current_user
+
+        file = self._db.with_name(self._db.name + ".lock") if self._db is not None else None
+        return writer_lock(
+            self.tracking_uri, name, file=file, tickets=None if file else self, user=current_user()
+        )
+
+    def take_ticket(self, name: str, holder: str, expires_ms: int) -> int:
+        """A new ticket of ``name``'s writer lock (a version of LOCK_MODEL); its number."""
+        import random
+        import time
+
+        doing = f"taking a writer ticket for {name!r} (a version of registered model {LOCK_MODEL!r})"
+        with mlflow_errors(doing):
+            if lookup(lambda: self._ops.get_registered_model(LOCK_MODEL), LOCK_MODEL) is None:
+                with contextlib.suppress(RegistryError), mlflow_errors(f"creating {LOCK_MODEL!r}"):
+                    self._ops.create_registered_model(LOCK_MODEL, tags={"ar.kind": "writer-locks"})
+            tags = {"ar.lock.of": name, "ar.lock.state": "held", "ar.lock.holder": holder,
+                    "ar.lock.expires": str(expires_ms)}  # fmt: skip
+            for attempt in range(30):
+                try:
+                    created = self._ops.create_model_version(
+                        LOCK_MODEL, source="adapter-registry:/lock", tags=tags
+                    )
+                    return int(created.version)
+                except Exception as exc:
+                    if error_code(exc) == "PERMISSION_DENIED":
+                        raise RegistryError(
+                            "PERMISSION_DENIED", f"{doing}: permission denied; every writer needs EDIT on registered "
+                            f"model {LOCK_MODEL!r} (an admin grants it, as EDIT on the audit experiment)",
+                        ) from exc  # fmt: skip
+                    # MLflow retries a version number taken meanwhile 3 times, then gives up: so do we, longer
+                    if "Model Version creation error" not in str(exc) or attempt == 29:
+                        raise
+                    time.sleep(0.02 + random.random() * 0.1)
+        raise AssertionError("unreachable")
+
+    def live_tickets(self, name: str) -> list[Ticket]:
+        where = VersionFilter(LOCK_MODEL).with_tag("ar.lock.of", name).with_tag("ar.lock.state", "held")
+        with mlflow_errors(f"reading the writer tickets of {name!r}"):
+            found = search_mlflow(self._ops, where, aliases=False)
+        return [Ticket(v.version, v.tags.get("ar.lock.holder", "?"), int(v.tags.get("ar.lock.expires") or 0))
+                for v in found]  # fmt: skip
+
+    def renew_ticket(self, number: int, expires_ms: int) -> None:
+        with mlflow_errors(f"renewing writer ticket {number}"):
+            self._ops.set_model_version_tag(LOCK_MODEL, str(number), "ar.lock.expires", str(expires_ms))
+
+    def release_ticket(self, number: int) -> None:
+        with mlflow_errors(f"releasing writer ticket {number}"):
+            self._ops.set_model_version_tag(LOCK_MODEL, str(number), "ar.lock.state", "released")
+
+    # -------------------------------------------------------------------------------------- summary
+    def write_summary(self, name: str, versions: list[int] | None = None) -> None:
+        """Rewrite ``name``'s version summary (``registry.summary``), re-reading ``versions`` (None: all of them).
+        Call it holding the adapter's writer lock."""
+        with mlflow_errors(f"updating the version summary of {name!r}"):
+            model = self._ops.get_registered_model(name)
+            decoded = summary.decode(model.tags or {})
+            if decoded is None or versions is None:
+                entries = {v.version: summary.entry_of(v) for v in self._search(VersionFilter(name))}
+            else:
+                entries = {int(e["version"]): e for e in decoded[1]}
+                for number in versions:
+                    found = lookup(
+                        partial(self._ops.get_model_version, name, str(number)), f"{name}/{number}"
+                    )
+                    if found is None:
+                        entries.pop(int(number), None)
+                    else:
+                        entries[int(number)] = summary.entry_of(AdapterVersion.from_model_version(found))
+            tags = summary.encode(entries.values())
+            current = dict(model.tags or {})
+            for key in sorted(tags, key=lambda k: k == summary.HEADER):  # the header last: it seals the text
+                if current.get(key) != tags[key]:
+                    self._ops.set_registered_model_tag(name, key, tags[key])
+            for key in current:
+                if summary.is_summary_key(key) and key not in tags:
+                    self._ops.delete_registered_model_tag(name, key)
 
     # -------------------------------------------------------------------------------------- register
     def register_adapter(
@@ -169,8 +310,10 @@ class AdapterStore:
             self._log_metrics(run_id, metrics)
             self._verify_upload(run_id, checksums)
             created_model = self._ensure_registered_model(model_name)
-            version = self._create_version(model_name, run_id, version_tags, description)
-            self._finalise_version(model_name, version)
+            with self.writer_lock(model_name):  # versions numbered and the candidate alias moved in order
+                version = self._create_version(model_name, run_id, version_tags, description)
+                self._finalise_version(model_name, version)
+                self.write_summary(model_name, [int(version)])
         except Exception as exc:
             self._undo_registration(model_name, version, created_model)
             with contextlib.suppress(Exception):
@@ -354,12 +497,15 @@ class AdapterStore:
         with contextlib.suppress(Exception):
             if version is not None:
                 self._client.delete_model_version(model_name, version)
+                with self.writer_lock(model_name):
+                    self.write_summary(model_name, [int(version)])
+        with contextlib.suppress(Exception):
             if created_model and not self._client.search_model_versions(f"name = '{quote(model_name)}'"):
                 self._client.delete_registered_model(model_name)
 
     # -------------------------------------------------------------------------------------- read
     def model_exists(self, name: str) -> bool:
-        return lookup(lambda: self._client.get_registered_model(name), f"adapter {name!r}") is not None
+        return lookup(lambda: self._ops.get_registered_model(name), f"adapter {name!r}") is not None
 
     def _require_model(self, name: str) -> None:
         if not self.model_exists(name):
@@ -369,7 +515,7 @@ class AdapterStore:
         """One version by number."""
         if not str(version).isdigit():
             raise RegistryError("INVALID_INPUT", f"version {version!r} of {name!r} is not a positive number")
-        mv = lookup(lambda: self._client.get_model_version(name, str(version)), f"{name}/{version}")
+        mv = lookup(lambda: self._ops.get_model_version(name, str(version)), f"{name}/{version}")
         if mv is None:
             self._require_model(name)
             raise RegistryError("NOT_FOUND", f"adapter {name!r} has no version {version}")
@@ -378,7 +524,7 @@ class AdapterStore:
     def holder(self, name: str, stage: str) -> AdapterVersion | None:
         """The version that holds ``stage`` (an alias) for adapter ``name``, or None."""
         mv = lookup(
-            lambda: self._client.get_model_version_by_alias(name, stage),
+            lambda: self._ops.get_model_version_by_alias(name, stage),
             f"{name}@{stage}",
             missing=("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"),
         )
@@ -433,25 +579,27 @@ class AdapterStore:
             versions = [v for v in versions if v.stage == stage]
         return sorted(versions, key=lambda v: (v.name, -v.version))
 
-    def _search(self, where: VersionFilter, summary: bool = False) -> list[AdapterVersion]:
-        """sqlite stores: the read-only SQL fast path; any other store: MLflow's search."""
-        if self.tracking_uri.startswith("sqlite:"):
-            if not hasattr(self, "_engine"):
-                import sqlalchemy as sa
-
-                self._engine = sa.create_engine(self.tracking_uri)
+    def _search(self, where: VersionFilter, summary_only: bool = False) -> list[AdapterVersion]:
+        """A sqlite file: the SQL fast path; a server: the adapters' summaries where they answer ``where`` (a
+        listing), else MLflow's search. Writer tickets are no adapter versions."""
+        if isinstance(self._fast, SqliteClient):
             with mlflow_errors("reading the sqlite registry"):
-                return search_sqlite(self._engine, where, summary)
-        with mlflow_errors(f"searching versions where {where.mlflow_filter() or 'anything'}"):
-            return search_mlflow(self._client, where)
+                found = search_sqlite(self._fast.conn, where, summary_only)
+        elif summary_only and summary_answers(where):
+            with mlflow_errors(f"listing versions where {where.mlflow_filter() or 'anything'}"):
+                found = search_summaries(self._ops, where)
+        else:
+            with mlflow_errors(f"searching versions where {where.mlflow_filter() or 'anything'}"):
+                found = search_mlflow(self._ops, where)
+        return [v for v in found if v.name != LOCK_MODEL]
 
     def list_models(self) -> list[str]:
         with mlflow_errors("listing registered models"):
             names: list[str] = []
             token = None
             while True:
-                page = self._client.search_registered_models(max_results=1000, page_token=token)
-                names.extend(m.name for m in page)
+                page = self._ops.search_registered_models(max_results=1000, page_token=token)
+                names.extend(m.name for m in page if m.name != LOCK_MODEL)
                 token = page.token
                 if not token:
                     return sorted(names)
@@ -465,24 +613,32 @@ class AdapterStore:
             raise RegistryError(
                 "INVALID_INPUT", f"stage {stage!r} does not exist; use one of {', '.join(STAGES)}"
             )
-        with mlflow_errors(f"moving {name}/{version} to {stage}"):
+        with mlflow_errors(f"moving {name}/{version} to {stage}"), self.writer_lock(name):
             if stage == "archived":
-                self._client.set_model_version_tag(name, str(version), Tag.ARCHIVED, "true")
+                self._ops.set_model_version_tag(name, str(version), Tag.ARCHIVED, "true")
+                self.write_summary(name, [int(version)])
                 return
-            self._client.set_registered_model_alias(name, stage, str(version))
-            tags = self._client.get_model_version(name, str(version)).tags or {}
+            self._ops.set_registered_model_alias(name, stage, str(version))
+            tags = self._ops.get_model_version(name, str(version)).tags or {}
+            changed = False
             if Tag.ARCHIVED in tags:
-                self._client.delete_model_version_tag(name, str(version), Tag.ARCHIVED)
+                self._ops.delete_model_version_tag(name, str(version), Tag.ARCHIVED)
+                changed = True
             if tags.get(Tag.STAGE) == "archived":  # a legacy mirror would keep saying archived
-                self._client.delete_model_version_tag(name, str(version), Tag.STAGE)
+                self._ops.delete_model_version_tag(name, str(version), Tag.STAGE)
+                changed = True
+            if changed:
+                self.write_summary(name, [int(version)])
 
     def drop_alias(self, name: str, stage: str) -> None:
         with mlflow_errors(f"removing alias {stage!r} of {name!r}"):
-            self._client.delete_registered_model_alias(name, stage)
+            self._ops.delete_registered_model_alias(name, stage)
 
     def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
-        with mlflow_errors(f"tagging {name}/{version} with {key}"):
-            self._client.set_model_version_tag(name, str(version), key, value)
+        with mlflow_errors(f"tagging {name}/{version} with {key}"), self.writer_lock(name):
+            self._ops.set_model_version_tag(name, str(version), key, value)
+            if key in summary.KEPT or key in summary.ARCHIVED_KEYS or key.startswith(Tag.metric("")):
+                self.write_summary(name, [int(version)])
 
     # -------------------------------------------------------------------------------------- webhooks
     def create_webhook(self, name: str, url: str, secret: str) -> str:
@@ -507,31 +663,41 @@ class AdapterStore:
     def append_audit_run(self, run_name: str, tags: Mapping[str, str]) -> str:
         """Write one audit event as a new, finished run in the audit experiment. Never updates a run."""
         with mlflow_errors(f"writing audit event {run_name!r}"):
-            experiment_id = self._experiment_id(AUDIT_EXPERIMENT)
-            run = self._client.create_run(experiment_id, tags=dict(tags), run_name=run_name)
-            self._client.set_terminated(run.info.run_id, status="FINISHED")
-            return run.info.run_id
+            experiment_id = self._audit_experiment(create=True)
+            assert experiment_id is not None
+            run = self._ops.create_run(experiment_id, tags=dict(tags), run_name=run_name)
+            self._ops.set_terminated(run.info.run_id, status="FINISHED")
+            return str(run.info.run_id)
+
+    def _audit_experiment(self, create: bool) -> str | None:
+        experiment = self._ops.get_experiment_by_name(AUDIT_EXPERIMENT)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        if not create:
+            return None
+        if getattr(self._fast, "create_experiment", None) is None:
+            return self._experiment_id(AUDIT_EXPERIMENT)  # MLflow's client: it sets the artifact location
+        try:
+            return str(self._fast.create_experiment(AUDIT_EXPERIMENT))
+        except Exception as exc:
+            if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self._audit_experiment(create=False)  # created meanwhile by another writer
 
     def audit_runs(self, model: str | None) -> list[tuple[dict[str, str], bool]]:
         """Tags of every audit run of ``model`` (of every model when None; deleted ones too), with a flag that
         says it was deleted."""
-        from mlflow.entities import ViewType
-
-        where = f"tags.`ar.audit.model` = '{quote(model)}'" if model is not None else None
+        where = f"tags.`ar.audit.model` = '{quote(model)}'" if model is not None else ""
         with mlflow_errors(f"reading the audit trail of {model or 'every adapter'!r}"):
-            experiment = self._client.get_experiment_by_name(AUDIT_EXPERIMENT)
-            if experiment is None:
+            experiment_id = self._audit_experiment(create=False)
+            if experiment_id is None:
                 return []
             out: list[Any] = []
             token = None
             while True:
-                page = self._client.search_runs(
-                    [experiment.experiment_id],
-                    filter_string=where or "",
-                    run_view_type=ViewType.ALL,
-                    max_results=1000,
-                    page_token=token,
-                )
+                page = self._ops.search_runs(
+                    [experiment_id], filter_string=where, run_view_type=3, max_results=1000, page_token=token
+                )  # run_view_type 3: MLflow's ViewType.ALL (deleted runs too)
                 out.extend((dict(r.data.tags), r.info.lifecycle_stage == "deleted") for r in page)
                 token = page.token
                 if not token:
@@ -605,7 +771,7 @@ class AdapterStore:
     def run_info(self, run_id: str) -> dict[str, Any]:
         """Status, experiment, params and metrics of a run (for lineage)."""
         with mlflow_errors(f"run {run_id!r}"):
-            run = self._client.get_run(run_id)
+            run = self._ops.get_run(run_id)
         return {
             "run_id": run_id,
             "experiment_id": run.info.experiment_id,
