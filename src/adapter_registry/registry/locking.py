@@ -64,6 +64,11 @@ def holder_id(user: str) -> str:
     return f"{user}@{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
+def holds(key: str, name: str) -> bool:
+    """Whether this thread holds the writer lock of ``name`` in registry ``key`` already."""
+    return f"{key}\0{name}" in _holding()
+
+
 def _holding() -> set[str]:
     if not hasattr(_held, "names"):
         _held.names = set()

@@ -169,7 +169,7 @@ def _promote(
         raise RegistryError("INVALID_STATE", f"{version.ref} already holds stage {to!r}")
     # (a holder whose alias was moved outside adapter-registry may be promoted where it stands: gated, audited)
     _check_policy(audit, policy, actor, version, to, reason, "promotion")
-    serving = store.holder(version.name, to)
+    serving = store.holder(version.name, to, known_model=True)
     staged = (
         version.stage == "staging" and checks["staging"].ok and checks["staging"].holder == version.version
     )
@@ -188,9 +188,8 @@ def _promote(
         raise RegistryError("GATE_FAILED", f"promotion of {version.ref} to {to} refused: {listing}")
     _check_files(store, audit, actor, version, to, reason, "promotion")
 
-    previous_alias = store.holder(version.name, version.stage) if version.stage != "archived" else None
-    left_alias = previous_alias is not None and previous_alias.version == version.version
-    left_alias = left_alias and version.stage != to
+    # it holds its old stage's alias (not a bare candidate) and leaves it
+    left_alias = version.stage in version.aliases and version.stage != to
     event = StageChange(
         model=version.name, version=version.version, from_stage=version.stage, to_stage=to, who=actor.user,
         when=dt.datetime.now(dt.UTC), reason=reason, forced=bool(failed) and force, action="promote",
@@ -198,11 +197,11 @@ def _promote(
         digest=files_digest(version.checksums),
     )  # fmt: skip
     try:
-        store.set_stage(version.name, version.version, to)
+        store.set_stage(version.name, version.version, to, current=version)
         if left_alias:
             store.drop_alias(version.name, version.stage)  # it left its old stage
         if serving is not None and serving.version != version.version:
-            store.set_stage(version.name, serving.version, "archived")
+            store.set_stage(version.name, serving.version, "archived", current=serving)
         return audit.append(event)  # a stage change the trail does not hold is undone
     except RegistryError:
         _restore(store, version, to, serving, left_alias)
@@ -321,9 +320,9 @@ def _rollback(
         digest=files_digest(target.checksums),
     )  # fmt: skip
     try:
-        store.set_stage(name, target.version, stage)
+        store.set_stage(name, target.version, stage, current=target)
         if replaced is not None:
-            store.set_stage(name, replaced.version, "archived")
+            store.set_stage(name, replaced.version, "archived", current=replaced)
         return audit.append(event)  # a stage change the trail does not hold is undone
     except RegistryError:
         _restore(store, target, stage, current, left_alias=False)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapter_registry.registry import summary
-from adapter_registry.registry.entities import AdapterVersion, Tag
+from adapter_registry.registry.entities import LOCK_MODEL, AdapterVersion, Tag
 
 # The tags a listing shows (stage, base, method, task, metrics): ``summary=True`` loads only these on sqlite.
 SUMMARY_TAGS = (Tag.ARCHIVED, Tag.STAGE, Tag.BASE_ID, Tag.BASE_FINGERPRINT, Tag.METHOD, Tag.TASK, Tag.RUN_ID)
@@ -106,6 +106,8 @@ def search_summaries(client: Any, where: VersionFilter) -> list[AdapterVersion]:
     wanted = dict(where.tags)
     out: list[AdapterVersion] = []
     for model in models:
+        if model.name == LOCK_MODEL:
+            continue
         decoded = summary.decode(model.tags or {})
         newest = max((int(v.version) for v in model.latest_versions or ()), default=None)
         if decoded is None or (newest is not None and decoded[0] != newest):

@@ -27,7 +27,8 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,7 @@ from adapter_registry.registry.entities import (
     Tag,
 )
 from adapter_registry.registry.errors import error_code, lookup, mask_credentials, mlflow_errors
-from adapter_registry.registry.locking import Ticket, writer_lock
+from adapter_registry.registry.locking import Ticket, holds, writer_lock
 from adapter_registry.registry.registration import check_registration, version_tags_of
 from adapter_registry.registry.search import (
     VersionFilter,
@@ -141,6 +142,10 @@ class AdapterStore:
         self._registry_uri = registry_uri or tracking_uri
         self._mlflow: MlflowClient | None = None
         self._fast: Any = None
+        self._audit_id: str | None = None
+        self._dirty: dict[
+            str, dict[int, AdapterVersion | None]
+        ] = {}  # summary entries to rewrite, per adapter
         self._db = sqlite_path(tracking_uri) if self._registry_uri == tracking_uri else None
         if self._db is not None:
             if self._db.exists():
@@ -180,14 +185,27 @@ class AdapterStore:
         return f"AdapterStore({mask_credentials(self.tracking_uri)!r})"
 
     # -------------------------------------------------------------------------------------- writer lock
-    def writer_lock(self, name: str) -> Any:
-        """The writer lock of adapter ``name`` (``registry.locking``): a file lock on sqlite, a ticket elsewhere."""
+    @contextlib.contextmanager
+    def writer_lock(self, name: str) -> Iterator[None]:
+        """Hold the writer lock of adapter ``name`` (``registry.locking``: a file lock on sqlite, a ticket elsewhere).
+        Leaving the outermost hold rewrites the adapter's version summary once for whatever changed in it."""
         from adapter_registry.registry.policy import current_user
 
         file = self._db.with_name(self._db.name + ".lock") if self._db is not None else None
-        return writer_lock(
+        outermost = not holds(self.tracking_uri, name)
+        with writer_lock(
             self.tracking_uri, name, file=file, tickets=None if file else self, user=current_user()
-        )
+        ):
+            try:
+                yield
+            finally:
+                changed = self._dirty.pop(name, None) if outermost else None
+                if changed:
+                    self.write_summary(name, changed)
+
+    def _changed(self, name: str, version: int, now: AdapterVersion | None = None) -> None:
+        """Note that ``name``/``version`` changed (``now``: as it is now, when the caller knows; else re-read)."""
+        self._dirty.setdefault(name, {})[int(version)] = now
 
     def take_ticket(self, name: str, holder: str, expires_ms: int) -> int:
         """A new ticket of ``name``'s writer lock (a version of LOCK_MODEL); its number."""
@@ -195,12 +213,9 @@ class AdapterStore:
         import time
 
         doing = f"taking a writer ticket for {name!r} (a version of registered model {LOCK_MODEL!r})"
+        tags = {"ar.lock.of": name, "ar.lock.state": "held", "ar.lock.holder": holder,
+                "ar.lock.expires": str(expires_ms)}  # fmt: skip
         with mlflow_errors(doing):
-            if lookup(lambda: self._ops.get_registered_model(LOCK_MODEL), LOCK_MODEL) is None:
-                with contextlib.suppress(RegistryError), mlflow_errors(f"creating {LOCK_MODEL!r}"):
-                    self._ops.create_registered_model(LOCK_MODEL, tags={"ar.kind": "writer-locks"})
-            tags = {"ar.lock.of": name, "ar.lock.state": "held", "ar.lock.holder": holder,
-                    "ar.lock.expires": str(expires_ms)}  # fmt: skip
             for attempt in range(30):
                 try:
                     created = self._ops.create_model_version(
@@ -208,7 +223,12 @@ class AdapterStore:
                     )
                     return int(created.version)
                 except Exception as exc:
-                    if error_code(exc) == "PERMISSION_DENIED":
+                    code = error_code(exc)
+                    if code == "RESOURCE_DOES_NOT_EXIST" and attempt < 29:  # the first writer ever: create it
+                        with contextlib.suppress(RegistryError), mlflow_errors(f"creating {LOCK_MODEL!r}"):
+                            self._ops.create_registered_model(LOCK_MODEL, tags={"ar.kind": "writer-locks"})
+                        continue
+                    if code == "PERMISSION_DENIED":
                         raise RegistryError(
                             "PERMISSION_DENIED", f"{doing}: permission denied; every writer needs EDIT on registered "
                             f"model {LOCK_MODEL!r} (an admin grants it, as EDIT on the audit experiment)",
@@ -235,9 +255,9 @@ class AdapterStore:
             self._ops.set_model_version_tag(LOCK_MODEL, str(number), "ar.lock.state", "released")
 
     # -------------------------------------------------------------------------------------- summary
-    def write_summary(self, name: str, versions: list[int] | None = None) -> None:
-        """Rewrite ``name``'s version summary (``registry.summary``), re-reading ``versions`` (None: all of them).
-        Call it holding the adapter's writer lock."""
+    def write_summary(self, name: str, versions: Mapping[int, AdapterVersion | None] | None = None) -> None:
+        """Rewrite ``name``'s version summary (``registry.summary``) for the ``versions`` that changed (each as it
+        is now, or None to re-read it; None: rebuild from every version). Call it holding the writer lock."""
         with mlflow_errors(f"updating the version summary of {name!r}"):
             model = self._ops.get_registered_model(name)
             decoded = summary.decode(model.tags or {})
@@ -245,14 +265,16 @@ class AdapterStore:
                 entries = {v.version: summary.entry_of(v) for v in self._search(VersionFilter(name))}
             else:
                 entries = {int(e["version"]): e for e in decoded[1]}
-                for number in versions:
-                    found = lookup(
-                        partial(self._ops.get_model_version, name, str(number)), f"{name}/{number}"
-                    )
-                    if found is None:
+                for number, now in versions.items():
+                    if now is None:
+                        found = lookup(
+                            partial(self._ops.get_model_version, name, str(number)), f"{name}/{number}"
+                        )
+                        now = None if found is None else AdapterVersion.from_model_version(found)
+                    if now is None:
                         entries.pop(int(number), None)
                     else:
-                        entries[int(number)] = summary.entry_of(AdapterVersion.from_model_version(found))
+                        entries[int(number)] = summary.entry_of(now)
             tags = summary.encode(entries.values())
             current = dict(model.tags or {})
             for key in sorted(tags, key=lambda k: k == summary.HEADER):  # the header last: it seals the text
@@ -313,7 +335,7 @@ class AdapterStore:
             with self.writer_lock(model_name):  # versions numbered and the candidate alias moved in order
                 version = self._create_version(model_name, run_id, version_tags, description)
                 self._finalise_version(model_name, version)
-                self.write_summary(model_name, [int(version)])
+                self._changed(model_name, int(version))
         except Exception as exc:
             self._undo_registration(model_name, version, created_model)
             with contextlib.suppress(Exception):
@@ -498,7 +520,7 @@ class AdapterStore:
             if version is not None:
                 self._client.delete_model_version(model_name, version)
                 with self.writer_lock(model_name):
-                    self.write_summary(model_name, [int(version)])
+                    self._changed(model_name, int(version))
         with contextlib.suppress(Exception):
             if created_model and not self._client.search_model_versions(f"name = '{quote(model_name)}'"):
                 self._client.delete_registered_model(model_name)
@@ -521,15 +543,17 @@ class AdapterStore:
             raise RegistryError("NOT_FOUND", f"adapter {name!r} has no version {version}")
         return AdapterVersion.from_model_version(mv)
 
-    def holder(self, name: str, stage: str) -> AdapterVersion | None:
-        """The version that holds ``stage`` (an alias) for adapter ``name``, or None."""
+    def holder(self, name: str, stage: str, known_model: bool = False) -> AdapterVersion | None:
+        """The version that holds ``stage`` (an alias) for adapter ``name``, or None (``known_model``: the caller
+        knows the adapter exists; else a missing one is an error)."""
         mv = lookup(
             lambda: self._ops.get_model_version_by_alias(name, stage),
             f"{name}@{stage}",
             missing=("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"),
         )
         if mv is None:
-            self._require_model(name)
+            if not known_model:
+                self._require_model(name)
             return None
         return AdapterVersion.from_model_version(mv)
 
@@ -605,30 +629,40 @@ class AdapterStore:
                     return sorted(names)
 
     # -------------------------------------------------------------------------------------- stages
-    def set_stage(self, name: str, version: int, stage: str) -> None:
+    def set_stage(self, name: str, version: int, stage: str, current: AdapterVersion | None = None) -> None:
         """Give ``version`` the stage: the alias of the same name (moved from its holder), or for ``archived`` the
         ``ar.archived`` tag (a replaced version holds no alias). A version given an alias stage is no longer
-        archived."""
+        archived. ``current``: the version as the caller just read it (saves reading it again)."""
         if stage not in STAGES:
             raise RegistryError(
                 "INVALID_INPUT", f"stage {stage!r} does not exist; use one of {', '.join(STAGES)}"
             )
+        if current is not None and (current.name, current.version) != (name, int(version)):
+            current = None
         with mlflow_errors(f"moving {name}/{version} to {stage}"), self.writer_lock(name):
             if stage == "archived":
                 self._ops.set_model_version_tag(name, str(version), Tag.ARCHIVED, "true")
-                self.write_summary(name, [int(version)])
+                now = (
+                    None if current is None else replace(current, tags={**current.tags, Tag.ARCHIVED: "true"})
+                )
+                self._changed(name, version, now)
                 return
             self._ops.set_registered_model_alias(name, stage, str(version))
-            tags = self._ops.get_model_version(name, str(version)).tags or {}
-            changed = False
-            if Tag.ARCHIVED in tags:
-                self._ops.delete_model_version_tag(name, str(version), Tag.ARCHIVED)
-                changed = True
-            if tags.get(Tag.STAGE) == "archived":  # a legacy mirror would keep saying archived
-                self._ops.delete_model_version_tag(name, str(version), Tag.STAGE)
-                changed = True
-            if changed:
-                self.write_summary(name, [int(version)])
+            tags = (
+                current.tags
+                if current is not None
+                else self._ops.get_model_version(name, str(version)).tags or {}
+            )
+            stale = [
+                k
+                for k in (Tag.ARCHIVED, Tag.STAGE)
+                if k in tags and (k == Tag.ARCHIVED or tags[k] == "archived")
+            ]
+            for key in stale:  # a legacy ar.stage mirror saying archived would keep saying it
+                self._ops.delete_model_version_tag(name, str(version), key)
+            if stale:
+                kept = {k: v for k, v in tags.items() if k not in stale}
+                self._changed(name, version, None if current is None else replace(current, tags=kept))
 
     def drop_alias(self, name: str, stage: str) -> None:
         with mlflow_errors(f"removing alias {stage!r} of {name!r}"):
@@ -638,7 +672,7 @@ class AdapterStore:
         with mlflow_errors(f"tagging {name}/{version} with {key}"), self.writer_lock(name):
             self._ops.set_model_version_tag(name, str(version), key, value)
             if key in summary.KEPT or key in summary.ARCHIVED_KEYS or key.startswith(Tag.metric("")):
-                self.write_summary(name, [int(version)])
+                self._changed(name, version)
 
     # -------------------------------------------------------------------------------------- webhooks
     def create_webhook(self, name: str, url: str, secret: str) -> str:
@@ -670,9 +704,12 @@ class AdapterStore:
             return str(run.info.run_id)
 
     def _audit_experiment(self, create: bool) -> str | None:
+        if self._audit_id is not None:
+            return self._audit_id
         experiment = self._ops.get_experiment_by_name(AUDIT_EXPERIMENT)
         if experiment is not None:
-            return str(experiment.experiment_id)
+            self._audit_id = str(experiment.experiment_id)
+            return self._audit_id
         if not create:
             return None
         if getattr(self._fast, "create_experiment", None) is None:
