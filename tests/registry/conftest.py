@@ -216,20 +216,27 @@ POSTGRES_MISSING = (
 
 @pytest.fixture(scope="session")
 def team_stack() -> Iterator[Stack]:
-    """The team stack (PostgreSQL + mlflow server with basic-auth) started the way ``stack up`` does, in a fresh
-    folder under /tmp (as root, PostgreSQL runs as the postgres user, who cannot enter pytest's 0700 tmp dirs)."""
+    """The team stack (PostgreSQL + mlflow server with basic-auth) started and stopped with README's commands
+    (``adapter-registry stack up`` / ``stack down``) in a fresh folder under /tmp (as root, PostgreSQL runs as the
+    postgres user, who cannot enter pytest's 0700 tmp dirs)."""
+    from typer.testing import CliRunner
+
+    from adapter_registry.cli import app
+
     if postgres_bin() is None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{POSTGRES_MISSING}. CI=true: these tests must run, so this is a failure")
         pytest.skip(POSTGRES_MISSING)
     folder = Path(tempfile.mkdtemp(prefix="adapter-registry-stack-"))
-    stack = Stack(folder)
     try:
-        stack.up(port=free_port(), workers=1)
-        yield stack
+        up = CliRunner().invoke(app, ["stack", "up", "--folder", str(folder), "--port", str(free_port()),
+                                      "--workers", "1"])  # fmt: skip
+        assert up.exit_code == 0, f"stack up failed: {up.stderr}"
+        yield Stack(folder)
     finally:
-        stack.down()
+        down = CliRunner().invoke(app, ["stack", "down", "--folder", str(folder)])
         shutil.rmtree(folder, ignore_errors=True)
+        assert down.exit_code == 0, f"stack down failed: {down.stderr}"
 
 
 def stack_env(stack: Stack) -> dict[str, str]:

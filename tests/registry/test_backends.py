@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import sqlite3
@@ -281,3 +282,58 @@ def test_server_killed_mid_registration_leaves_no_version_and_a_retry_registers_
     finally:
         restarted.close()
         shutil.rmtree(workdir / "artifacts", ignore_errors=True)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_stack_commands_on_the_running_stack(team_stack) -> None:  # type: ignore[no-untyped-def]
+    """README's `eval "$(adapter-registry stack up)"` and `stack status`, on the stack the suite started."""
+    folder = str(team_stack.folder)
+    up = CliRunner().invoke(app, ["stack", "up", "--folder", folder])  # running already: nothing restarts
+    assert up.exit_code == 0, up.stderr
+    assert up.stdout.splitlines() == team_stack.exports()
+    assert dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines()) == stack_env(
+        team_stack
+    )
+    status = CliRunner().invoke(app, ["stack", "status", "--folder", folder, "--json"])
+    data = json.loads(status.stdout)
+    assert status.exit_code == 0 and data["postgres"] and data["mlflow"]
+    assert data["tracking_uri"] == stack_env(team_stack)["MLFLOW_TRACKING_URI"]
+    assert oct(Path(folder, "secrets.json").stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_readme_team_registry_commands(  # type: ignore[no-untyped-def]
+    team_stack, adapter_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README "Team registry", command by command, on the stack the suite started with `stack up` (it stops it
+    with `stack down`). `kedro run` registers through AdapterStore.register_adapter, which this calls directly."""
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    runner = CliRunner()
+    up = runner.invoke(app, ["stack", "up", "--folder", str(team_stack.folder)])
+    assert up.exit_code == 0, up.stderr
+    for line in up.stdout.splitlines():  # eval "$(adapter-registry stack up)"
+        key, value = line.removeprefix("export ").split("=", 1)
+        monkeypatch.setenv(key, value)
+    assert runner.invoke(app, ["stack", "status", "--folder", str(team_stack.folder)]).exit_code == 0
+    AdapterStore(os.environ["MLFLOW_TRACKING_URI"]).register_adapter(
+        "intent_router", adapter_dir, lineage_tags(), GOOD_METRICS
+    )
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, result.stderr
+        return result.stdout
+
+    assert "intent_router/1" in run("list")
+    run("promote", "intent_router/1", "--to", "staging", "--reason", "passes gates")
+    run("audit", "intent_router")
+    assert [e["reason"] for e in json.loads(run("audit", "intent_router", "--json"))["events"]] == [
+        "passes gates"
+    ]
+    assert "verified" in run("pull", "intent_router@staging", "./adapter")
+    assert sorted(p.name for p in (tmp_path / "project" / "adapter").iterdir()) == sorted(
+        p.name for p in adapter_dir.iterdir()
+    )

@@ -9,17 +9,18 @@ are pure functions of a ``Lineage``.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from adapter_registry.recipes.schema import Gate
 from adapter_registry.registry.audit import AuditLog
 from adapter_registry.registry.entities import AdapterVersion, DatasetRef, Lineage, RegistryError, Tag
 from adapter_registry.registry.store import AdapterStore
 from adapter_registry.vocabulary import SPLITS
+
+if TYPE_CHECKING:
+    from adapter_registry.recipes.schema import Gate
 
 _DATA_TAG = re.compile(r"^ar\.data\.(?P<split>[\w\-]+)\.(?P<field>path|md5|commit)$")
 MAX_TAG = 4900  # MLflow keeps model-version tag values up to 5000 characters
@@ -131,6 +132,10 @@ def _parsed(value: str | None) -> Any:
 
 def gates_of(version: AdapterVersion) -> list[tuple[str, Gate | ValueError]]:
     """The promotion gates recorded on ``version``, each as written with its ``Gate`` or why it does not parse."""
+    from adapter_registry.recipes.schema import (
+        Gate,
+    )  # the recipe schema (0.2 s): only where gates are checked
+
     gates: list[tuple[str, Gate | ValueError]] = []
     for text in version.gates:
         try:
@@ -266,6 +271,8 @@ def to_dot(lineage: Lineage) -> str:
 
 def to_html(lineage: Lineage) -> str:
     """A self-contained HTML page with the graph drawn as inline SVG (no JavaScript, works offline)."""
+    import html
+
     nodes, edges = _edges(lineage)
     depth: dict[str, int] = dict.fromkeys(nodes, 0)
     for _ in nodes:  # longest-path layering; the graph is a small DAG

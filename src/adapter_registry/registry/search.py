@@ -47,11 +47,14 @@ def quote(value: str) -> str:
     return str(value).replace("'", "\\'")
 
 
+FEW = 20  # adapters whose aliases are looked up one by one rather than through a search of every model
+
+
 def search_mlflow(client: Any, where: VersionFilter, aliases: bool = True) -> list[AdapterVersion]:
     """Every version matching ``where`` through MLflow's own search (any tracking store), all pages.
 
     MLflow's version search leaves ``aliases`` empty, and a stage is an alias: they are read from the registered
-    models (one paged search, or one look-up when ``where`` names the model) and given to each version.
+    models (a look-up per adapter found when they are few, else one paged search) and given to each version.
     """
     found = []
     token = None
@@ -63,7 +66,8 @@ def search_mlflow(client: Any, where: VersionFilter, aliases: bool = True) -> li
             break
     held: dict[tuple[str, int], list[str]] = {}
     names = {mv.name for mv in found}
-    models = [client.get_registered_model(where.name)] if where.name and names and aliases else []
+    # a few adapters: one look-up each; many: one paged search of every registered model (2 s at 500 adapters)
+    models = [client.get_registered_model(n) for n in sorted(names)] if aliases and len(names) <= FEW else []
     token = None
     while names and aliases and not models:
         page = client.search_registered_models(max_results=1000, page_token=token)

@@ -580,7 +580,8 @@ class AdapterStore:
         """Versions matching every given filter, by name then newest first.
 
         ``base_model`` matches the base id or fingerprint. ``summary=True`` may load only the tags a listing
-        shows (stage, base, method, task, metrics) on sqlite; use ``get_version`` for everything.
+        shows (stage, base, method, task, metrics: the SQL path on sqlite, the version summaries on a server);
+        use ``get_version`` for everything.
         """
         if stage is not None and stage not in STAGES:
             raise RegistryError(
@@ -591,7 +592,11 @@ class AdapterStore:
             where = where.with_tag(Tag.METHOD, method)
         for key, value in (tag_equals or {}).items():
             where = where.with_tag(key, value)
-        if base_model:
+        if base_model and self._from_summaries(where, summary):  # one read of every summary, either key
+            versions = [
+                v for v in self._search(where, summary) if base_model in (v.base_id, v.base_fingerprint)
+            ]
+        elif base_model:
             found = {}
             for key in (Tag.BASE_ID, Tag.BASE_FINGERPRINT):
                 for v in self._search(where.with_tag(key, base_model), summary):
@@ -603,13 +608,16 @@ class AdapterStore:
             versions = [v for v in versions if v.stage == stage]
         return sorted(versions, key=lambda v: (v.name, -v.version))
 
+    def _from_summaries(self, where: VersionFilter, summary_only: bool) -> bool:
+        return summary_only and not isinstance(self._fast, SqliteClient) and summary_answers(where)
+
     def _search(self, where: VersionFilter, summary_only: bool = False) -> list[AdapterVersion]:
         """A sqlite file: the SQL fast path; a server: the adapters' summaries where they answer ``where`` (a
         listing), else MLflow's search. Writer tickets are no adapter versions."""
         if isinstance(self._fast, SqliteClient):
             with mlflow_errors("reading the sqlite registry"):
                 found = search_sqlite(self._fast.conn, where, summary_only)
-        elif summary_only and summary_answers(where):
+        elif self._from_summaries(where, summary_only):
             with mlflow_errors(f"listing versions where {where.mlflow_filter() or 'anything'}"):
                 found = search_summaries(self._ops, where)
         else:
