@@ -103,32 +103,32 @@ class RestClient:
 
     # ---------------------------------------------------------------------------------------- transport
     def call(self, method: str, endpoint: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One request; the JSON answer, or BackendError with MLflow's error code (or ours for HTTP failures)."""
+        """One request; the JSON answer, or BackendError with MLflow's error code (or ours for HTTP failures).
+
+        As MLflow's client: ``MLFLOW_HTTP_REQUEST_TIMEOUT`` per try, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` more tries
+        of a read (a write is sent once) after a dropped connection or a 502/503/504, sleeping
+        ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` × 2^n s between them (the CLI sets all three from
+        ``ADAPTER_REGISTRY_TIMEOUT``). A server that cannot be reached raises ``requests``' own error, which
+        ``registry.errors.mlflow_errors`` reports as one ``unreachable`` line."""
         import requests
 
         url = f"{self.tracking_uri}{API}/{endpoint}"
-        attempts = 3 if method == "GET" else 1  # a read is safe to repeat after a dropped connection
-        for attempt in range(attempts):
+        retries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or 2) if method == "GET" else 0
+        backoff = float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR") or 1)
+        for attempt in range(retries + 1):
+            last = attempt == retries
             try:
                 if method == "GET":
                     response = self.session.get(url, params=body, timeout=self.timeout)
                 else:
                     response = self.session.request(method, url, json=body or {}, timeout=self.timeout)
-            except requests.ConnectionError as exc:
-                if attempt + 1 < attempts:
-                    time.sleep(0.2 * (attempt + 1))
-                    continue
-                raise BackendError(
-                    "UNAVAILABLE",
-                    f"tracking server {self.tracking_uri} is unreachable ({_reason(exc)}); is it running? "
-                    "(`adapter-registry stack status` for the team stack)",
-                ) from None
-            except requests.RequestException as exc:
-                raise BackendError(
-                    "UNAVAILABLE", f"tracking server {self.tracking_uri}: {_reason(exc)}"
-                ) from None
-            if response.status_code in (502, 503, 504) and attempt + 1 < attempts:
-                time.sleep(0.2 * (attempt + 1))
+            except (requests.ConnectionError, requests.Timeout):
+                if last:
+                    raise
+                time.sleep(backoff * 2**attempt)
+                continue
+            if response.status_code in (502, 503, 504) and not last:
+                time.sleep(backoff * 2**attempt)
                 continue
             return self._answer(response)
         raise AssertionError("unreachable")
@@ -275,11 +275,3 @@ class RestClient:
             body["page_token"] = page_token
         data = self.call("POST", "runs/search", body)
         return Page([_run(r) for r in data.get("runs", [])], data.get("next_page_token"))
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset"):
-        if marker in text:
-            return marker.lower()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -365,10 +365,12 @@ class AdapterStore:
         never archived, and no newer version is candidate)."""
         if found.aliases or found.tags.get(Tag.ARCHIVED) == "true":
             return found
-        holder = self.holder(found.name, "candidate")
-        if holder is not None and holder.version > found.version:
-            return found
-        self._finalise_version(found.name, str(found.version))
+        with self.writer_lock(found.name):  # as a registration moves candidate: in turn
+            holder = self.holder(found.name, "candidate")
+            if holder is not None and holder.version > found.version:
+                return found
+            self._finalise_version(found.name, str(found.version))
+            self._changed(found.name, found.version)  # an attempt killed before its summary was written
         return self.get_version(found.name, found.version)
 
     def fail_dead_registrations(self, registration_id: str | None = None) -> list[str]:
