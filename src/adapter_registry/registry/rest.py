@@ -13,7 +13,7 @@ from __future__ import annotations
 import configparser
 import os
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from adapter_registry.registry.records import (
@@ -275,3 +275,49 @@ class RestClient:
             body["page_token"] = page_token
         data = self.call("POST", "runs/search", body)
         return Page([_run(r) for r in data.get("runs", [])], data.get("next_page_token"))
+
+    # ---------------------------------------------------------------------------------------- artifacts
+    def download_artifacts(self, source: str, dst: Path) -> Path | None:
+        """An ``mlflow-artifacts:`` folder served by this server, downloaded into ``dst/<its name>`` (MLflow's
+        artifact proxy: ``GET .../mlflow-artifacts/artifacts?path=`` lists, ``GET .../artifacts/<path>`` sends a
+        file); None when ``source`` names another server (MLflow's client resolves that)."""
+        from urllib.parse import urlparse
+
+        parsed = urlparse(source)
+        if (
+            parsed.netloc
+            and parsed.netloc.rpartition("@")[2] != urlparse(self.tracking_uri).netloc.rpartition("@")[2]
+        ):
+            return None
+        root = parsed.path.strip("/")
+        base = f"{self.tracking_uri}/api/2.0/mlflow-artifacts/artifacts"
+        target = Path(dst) / PurePosixPath(root).name
+        pending = [root]
+        while pending:
+            folder = pending.pop()
+            listed = self._artifact_get(base, {"path": folder}).json().get("files", [])
+            for entry in listed:
+                relative = PurePosixPath(folder, entry["path"])
+                if ".." in PurePosixPath(entry["path"]).parts or PurePosixPath(entry["path"]).is_absolute():
+                    raise BackendError(
+                        "INVALID_PARAMETER_VALUE", f"artifact path {entry['path']!r} is not safe"
+                    )
+                if entry.get("is_dir"):
+                    pending.append(str(relative))
+                    continue
+                local = target / relative.relative_to(root)
+                local.parent.mkdir(parents=True, exist_ok=True)
+                with (
+                    self._artifact_get(f"{base}/{relative}", None, stream=True) as response,
+                    local.open("wb") as out,
+                ):
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        out.write(chunk)
+        target.mkdir(parents=True, exist_ok=True)  # an empty folder is what MLflow's client leaves too
+        return target
+
+    def _artifact_get(self, url: str, params: dict[str, str] | None, stream: bool = False) -> Any:
+        response = self.session.get(url, params=params, timeout=self.timeout, stream=stream)
+        if response.status_code >= 400:
+            self._answer(response)  # raises the error MLflow answered
+        return response

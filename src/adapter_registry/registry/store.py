@@ -752,8 +752,15 @@ class AdapterStore:
 
     # -------------------------------------------------------------------------------------- files
     def download_adapter(self, version: AdapterVersion, dst: Path) -> Path:
-        """Download the version's adapter files into ``dst`` (a fresh folder) and return the folder."""
+        """Download the version's adapter files into ``dst`` (a fresh folder) and return the folder.
+
+        Without mlflow where the source allows: a local folder (a sqlite store's artifacts) is copied, links kept
+        as links; ``mlflow-artifacts:`` on this store's server comes through its REST API (``registry.rest``).
+        Anything else (an object store a client reaches directly, ``runs:/`` ...) through MLflow's client."""
         with mlflow_errors(f"downloading the adapter of {version.ref}"):
+            light = self._light_download(version.source, Path(dst))
+            if light is not None:
+                return light
             from mlflow.artifacts import download_artifacts
 
             return Path(
@@ -761,6 +768,21 @@ class AdapterStore:
                     artifact_uri=version.source, dst_path=str(dst), tracking_uri=self.tracking_uri
                 )
             )
+
+    def _light_download(self, source: str, dst: Path) -> Path | None:
+        from urllib.parse import unquote, urlparse
+
+        from adapter_registry.registry.rest import RestClient
+
+        parsed = urlparse(source)
+        if parsed.scheme in ("", "file") and not parsed.netloc:
+            folder = Path(unquote(parsed.path) if parsed.scheme else source)
+            if not folder.is_absolute() or not folder.is_dir():
+                return None
+            return Path(shutil.copytree(folder, dst / folder.name, symlinks=True))
+        if parsed.scheme == "mlflow-artifacts" and isinstance(self._fast, RestClient):
+            return self._fast.download_artifacts(source, dst)
+        return None
 
     def files_problem(self, version: AdapterVersion) -> str | None:
         """Download the version's files into a temporary folder and check every one against its registered sha256,
