@@ -142,9 +142,12 @@ def _plain_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str,
 
     from rich.cells import cell_len
 
+    def width(text: str) -> int:
+        return len(text) if text.isascii() else cell_len(text)
+
     markup = re.compile(r"\[/?[a-z ]+\]")
-    cells = [[markup.sub("", cell) for cell in row] for row in rows]
-    widths = [max([cell_len(c), *(cell_len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    cells = [[markup.sub("", cell) if "[" in cell else cell for cell in row] for row in rows]
+    widths = [max([width(c), *(width(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     total = sum(widths) + 3 * len(widths) + 1
     if total > 160:
         return None
@@ -159,7 +162,7 @@ def _plain_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str,
             + bar
         )
 
-    excess = max(total - cell_len(title), 0)
+    excess = max(total - width(title), 0)
     out = [" " * (excess // 2) + title + " " * (excess - excess // 2), line("┏", "━", "┳", "┓"), row(columns, "┃"),
            line("┡", "━", "╇", "┩"), *(row(r, "│") for r in cells), line("└", "─", "┴", "┘")]  # fmt: skip
     return "\n".join(out)

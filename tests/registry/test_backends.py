@@ -183,7 +183,7 @@ def test_concurrent_promoters_keep_one_audit_chain(backend: AdapterStore, adapte
     trail = AuditLog(backend).read(name)
     assert trail.intact, trail.problems  # no fork: one event per sequence number, every hash chained
     assert [e.seq for e in trail.events] == list(range(1, 2 + outcomes.count("event")))
-    assert outcomes.count("event") >= 4
+    assert outcomes.count("event") >= 2  # each of versions 2 and 3 reaches production at least once
     last = replay(trail.events)["production"]
     assert backend.holder(name, "production").version == last.version == trail.events[-1].version
     assert all(check.ok for check in AuditLog(backend).stage_checks(name).values())
@@ -337,3 +337,29 @@ def test_readme_team_registry_commands(  # type: ignore[no-untyped-def]
     assert sorted(p.name for p in (tmp_path / "project" / "adapter").iterdir()) == sorted(
         p.name for p in adapter_dir.iterdir()
     )
+
+
+def test_read_commands_and_a_promotion_import_no_mlflow(store: AdapterStore, adapter_dir: Path) -> None:
+    """A whole `list` process is about start-up: none of these imports mlflow (1.7 s), SQLAlchemy or torch."""
+    import subprocess
+    import sys
+
+    for _ in range(3):
+        store.register_adapter("quick", adapter_dir, lineage_tags(), GOOD_METRICS)
+    promotion.promote(store, "quick/1", "staging", policy=OPEN, actor=ME)  # creates the audit experiment
+    heavy = ("mlflow", "sqlalchemy", "torch", "transformers", "peft", "pandas")
+    probe = (
+        "import json, sys\nfrom adapter_registry.cli import app\n"
+        "try:\n    app(sys.argv[1:], prog_name='adapter-registry')\nexcept SystemExit as exc:\n    code = exc.code\n"
+        f"print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})]))"
+    )
+    uri = ["--tracking-uri", store.tracking_uri]
+    for args in (["--help"], [*uri, "list"], [*uri, "show", "quick/2"], [*uri, "lineage", "quick/2"],
+                 [*uri, "lineage", "--md5", "0cc175b9c0f1b6a831c399e269772661"],
+                 [*uri, "promote", "quick/2", "--to", "staging", "--force", "--reason", "r"],
+                 [*uri, "pull", "quick@staging", str(Path.cwd() / "pulled")]):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True
+        )
+        code, imported = json.loads(done.stdout.strip().splitlines()[-1])
+        assert code in (0, None) and imported == [], (args, code, imported, done.stderr[-500:])

@@ -86,10 +86,10 @@ def summary_answers(where: VersionFilter) -> bool:
     return all(key in summary.KEPT for key, _ in where.tags)
 
 
-def search_summaries(client: Any, where: VersionFilter) -> list[AdapterVersion]:
+def search_summaries(client: Any, where: VersionFilter, fallback: Any = None) -> list[AdapterVersion]:
     """The versions matching ``where`` (``summary_answers``) from the adapters' summaries: one paged search of
     registered models (or one look-up by name). An adapter whose summary is missing or behind its newest version is
-    read through MLflow's search instead."""
+    read in full instead: ``fallback(where)`` (the store's search), else MLflow's search through ``client``."""
     if where.name:
         from adapter_registry.registry.errors import error_code
 
@@ -115,7 +115,8 @@ def search_summaries(client: Any, where: VersionFilter) -> list[AdapterVersion]:
         decoded = summary.decode(model.tags or {})
         newest = max((int(v.version) for v in model.latest_versions or ()), default=None)
         if decoded is None or (newest is not None and decoded[0] != newest):
-            versions = search_mlflow(client, VersionFilter(model.name, where.tags))
+            one = VersionFilter(model.name, where.tags)
+            versions = fallback(one) if fallback is not None else search_mlflow(client, one)
         else:
             versions = summary.versions_of(model.name, decoded[1], model.aliases or {})
         out.extend(v for v in versions if all(v.tags.get(k) == val for k, val in wanted.items()))

@@ -10,7 +10,7 @@ meaning MLflow's ``SqlAlchemyStore`` gives them (read there: ``store/model_regis
 
 It is only used on a schema it was written for: :data:`KNOWN_REVISIONS` lists MLflow's alembic revisions
 (``alembic_version``) whose tables it knows; on any other, :func:`open_registry` returns None with a notice and
-the store uses MLflow's client (slower, always right). Registration, experiment creation and artifact transfer
+the store uses MLflow's client (slower, always right). Registration, experiment creation and artifact uploads
 always go through MLflow's client.
 """
 
@@ -116,11 +116,20 @@ class SqliteClient:
                               (WORKSPACE, name)))  # fmt: skip
         aliases = {a: str(v) for a, v in self.rows(
             "SELECT alias, version FROM registered_model_aliases WHERE workspace = ? AND name = ?", (WORKSPACE, name))}  # fmt: skip
-        return ModelRecord(name=row[0], tags=tags, aliases=aliases, creation_timestamp=row[1] or 0)
+        (top,) = self.conn.execute(
+            f"SELECT MAX(version) FROM model_versions WHERE workspace = ? AND name = ? AND {LIVE}",
+            (WORKSPACE, name),
+        ).fetchone()
+        latest = [VersionRecord(name, str(top), {}, [])] if top is not None else []
+        return ModelRecord(
+            name=row[0], tags=tags, aliases=aliases, latest_versions=latest, creation_timestamp=row[1] or 0
+        )
 
     def search_registered_models(
         self, filter_string: str | None = None, max_results: int = 1000, page_token: str | None = None
     ) -> Page:
+        """Every registered model with its tags, aliases and (as ``latest_versions``, tags left out) its newest
+        version: one page."""
         if filter_string:
             raise BackendError(
                 "INVALID_PARAMETER_VALUE", "the sqlite fast path lists every registered model only"
@@ -137,7 +146,11 @@ class SqliteClient:
             "SELECT name, alias, version FROM registered_model_aliases WHERE workspace = ?", (WORKSPACE,)
         ):
             aliases.setdefault(name, {})[alias] = str(version)
-        return Page([ModelRecord(n, tags[n], aliases[n]) for n in names])
+        newest = dict(self.rows(
+            f"SELECT name, MAX(version) FROM model_versions WHERE workspace = ? AND {LIVE} GROUP BY name", (WORKSPACE,)
+        ))  # fmt: skip
+        return Page([ModelRecord(n, tags[n], aliases[n], [VersionRecord(n, str(newest[n]), {}, [])] if n in newest else [])
+                     for n in names])  # fmt: skip
 
     def create_registered_model(self, name: str, tags: dict[str, str] | None = None) -> ModelRecord:
         now = _now()

@@ -611,17 +611,18 @@ class AdapterStore:
         return sorted(versions, key=lambda v: (v.name, -v.version))
 
     def _from_summaries(self, where: VersionFilter, summary_only: bool) -> bool:
-        return summary_only and not isinstance(self._fast, SqliteClient) and summary_answers(where)
+        return summary_only and summary_answers(where)
 
     def _search(self, where: VersionFilter, summary_only: bool = False) -> list[AdapterVersion]:
-        """A sqlite file: the SQL fast path; a server: the adapters' summaries where they answer ``where`` (a
-        listing), else MLflow's search. Writer tickets are no adapter versions."""
-        if isinstance(self._fast, SqliteClient):
+        """A listing (``summary_only``) the adapters' summaries answer: from them (one search of the registered
+        models; an adapter whose summary is missing or behind is read in full); any other search on a sqlite file:
+        the SQL fast path; elsewhere MLflow's search. Writer tickets are no adapter versions."""
+        if self._from_summaries(where, summary_only):
+            with mlflow_errors(f"listing versions where {where.mlflow_filter() or 'anything'}"):
+                found = search_summaries(self._ops, where, fallback=self._search)
+        elif isinstance(self._fast, SqliteClient):
             with mlflow_errors("reading the sqlite registry"):
                 found = search_sqlite(self._fast.conn, where, summary_only)
-        elif self._from_summaries(where, summary_only):
-            with mlflow_errors(f"listing versions where {where.mlflow_filter() or 'anything'}"):
-                found = search_summaries(self._ops, where)
         else:
             with mlflow_errors(f"searching versions where {where.mlflow_filter() or 'anything'}"):
                 found = search_mlflow(self._ops, where)
