@@ -225,7 +225,11 @@ def team_stack() -> Iterator[Stack]:
 
     if postgres_bin() is None:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{POSTGRES_MISSING}. CI=true: these tests must run, so this is a failure")
+            pytest.fail(
+                "PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or on PATH), and under CI=true "
+                "the PostgreSQL-backed registry tests must run: install it first (.ci/run does: apt-get install -y "
+                "postgresql)"
+            )
         pytest.skip(POSTGRES_MISSING)
     folder = Path(tempfile.mkdtemp(prefix="adapter-registry-stack-"))
     try:
