@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export KEDRO_LOGGING_CONFIG ?= conf/logging.yml
 unexport MLFLOW_ALLOW_FILE_STORE
 
-.PHONY: setup run data test test-fast lint typecheck ui clean
+.PHONY: setup run data test test-fast lint typecheck ui clean team-up team-down team-status
 
 setup: $(STAMP)
 
@@ -53,6 +53,17 @@ typecheck: setup
 
 ui: setup  ## browse runs and registered adapters
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+# The team registry on this machine (PostgreSQL + mlflow server with basic-auth, in .team/; see README "Team
+# registry"). team-up prints the export lines: eval "$$(make -s team-up)".
+team-up: setup
+	@$(BIN)/adapter-registry stack up
+
+team-down: setup
+	@$(BIN)/adapter-registry stack down
+
+team-status: setup
+	@$(BIN)/adapter-registry stack status
 
 clean:
 	rm -rf data/0*/[!.]* mlflow.db mlartifacts

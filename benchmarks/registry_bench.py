@@ -1,13 +1,15 @@
-"""Registry operations at 10,000 adapter versions (500 adapters × 20 versions) in a fresh sqlite registry.
+"""Registry operations at 10,000 adapter versions (500 adapters × 20 versions), on a sqlite file and on the team
+stack (mlflow server on PostgreSQL with basic-auth), timed as whole ``adapter-registry`` processes.
 
-Run: ``.venv/bin/python benchmarks/registry_bench.py [--models 500] [--versions 20]``; writes
-``benchmarks/results/registry_bench.{json,md}``. Goal: every timed operation under 1 s.
+Run: ``.venv/bin/python benchmarks/registry_bench.py [--models 500] [--versions 20] [--backends sqlite,postgres]``;
+writes ``benchmarks/results/registry_bench.{json,md}``. Goal: every command under 1 s for the whole process.
 
 Loading: one real adapter is registered through ``AdapterStore.register_adapter`` (real run, artifacts,
-checksums); the other 9,999 versions are bulk-inserted into MLflow's own registry tables (same ORM tables,
-realistic tags: lineage, data md5s, base fingerprints, metrics, stages and aliases) because creating them one
-by one through the MLflow client takes far longer than the 5-minute budget on 2 cores. Only the *loading* takes
-that shortcut: every timed operation goes through ``AdapterStore`` / the CLI's code path.
+checksums; over HTTP on the server); the other 9,999 versions are bulk-inserted into MLflow's own registry tables
+(same ORM tables, realistic tags: lineage, data md5s, base fingerprints, metrics, stages and aliases, and each
+adapter's version summary as the store writes it, ``registry.summary``) because creating them one by one through
+MLflow takes far longer than the time budget on 2 cores. Only the *loading* takes that shortcut: every timed
+operation is the CLI (a fresh process: ``time adapter-registry ...``), or ``AdapterStore`` in-process.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +33,7 @@ from adapter_registry.environment import offline_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+CLI = str(Path(sys.executable).parent / "adapter-registry")
 BASES = [("smollm2-135m-instruct", "LlamaForCausalLM"), ("all-minilm-l6-v2", "BertModel"),
          ("acme/llama-1b", "LlamaForCausalLM"), ("acme/llama-3b", "LlamaForCausalLM"),
          ("/models/qwen-0.5b", "Qwen2ForCausalLM")]  # fmt: skip
@@ -87,51 +92,67 @@ def stage_of(version: int, versions: int) -> str:
     )
 
 
-def bulk_load(db: Path, models: int, versions: int, template: Any) -> None:
-    """Insert models × versions into MLflow's registry tables (loading shortcut; see the module docstring)."""
+def bulk_load(engine: Any, models: int, versions: int, template: Any) -> None:
+    """Insert models × versions into MLflow's registry tables, each adapter's summary tags included (loading
+    shortcut; see the module docstring). ``engine``: SQLAlchemy, on the sqlite file or the PostgreSQL database."""
     import sqlalchemy as sa
     from mlflow.store.model_registry.dbmodels.models import (
         SqlModelVersion,
         SqlModelVersionTag,
         SqlRegisteredModel,
         SqlRegisteredModelAlias,
+        SqlRegisteredModelTag,
     )
 
-    from adapter_registry.registry.entities import Tag
+    from adapter_registry.registry import summary
+    from adapter_registry.registry.entities import AdapterVersion, Tag
 
     rng = random.Random(0)
     now = int(time.time() * 1000)
-    engine = sa.create_engine(f"sqlite:///{db}")
+    template_tags = dict(template.tags)
     with engine.begin() as conn:
         for m in range(models):
             name = f"tenant_{m:03d}"
             if m:
-                conn.execute(sa.insert(SqlRegisteredModel.__table__), [{"name": name, "creation_time": now}])
-            rows, tag_rows, alias_rows = [], [], []
+                conn.execute(sa.insert(SqlRegisteredModel.__table__), [{"name": name, "creation_time": now,
+                                                                        "last_updated_time": now}])  # fmt: skip
+            rows, tag_rows, alias_rows, entries = [], [], [], []
             for v in range(1, versions + 1):
-                if m == 0 and v == 1:
-                    continue  # the real registration
                 created = now - (models * versions - m * versions - v) * 60_000
-                rows.append({"name": name, "version": v, "creation_time": created, "last_updated_time": created,
-                             "source": template.source, "run_id": template.run_id, "current_stage": "None",
-                             "status": "READY", "description": ""})  # fmt: skip
-                tags = {
-                    **version_tags(m, v, rng),
-                    **{
-                        Tag.sha256(path): digest for path, digest in template.checksums.items()
-                    },  # promote checks
-                    Tag.STAGE: stage_of(v, versions),
-                    Tag.RUN_ID: template.run_id,
-                }
-                tag_rows += [{"name": name, "version": v, "key": k, "value": val} for k, val in tags.items()]
+                if m == 0 and v == 1:  # the real registration
+                    tags = template_tags
+                    created = int(template.created.timestamp() * 1000)
+                else:
+                    rows.append({"name": name, "version": v, "creation_time": created, "last_updated_time": created,
+                                 "source": template.source, "run_id": template.run_id, "current_stage": "None",
+                                 "status": "READY", "description": ""})  # fmt: skip
+                    tags = {
+                        **version_tags(m, v, rng),
+                        **{
+                            Tag.sha256(path): digest for path, digest in template.checksums.items()
+                        },  # promote checks
+                        Tag.RUN_ID: template.run_id,
+                    }
+                    if stage_of(v, versions) == "archived":
+                        tags[Tag.ARCHIVED] = "true"
+                    tag_rows += [
+                        {"name": name, "version": v, "key": k, "value": val} for k, val in tags.items()
+                    ]
+                aliases = [stage_of(v, versions)] if stage_of(v, versions) != "archived" else []
+                entries.append(summary.entry_of(AdapterVersion.build(
+                    name=name, version=v, tags=tags, run_id=template.run_id, source=template.source,
+                    created_ms=created, aliases=aliases)))  # fmt: skip
             for v in range(versions - 2, versions + 1):
                 alias_rows.append({"name": name, "alias": stage_of(v, versions), "version": v})
             if m == 0:
-                conn.execute(sa.delete(SqlRegisteredModelAlias.__table__).where(
-                    SqlRegisteredModelAlias.__table__.c.name == name))  # fmt: skip
+                aliases_t, tags_t = SqlRegisteredModelAlias.__table__, SqlRegisteredModelTag.__table__
+                conn.execute(sa.delete(aliases_t).where(aliases_t.c.name == name))
+                conn.execute(sa.delete(tags_t).where(tags_t.c.name == name, tags_t.c.key.like("ar.summary%")))
             conn.execute(sa.insert(SqlModelVersion.__table__), rows)
             conn.execute(sa.insert(SqlModelVersionTag.__table__), tag_rows)
             conn.execute(sa.insert(SqlRegisteredModelAlias.__table__), alias_rows)
+            conn.execute(sa.insert(SqlRegisteredModelTag.__table__),
+                         [{"name": name, "key": k, "value": val} for k, val in summary.encode(entries).items()])  # fmt: skip
 
 
 def timed(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
@@ -144,88 +165,196 @@ def timed(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=500)
-    parser.add_argument("--versions", type=int, default=20)
-    args = parser.parse_args()
-    offline_defaults()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from adapter_registry.registry import lineage, promotion
-    from adapter_registry.registry.policy import PromotionPolicy
-    from adapter_registry.registry.promotion import Actor
+def whole_process(args: list[str], env: dict[str, str], repeat: int = 3) -> tuple[float, float, int, str]:
+    """Median wall seconds and CPU seconds (user + system) of ``adapter-registry ARGS`` as fresh processes, the
+    exit code and the last stderr line."""
+    walls, cpus, code, err = [], [], 0, ""
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run([CLI, *args], env=env, capture_output=True, text=True)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        code, err = done.returncode, (done.stderr.strip().splitlines() or [""])[-1]
+    return statistics.median(walls), statistics.median(cpus), code, err
+
+
+def load(backend: str, work: Path, models: int, versions: int) -> tuple[Any, dict[str, str], Any, float]:
+    """The loaded registry: (store, environment for the CLI, the stack or None, bulk-load seconds)."""
+    import sqlalchemy as sa
+
     from adapter_registry.registry.store import AdapterStore
 
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        os.chdir(work)
-        db = work / "mlflow.db"
-        store = AdapterStore(f"sqlite:///{db}")
-        template = store.register_adapter("tenant_000", tiny_adapter(work / "adapter"),
-                                          {k: v for k, v in version_tags(0, 1, random.Random(1)).items()
-                                           if not k.startswith(("ar.metric.", "ar.sha256."))},
-                                          {"exact_match": 0.9, "beats_base": 1.0})  # fmt: skip
-        load_start = time.perf_counter()
-        bulk_load(db, args.models, args.versions, template)
-        load_s = time.perf_counter() - load_start
-        total = args.models * args.versions
-        mid = f"tenant_{args.models // 2:03d}"
-        md5 = f"{args.models // 2:05d}{5:03d}tr".ljust(32, "0")
-        policy, actor = PromotionPolicy(enforce="never"), Actor("bench", False)
+    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    stack = None
+    if backend == "sqlite":
+        uri = f"sqlite:///{work / 'mlflow.db'}"
+        engine_uri = uri
+    else:
+        from adapter_registry.stack import Stack, free_port
+
+        stack = Stack(work / "stack")
+        os.chmod(work, 0o711)  # as root, PostgreSQL runs as the postgres user, who must enter this folder
+        stack.up(port=free_port(), workers=2)
+        env.update(line.removeprefix("export ").split("=", 1) for line in stack.exports())
+        os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+        uri = env["MLFLOW_TRACKING_URI"]
+        secrets, state = stack.secrets(), stack.state()
+        engine_uri = (f"postgresql+psycopg2://mlflow:{secrets['postgres_password']}@127.0.0.1:"
+                      f"{state['postgres_port']}/mlflow")  # fmt: skip
+    env["MLFLOW_TRACKING_URI"] = uri
+    store = AdapterStore(uri)
+    template = store.register_adapter("tenant_000", tiny_adapter(work / "adapter"),
+                                      {k: v for k, v in version_tags(0, 1, random.Random(1)).items()
+                                       if not k.startswith(("ar.metric.", "ar.sha256."))},
+                                      {"exact_match": 0.9, "beats_base": 1.0})  # fmt: skip
+    start = time.perf_counter()
+    bulk_load(sa.create_engine(engine_uri), models, versions, template)
+    return AdapterStore(uri), env, stack, time.perf_counter() - start
+
+
+def run_backend(backend: str, models: int, versions: int, work: Path) -> dict[str, Any]:
+    from adapter_registry.registry import lineage, promotion
+    from adapter_registry.registry.policy import Actor, PromotionPolicy
+
+    store, env, stack, load_s = load(backend, work, models, versions)
+    try:
+        mid, seventh = f"tenant_{models // 2:03d}", min(7, versions)
+        md5 = f"{models // 2:05d}{min(5, versions):03d}tr".ljust(32, "0")
+        dataset = f"data/03_primary/{mid}/train.jsonl@{md5}"
+        fingerprint = f"sha256:{2:064x}"
         ops: list[tuple[str, Callable[[], Any], Callable[[Any], int]]] = [
             ("list (all versions)", lambda: store.list_versions(summary=True), len),
             ("list --stage production", lambda: store.list_versions(stage="production", summary=True), len),
             ("list --base-model ID", lambda: store.list_versions(base_model=BASES[1][0], summary=True), len),
-            ("list, every tag loaded (not the CLI's path)", lambda: store.list_versions(), len),
-            ("show NAME/VERSION", lambda: store.resolve(f"{mid}/7"), lambda r: 1),
+            ("show NAME/VERSION", lambda: store.resolve(f"{mid}/{seventh}"), lambda r: 1),
             ("show NAME@production", lambda: store.resolve(f"{mid}@production"), lambda r: 1),
-            ("lineage NAME/VERSION", lambda: lineage.lineage_of(store, f"{mid}/7"), lambda r: 1),
-            ("reverse lineage --dataset PATH@MD5",
-             lambda: lineage.versions_from_dataset(store, f"data/03_primary/{mid}/train.jsonl@{md5}"), len),
+            ("lineage NAME/VERSION", lambda: lineage.lineage_of(store, f"{mid}/{seventh}"), lambda r: 1),
+            ("reverse lineage --dataset PATH@MD5", lambda: lineage.versions_from_dataset(store, dataset), len),
             ("reverse lineage --md5 MD5", lambda: lineage.versions_from_md5(store, md5), len),
-            ("reverse lineage --base-model FINGERPRINT",
-             lambda: lineage.versions_from_base(store, f"sha256:{2:064x}"), len),
+            ("reverse lineage --base-model FINGERPRINT", lambda: lineage.versions_from_base(store, fingerprint), len),
         ]  # fmt: skip
-        rows = []
+        in_process = []
         for name, fn, count in ops:
             seconds, result = timed(fn)
-            rows.append({"operation": name, "seconds": round(seconds, 4), "results": count(result)})
-            print(f"{name:45s} {seconds:8.3f} s  ({count(result)} results)", flush=True)
-        promote_times = []
-        for m in range(3):  # candidate -> staging (archives the old staging version, appends an audit run)
+            in_process.append({"operation": name, "seconds": round(seconds, 4), "results": count(result)})
+            print(f"[{backend}] in-process {name:42s} {seconds:7.3f} s ({count(result)} results)", flush=True)
+        policy, actor = PromotionPolicy(enforce="never"), Actor("bench", False)
+        promote_s = []
+        for m in range(3):  # candidate -> staging: archives the old staging version, appends an audit run
             start = time.perf_counter()
-            promotion.promote(
-                store,
-                f"tenant_{m + 10:03d}@candidate",
-                "staging",
-                policy=policy,
-                actor=actor,
-                force=True,
-                reason="benchmark",
-            )
-            promote_times.append(time.perf_counter() - start)
-        rows.append({"operation": "promote NAME@candidate --to staging",
-                     "seconds": round(statistics.median(promote_times), 4), "results": 1})  # fmt: skip
-        print(f"{'promote':45s} {statistics.median(promote_times):8.3f} s", flush=True)
+            promotion.promote(store, f"tenant_{m + 1:03d}@candidate", "staging", policy=policy, actor=actor,
+                              force=True, reason="benchmark")  # fmt: skip
+            promote_s.append(time.perf_counter() - start)
+        in_process.append({"operation": "promote NAME@candidate --to staging",
+                           "seconds": round(statistics.median(promote_s), 4), "results": 1})  # fmt: skip
 
+        open_policy = work / "open_policy.yml"
+        open_policy.write_text("enforce: never\n")
+        commands: list[tuple[str, list[str]]] = [
+            ("adapter-registry --help", ["--help"]),
+            ("list", ["list"]),
+            ("list --json", ["list", "--json"]),
+            ("list --stage production", ["list", "--stage", "production"]),
+            ("list --base-model ID", ["list", "--base-model", BASES[1][0]]),
+            ("show NAME/VERSION", ["show", f"{mid}/{seventh}"]),
+            ("show NAME@production", ["show", f"{mid}@production"]),
+            ("lineage NAME/VERSION", ["lineage", f"{mid}/{seventh}"]),
+            ("lineage --dataset PATH@MD5", ["lineage", "--dataset", dataset]),
+            ("lineage --md5 MD5", ["lineage", "--md5", md5]),
+            ("lineage --base-model FINGERPRINT", ["lineage", "--base-model", fingerprint]),
+        ]
+        cli_rows = []
+        for label, args in commands:
+            wall, cpu, code, err = whole_process(args, env)
+            assert code == 0, f"{label}: exit {code}: {err}"
+            cli_rows.append({"command": label, "wall_seconds": round(wall, 3), "cpu_seconds": round(cpu, 3)})
+            print(f"[{backend}] process {label:42s} {wall:7.3f} s wall {cpu:6.3f} s cpu", flush=True)
+        walls, cpus = [], []
+        for m in range(3):
+            args = ["promote", f"tenant_{models // 2 + 1 + m:03d}@candidate", "--to", "staging", "--force", "--reason", "bench",
+                    "--policy", str(open_policy)]  # fmt: skip
+            wall, cpu, code, err = whole_process(args, env, repeat=1)
+            assert code == 0, f"promote: exit {code}: {err}"
+            walls.append(wall)
+            cpus.append(cpu)
+        cli_rows.append({"command": "promote NAME@candidate --to staging", "wall_seconds": round(statistics.median(walls), 3),
+                         "cpu_seconds": round(statistics.median(cpus), 3)})  # fmt: skip
+        print(f"[{backend}] process promote {statistics.median(walls):7.3f} s wall", flush=True)
+        wall, cpu, _, _ = whole_process([], env, repeat=1)  # warm the cache for the reference below
+        ref = []
+        for _ in range(3):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import mlflow"], env=env, check=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            ref.append(
+                (
+                    time.perf_counter() - start,
+                    after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime,
+                )
+            )
+        return {"backend": backend, "bulk_load_seconds": round(load_s, 1), "in_process": in_process,
+                "whole_process": cli_rows,
+                "import_mlflow": {"wall_seconds": round(statistics.median(r[0] for r in ref), 3),
+                                  "cpu_seconds": round(statistics.median(r[1] for r in ref), 3)}}  # fmt: skip
+    finally:
+        if stack is not None:
+            stack.down()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=500)
+    parser.add_argument("--versions", type=int, default=20)
+    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    args = parser.parse_args()
+    offline_defaults()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    started = time.perf_counter()
+    total = args.models * args.versions
+    runs = []
+    for backend in args.backends.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"registry-bench-{backend}-") as tmp:
+            os.chdir(tmp)
+            runs.append(run_backend(backend, args.models, args.versions, Path(tmp)))
+        os.chdir(ROOT)
+    goal = 1.0
     report = {
-        "versions": total, "models": args.models, "bulk_load_seconds": round(load_s, 1),
-        "wall_seconds": round(time.perf_counter() - started, 1), "goal_seconds": 1.0,
-        "all_under_goal": all(r["seconds"] < 1.0 for r in rows), "operations": rows,
+        "versions": total, "models": args.models, "goal_seconds": goal,
+        "wall_seconds": round(time.perf_counter() - started, 1), "runs": runs,
+        "all_under_goal": all(r["wall_seconds"] < goal for run in runs for r in run["whole_process"]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, Python {sys.version.split()[0]}",
-        "backend": "sqlite (fresh), MLflow search_model_versions via AdapterStore",
+        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
     }  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "registry_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    names = {
+        "sqlite": "sqlite file",
+        "postgres": "mlflow server on PostgreSQL (team stack, basic-auth, over HTTP)",
+    }
     lines = [
         f"# Registry benchmark: {total:,} versions ({args.models} adapters × {args.versions})", "",
-        f"Fresh sqlite registry; bulk load {load_s:.1f} s; whole run {report['wall_seconds']} s; {report['machine']}.",
-        "Median of 3 calls through `AdapterStore` (the CLI's code path, without process start-up). Goal: < 1 s.", "",
-        "| operation | seconds | results | < 1 s |", "|---|---:|---:|:---:|",
-        *[f"| {r['operation']} | {r['seconds']:.3f} | {r['results']} | {'yes' if r['seconds'] < 1 else 'NO'} |" for r in rows],
+        f"{report['machine']}; whole run {report['wall_seconds']} s; load average at the end "
+        f"{report['load_average_at_end']} (a shared machine: wall times vary with it, CPU times less).",
+        "Whole process: a fresh `adapter-registry ...` process each time (what `time adapter-registry ...` "
+        "measures), median of 3 (promote: of 3 different adapters). Goal: < 1 s.", "",
     ]  # fmt: skip
-    (RESULTS / "registry_bench.md").write_text("\n".join(lines) + "\n")
+    for run in runs:
+        lines += [f"## {names.get(run['backend'], run['backend'])}", "",
+                  f"Bulk load {run['bulk_load_seconds']} s. For reference, `python -c \"import mlflow\"` takes "
+                  f"{run['import_mlflow']['wall_seconds']:.2f} s ({run['import_mlflow']['cpu_seconds']:.2f} s CPU); "
+                  "no command below imports it."
+                  + (" Listing every adapter is bounded by MLflow's own `search_registered_models` (the only "
+                     "search that returns aliases): about 1.8 s of server time at 500 adapters "
+                     "(README, Known limits)." if run["backend"] == "postgres" else ""), "",
+                  "| command (whole process) | wall s | CPU s | < 1 s |", "|---|---:|---:|:---:|",
+                  *[f"| `{r['command']}` | {r['wall_seconds']:.3f} | {r['cpu_seconds']:.3f} | "
+                    f"{'yes' if r['wall_seconds'] < goal else 'NO'} |" for r in run["whole_process"]],
+                  "", "| operation (in process, `AdapterStore`) | seconds | results |", "|---|---:|---:|",
+                  *[f"| {r['operation']} | {r['seconds']:.3f} | {r['results']} |" for r in run["in_process"]], ""]  # fmt: skip
+    (RESULTS / "registry_bench.md").write_text("\n".join(lines))
     return 0
 
 

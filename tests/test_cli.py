@@ -188,7 +188,9 @@ def test_the_cli_has_no_command_that_edits_history() -> None:
         "reproduce",
         "export",  # writes a folder for a serving engine; reads the registry only
         "vllm-sync",  # loads adapters on vLLM servers; reads the registry only
+        "recipes",  # prints the recipes of pipelines/ (a CI matrix); reads no registry
     }
+    assert {g.name for g in app.registered_groups} == {"stack"}  # up, down, status: no registry edits
 
 
 def test_lineage_forward_reverse_and_pictures(registered: AdapterStore, tmp_path: Path) -> None:
@@ -321,3 +323,41 @@ def test_compat_flags_an_adapter_that_changes_nothing(
         code == 4
         and "functional: max |output(adapter) - output(base)| = 0: the adapter does not change" in err
     )
+
+
+def test_recipes_json_is_a_ci_matrix() -> None:
+    root = Path(__file__).resolve().parents[1]
+    result = runner.invoke(app, ["recipes", "--root", str(root), "--json"])
+    assert result.exit_code == 0, result.stderr
+    recipes = {r["name"]: r for r in json.loads(result.stdout)}
+    assert set(recipes) == {p.stem for p in (root / "pipelines").glob("*.yaml")}
+    router = recipes["intent_router"]
+    assert (router["base"], router["task"], router["method"], router["needs"]) == (
+        "all-minilm-l6-v2", "sequence_classification", "lora", [],
+    )  # fmt: skip
+    assert router["data"]["train"] == "data/05_model_input/intent_routing/train.jsonl"
+    assert router["command"] == "kedro run --namespaces intent_router"
+
+
+def test_a_long_listing_is_drawn_as_rich_draws_it() -> None:
+    """Above 200 rows the listing table is drawn without rich's layout (7 s for 10,000 rows): the same text."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from adapter_registry.cli import _plain_table
+
+    columns = ("version", "stage", "base model", "method", "key metric", "created")
+    rows = [(f"tenant_{i:03d}/{i % 20 + 1}", "archived" if i % 3 else "[red]production (UNATTESTED)[/red]",
+             "smollm2-135m-instruct", "lora", f"exact_match={i / 7:.4g}", "2026-11-30 12:00") for i in range(30)]  # fmt: skip
+    for title in ("30 versions", "30 versions built from data/05_model_input/intent_routing/train.jsonl"):
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        drawn = io.StringIO()
+        Console(width=160, file=drawn).print(table)
+        assert _plain_table(title, columns, rows) == drawn.getvalue().rstrip("\n")
+    assert _plain_table("wide", columns, [("x" * 150, *rows[0][1:])]) is None  # rich wraps what does not fit

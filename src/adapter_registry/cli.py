@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -61,10 +61,12 @@ def _root(
 
 
 def _store() -> AdapterStore:
+    """The registry every command works on; one that does not exist is an error (no command creates one:
+    ``make run``/``kedro run`` does, on its first registration)."""
     from adapter_registry.registry.store import AdapterStore
 
     uri = _state["tracking_uri"]
-    return AdapterStore(uri) if uri else AdapterStore.from_env()
+    return AdapterStore(uri, must_exist=True) if uri else AdapterStore.from_env(must_exist=True)
 
 
 def _error_line(message: str) -> None:
@@ -102,24 +104,68 @@ def _console() -> Any:
 def _versions_table(
     versions: list[AdapterVersion], title: str, checks: dict[tuple[str, str], StageCheck] | None = None
 ) -> None:
-    from rich.table import Table
-
     checks = checks or {}
-    table = Table(title=title)
-    for column in ("version", "stage", "base model", "method", "key metric", "created"):
-        table.add_column(column)
+    columns = ("version", "stage", "base model", "method", "key metric", "created")
+    rows = []
     for v in versions:
         metric = v.key_metric
         check = checks.get((v.name, v.stage))
         stage = v.stage if check is None or check.ok else f"[red]{v.stage} (UNATTESTED)[/red]"
-        table.add_row(
+        rows.append((
             v.ref, stage, v.base_id or "?", v.method or "?",
             f"{metric[0]}={metric[1]:.4g}" if metric else "-", f"{v.created:%Y-%m-%d %H:%M}",
-        )  # fmt: skip
-    _console().print(table)
+        ))  # fmt: skip
+    text = _plain_table(title, columns, rows) if len(rows) > PLAIN_TABLE_ROWS else None
+    if text is not None:
+        typer.echo(text)
+    else:
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        _console().print(table)
     for check in checks.values():
         if not check.ok:
             typer.echo(f"warning: {check.problem}", err=True)
+
+
+PLAIN_TABLE_ROWS = 200  # above this, rich's layout (0.7 ms a row) would dominate a listing
+
+
+def _plain_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str | None:
+    """The table rich prints without a terminal (box, padding, centred title), drawn directly: rich takes 7 s for
+    10,000 rows. None when it would not fit the console's 160 columns (rich then wraps it)."""
+    import re
+
+    from rich.cells import cell_len
+
+    def width(text: str) -> int:
+        return len(text) if text.isascii() else cell_len(text)
+
+    markup = re.compile(r"\[/?[a-z ]+\]")
+    cells = [[markup.sub("", cell) if "[" in cell else cell for cell in row] for row in rows]
+    widths = [max([width(c), *(width(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    total = sum(widths) + 3 * len(widths) + 1
+    if total > 160:
+        return None
+
+    def line(left: str, fill: str, mid: str, right: str) -> str:
+        return left + mid.join(fill * (w + 2) for w in widths) + right
+
+    def row(values: list[str] | tuple[str, ...], bar: str) -> str:
+        return (
+            bar
+            + bar.join(f" {v}{' ' * (w - cell_len(v))} " for v, w in zip(values, widths, strict=True))
+            + bar
+        )
+
+    excess = max(total - width(title), 0)
+    out = [" " * (excess // 2) + title + " " * (excess - excess // 2), line("┏", "━", "┳", "┓"), row(columns, "┃"),
+           line("┡", "━", "╇", "┩"), *(row(r, "│") for r in cells), line("└", "─", "┴", "┘")]  # fmt: skip
+    return "\n".join(out)
 
 
 def _stage_checks(store: AdapterStore, versions: list[AdapterVersion]) -> dict[tuple[str, str], StageCheck]:
@@ -134,7 +180,8 @@ def _stage_checks(store: AdapterStore, versions: list[AdapterVersion]) -> dict[t
             holders.setdefault(v.name, {})[v.stage] = v.version
     if not holders:
         return {}
-    trails = AuditLog(store).read_all()
+    log = AuditLog(store)  # a few adapters: their own trails; many: every trail in one search
+    trails = {n: log.read(n) for n in holders} if len(holders) <= 5 else log.read_all()
     out = {}
     for name, held in holders.items():
         events = trails[name].events if name in trails else ()
@@ -1065,6 +1112,133 @@ def reproduce(
     if not report.passed:
         _error_line(f"{report.version} did not reproduce: {report.reason}")
         raise typer.Exit(3)
+
+
+@app.command()
+def recipes(
+    root: Annotated[Path, typer.Option("--root", help="the project folder holding pipelines/")] = Path(),
+    as_json: JsonOpt = False,
+) -> None:
+    """The recipes of pipelines/ (name, base, task, method, data): a CI matrix runs one
+    `kedro run --namespaces NAME` per recipe (see docs/ci.md). A composed recipe lists the adapters it needs."""
+    from adapter_registry.recipes.load import RecipeError, load_recipes
+
+    try:
+        found = load_recipes(root)
+    except RecipeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    rows: list[dict[str, Any]] = []
+    for name, recipe in sorted(found.items()):
+        data = {"train": recipe.data.train, "validation": recipe.data.validation, "test": recipe.data.test}
+        rows.append({
+            "name": name, "base": recipe.base.identity, "task": recipe.task.type,
+            "method": recipe.method.type if recipe.method is not None else "composition",
+            "registered_as": recipe.registration.model_name or name,
+            "data": {split: path for split, path in data.items() if path},
+            "needs": sorted({p.version.replace("@", "/").split("/")[0] for p in recipe.compose.parents})
+            if recipe.compose is not None else [],
+            "command": f"kedro run --namespaces {name}",
+        })  # fmt: skip
+
+    def render() -> None:
+        from rich.table import Table
+
+        table = Table(title=f"{len(rows)} recipes in {root / 'pipelines'}")
+        for column in ("name", "base", "task", "method", "train data", "needs"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(
+                r["name"], r["base"], r["task"], r["method"], r["data"]["train"], ", ".join(r["needs"])
+            )
+        _console().print(table)
+
+    _emit(as_json, rows, render)
+
+
+# ------------------------------------------------------------------------------------------------ team stack
+stack_app = typer.Typer(
+    help="The team registry on this machine: PostgreSQL + mlflow server (basic-auth, proxied artifacts) kept in one "
+    'folder (default .team/). `eval "$(adapter-registry stack up)"` points this shell at it.',
+    no_args_is_help=True,
+)
+app.add_typer(stack_app, name="stack")
+FolderOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--folder", envvar="ADAPTER_REGISTRY_TEAM_DIR", help="where the stack lives (default .team)"
+    ),
+]
+
+
+@contextmanager
+def _stack_errors() -> Iterator[None]:
+    from adapter_registry.stack import StackError
+
+    try:
+        yield
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@stack_app.command("up")
+def stack_up(
+    folder: FolderOpt = None,
+    port: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--port", help="the tracking server's port (default: the last one, else 5000)"),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="interface to bind; 0.0.0.0 serves the LAN")
+    ] = "127.0.0.1",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="server worker processes")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start PostgreSQL and the tracking server (whatever is not running), wait until they answer, then print the
+    `export` lines that point a shell at them (progress goes to stderr)."""
+    from adapter_registry.stack import Stack
+
+    stack = Stack(folder)
+    with _stack_errors():
+        status = stack.up(port=port, host=host, workers=workers, log=lambda m: typer.echo(m, err=True))
+        exports = stack.exports()
+    if as_json:
+        env = dict(line.removeprefix("export ").split("=", 1) for line in exports)
+        typer.echo(json.dumps({**status.to_dict(), "env": env}, indent=2))
+        return
+    typer.echo("\n".join(exports))
+
+
+@stack_app.command("down")
+def stack_down(folder: FolderOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop the tracking server and PostgreSQL; the data stays in the folder (`rm -r` it to start afresh)."""
+    from adapter_registry.stack import Stack
+
+    with _stack_errors():
+        status = Stack(folder).down(log=lambda m: typer.echo(m, err=True))
+    _emit(as_json, status.to_dict(), lambda: typer.echo(f"stopped; data kept in {status.folder}"))
+
+
+@stack_app.command("status")
+def stack_status(folder: FolderOpt = None, as_json: JsonOpt = False) -> None:
+    """What runs: PostgreSQL, the tracking server and its URI; exits 1 unless both run."""
+    from adapter_registry.stack import Stack
+
+    with _stack_errors():
+        status = Stack(folder).status()
+
+    def render() -> None:
+        typer.echo(f"folder      {status.folder}")
+        typer.echo(
+            f"postgres    {'running on 127.0.0.1:' + str(status.details['postgres_port']) if status.postgres else 'stopped'}"
+        )
+        typer.echo(f"mlflow      {'running at ' + str(status.tracking_uri) if status.mlflow else 'stopped'}")
+        typer.echo(f"artifacts   {status.details['artifacts']}")
+
+    _emit(as_json, status.to_dict(), render)
+    if not (status.postgres and status.mlflow):
+        raise typer.Exit(1)
 
 
 def main() -> None:

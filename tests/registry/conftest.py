@@ -1,17 +1,24 @@
 """Fixtures of the registry tests: a tiny random Llama base, a LoRA adapter on it, sqlite stores, servers.
 
-No mocks: the adapter is a real peft save, the store a real sqlite MLflow database in tmp_path, and the
-server fixture runs a real ``mlflow server`` subprocess on 127.0.0.1.
+No mocks: the adapter is a real peft save, the store a real sqlite MLflow database in tmp_path, the server
+fixture runs a real ``mlflow server`` subprocess on 127.0.0.1, and ``team_stack`` runs the team stack itself
+(``adapter-registry stack up``: PostgreSQL via initdb + pg_ctl, ``mlflow server`` on it with basic-auth).
+``backend`` gives the three registries the contract tests run against: a sqlite file, a server on sqlite, a
+server on PostgreSQL. Where PostgreSQL is not installed the last is skipped, saying so; under ``CI=true`` that is
+a failure instead (``.ci/run`` installs it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +27,7 @@ import pytest
 
 from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.store import AdapterStore
+from adapter_registry.stack import Stack, postgres_bin
 
 TINY_LLAMA = dict(
     vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -137,9 +145,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(workdir: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run ``mlflow server`` on a free 127.0.0.1 port until the generator is closed."""
-    port = free_port()
+def start_server(
+    workdir: Path, *extra: str, env: dict[str, str] | None = None, port: int | None = None,
+    handle: dict[str, subprocess.Popen[bytes]] | None = None,
+) -> Iterator[str]:  # fmt: skip
+    """Run ``mlflow server`` on 127.0.0.1 (a free port unless given) until the generator is closed; its process
+    (the leader of its own process group: the server and its workers) goes into ``handle["process"]``."""
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -147,8 +159,13 @@ def start_server(workdir: Path, *extra: str, env: dict[str, str] | None = None) 
         "--artifacts-destination", str(workdir / "artifacts"), "--workers", "1", *extra,
     ]  # fmt: skip
     log = (workdir / "server.log").open("w")
+    quiet = {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"
+    }  # no huey job runners: they slow start-up by a minute
     process = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})})  # fmt: skip
+                               env={**os.environ, **quiet, **(env or {})}, start_new_session=True)  # fmt: skip
+    if handle is not None:
+        handle["process"] = process
     url = f"http://127.0.0.1:{port}"
     try:
         import requests
@@ -169,15 +186,88 @@ def start_server(workdir: Path, *extra: str, env: dict[str, str] | None = None) 
             time.sleep(0.3)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_group(process)
         log.close()
+
+
+def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a server started by ``start_server`` and its workers (its process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 # A server may call a webhook on 127.0.0.1 over http, and re-reads its webhooks every second (tests/serving)
 WEBHOOK_ENV = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
                "MLFLOW_WEBHOOK_CACHE_TTL": "1"}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ team stack
+POSTGRES_MISSING = (
+    "PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or on PATH): the PostgreSQL-backed "
+    "registry tests are skipped; install it with apt-get install -y postgresql"
+)
+
+
+@pytest.fixture(scope="session")
+def team_stack() -> Iterator[Stack]:
+    """The team stack (PostgreSQL + mlflow server with basic-auth) started and stopped with README's commands
+    (``adapter-registry stack up`` / ``stack down``) in a fresh folder under /tmp (as root, PostgreSQL runs as the
+    postgres user, who cannot enter pytest's 0700 tmp dirs)."""
+    from typer.testing import CliRunner
+
+    from adapter_registry.cli import app
+
+    if postgres_bin() is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(
+                "PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or on PATH), and under CI=true "
+                "the PostgreSQL-backed registry tests must run: install it first (.ci/run does: apt-get install -y "
+                "postgresql)"
+            )
+        pytest.skip(POSTGRES_MISSING)
+    folder = Path(tempfile.mkdtemp(prefix="adapter-registry-stack-"))
+    try:
+        up = CliRunner().invoke(app, ["stack", "up", "--folder", str(folder), "--port", str(free_port()),
+                                      "--workers", "1"])  # fmt: skip
+        assert up.exit_code == 0, f"stack up failed: {up.stderr}"
+        yield Stack(folder)
+    finally:
+        down = CliRunner().invoke(app, ["stack", "down", "--folder", str(folder)])
+        shutil.rmtree(folder, ignore_errors=True)
+        assert down.exit_code == 0, f"stack down failed: {down.stderr}"
+
+
+def stack_env(stack: Stack) -> dict[str, str]:
+    """MLFLOW_TRACKING_URI / USERNAME / PASSWORD of the stack (what ``stack up`` prints)."""
+    return dict(line.removeprefix("export ").split("=", 1) for line in stack.exports())
+
+
+SERVER = [pytest.mark.server, pytest.mark.slow]
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("server-sqlite", id="server-sqlite", marks=SERVER),
+    pytest.param("server-postgres", id="server-postgres", marks=SERVER),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AdapterStore:
+    """A registry on each backend. Servers are shared by the session: use a fresh adapter name per test."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)
+    if request.param == "sqlite":
+        shutil.copyfile(request.getfixturevalue("empty_db"), tmp_path / "mlflow.db")
+        return AdapterStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    if request.param == "server-sqlite":
+        return AdapterStore(request.getfixturevalue("mlflow_server"))
+    for key, value in stack_env(request.getfixturevalue("team_stack")).items():
+        monkeypatch.setenv(key, value)
+    return AdapterStore(os.environ["MLFLOW_TRACKING_URI"])

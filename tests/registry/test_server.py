@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from adapter_registry.cli import app
 from adapter_registry.registry import promotion
 from adapter_registry.registry.audit import AuditLog
-from adapter_registry.registry.entities import AUDIT_EXPERIMENT, RegistryError
+from adapter_registry.registry.entities import AUDIT_EXPERIMENT, LOCK_MODEL, RegistryError
 from adapter_registry.registry.policy import Actor, PromotionPolicy, authenticated_user
 from adapter_registry.registry.store import AdapterStore
 
@@ -88,6 +88,7 @@ def test_only_policy_users_promote_to_production_on_a_basic_auth_server(
         # EDIT may set an alias but deleting one (the candidate alias a promoted version leaves) needs MANAGE
         auth.grant_user_permission(user, "registered_model", "guarded", "MANAGE")
         auth.grant_user_permission(user, "experiment", audit_experiment, "EDIT")
+        auth.grant_user_permission(user, "registered_model", LOCK_MODEL, "EDIT")  # writer tickets
 
     policy = tmp_path / "policy.yml"
     policy.write_text("enforce: auth_server\nstages:\n  production:\n    allowed_users: [alice]\n")

@@ -4,8 +4,9 @@ Aliases and tags are overwritten in MLflow, so each stage change (and each refus
 new finished run in ``adapter-registry-audit`` whose tags hold the whole event. Nothing in this project updates
 or deletes those runs. Each event also carries a hash chain (``hash = sha256(prev_hash + event)``) with a
 sequence number per adapter, so an event deleted or rewritten behind our back (MLflow UI, REST) is reported
-by ``audit`` instead of silently changing history. Two writers racing on one adapter fork the chain; that is
-reported too (as a duplicate sequence number), never hidden.
+by ``audit`` instead of silently changing history. An append re-reads the chain holding the adapter's writer
+lock (``registry.locking``), so concurrent writers take turns and never fork it; a fork made without the lock
+(an older client, a hand-written run) is still reported, as a duplicate sequence number, never hidden.
 """
 
 from __future__ import annotations
@@ -51,20 +52,22 @@ class AuditLog:
         self.store = store
 
     def append(self, event: StageChange) -> StageChange:
-        """Write ``event`` as the next link of its adapter's chain; returns it with its sequence number."""
-        trail = self.read(event.model)
-        last_seq = max((e.seq for e in trail.events), default=0)
-        prev_hash = trail.last_hash
-        event = replace(event, seq=last_seq + 1, verified=True)
-        tags = {
-            AuditTag.MODEL: event.model,
-            AuditTag.VERSION: str(event.version),
-            AuditTag.SEQ: str(event.seq),
-            AuditTag.EVENT: _canonical(event),
-            AuditTag.PREVIOUS_HASH: prev_hash,
-            AuditTag.HASH: _hash(prev_hash, event),
-        }
-        self.store.append_audit_run(f"{event.model}#{event.seq} {event.action} v{event.version}", tags)
+        """Write ``event`` as the next link of its adapter's chain (re-read under the adapter's writer lock, which a
+        promotion already holds); returns it with its sequence number."""
+        with self.store.writer_lock(event.model):
+            trail = self.read(event.model)
+            last_seq = max((e.seq for e in trail.events), default=0)
+            prev_hash = trail.last_hash
+            event = replace(event, seq=last_seq + 1, verified=True)
+            tags = {
+                AuditTag.MODEL: event.model,
+                AuditTag.VERSION: str(event.version),
+                AuditTag.SEQ: str(event.seq),
+                AuditTag.EVENT: _canonical(event),
+                AuditTag.PREVIOUS_HASH: prev_hash,
+                AuditTag.HASH: _hash(prev_hash, event),
+            }
+            self.store.append_audit_run(f"{event.model}#{event.seq} {event.action} v{event.version}", tags)
         return event
 
     def read(self, model: str) -> AuditTrail:

@@ -134,6 +134,7 @@ ADAPTER_ARTIFACT = "adapter"  # artifact folder in the run holding the adapter f
 PROMOTION_STAGES = ("staging", "production")  # stages a version can be promoted to
 AUDIT_EXPERIMENT = "adapter-registry-audit"  # one run per stage change, never edited
 DEFAULT_EXPERIMENT = "adapter-registry"  # where register_adapter starts a run when none is given
+LOCK_MODEL = "adapter-registry.locks"  # writer tickets on a tracking server (registry.locking); no adapter
 
 
 class AuditTag:
@@ -224,10 +225,13 @@ class AdapterVersion:
         return (own[0], self.metrics[own[0]]) if own else None
 
     def to_dict(self) -> dict[str, Any]:
-        data = _asdict(self)
-        data["created"] = self.created.isoformat()
-        data["aliases"] = list(self.aliases)
-        return data
+        """Every field, JSON-ready (what ``dataclasses.asdict`` gives, built without its deep copies: a listing
+        converts 10,000 of them)."""
+        return {
+            "name": self.name, "version": self.version, "stage": self.stage, "tags": dict(self.tags),
+            "metrics": dict(self.metrics), "run_id": self.run_id, "source": self.source,
+            "created": self.created.isoformat(), "description": self.description, "aliases": list(self.aliases),
+        }  # fmt: skip
 
     @classmethod
     def build(

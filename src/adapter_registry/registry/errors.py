@@ -5,18 +5,24 @@ Every call into MLflow in ``registry/`` runs inside ``mlflow_errors(doing)``, so
 reached is one line naming it and how long was waited (``unreachable``); credentials inside a URI never reach a
 message (``mask_credentials``, the one masking function: the translator, the store's ``repr``, the policy's
 identity check and the CLI's ``error:`` line use it).
+
+Two kinds of backend error are translated: an ``MlflowException`` (from MLflow's client, looked at only where
+mlflow was imported: a read command never imports it) and a ``BackendError`` (from the light clients,
+``registry.rest`` and ``registry.sqlite``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from adapter_registry.registry.entities import RegistryError
+from adapter_registry.registry.records import BackendError
 
 T = TypeVar("T")
 CODES = {  # MLflow error codes -> ours
@@ -80,39 +86,73 @@ def _connection_error(exc: BaseException) -> tuple[str, BaseException] | None:
     return None
 
 
+_HTTP_STATUS = re.compile(r"failed with error code (\d{3}) != 200")
+
+
+def _mlflow_exception(exc: BaseException) -> tuple[str, str] | None:
+    """(error code, first line of the message) of an MlflowException; None for anything else (mlflow is not
+    imported to find out: where it was never imported, nothing can be one)."""
+    module = sys.modules.get("mlflow.exceptions")
+    if module is None or not isinstance(exc, module.MlflowException):
+        return None
+    first_line = str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__
+    status = _HTTP_STATUS.search(first_line)
+    if (
+        status and status.group(1) == "401"
+    ):  # MLflow's client reports a refused login as a generic API failure
+        return "UNAUTHENTICATED", (
+            "the tracking server refused the credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to a user of that server"
+        )
+    if status and status.group(1) == "403":
+        return "PERMISSION_DENIED", first_line
+    return exc.error_code, first_line
+
+
 @contextlib.contextmanager
 def mlflow_errors(doing: str) -> Iterator[None]:
-    """Translate MLflow errors raised while ``doing`` into RegistryError (``"<doing>: <first line>"``); a server
+    """Translate backend errors raised while ``doing`` into RegistryError (``"<doing>: <first line>"``); a server
     that cannot be reached into one ``unreachable`` line."""
-    from mlflow.exceptions import MlflowException
-
     started = time.monotonic()
     try:
         yield
     except RegistryError:
         raise
+    except BackendError as exc:
+        first_line = exc.message.strip().splitlines()[0] if exc.message.strip() else exc.error_code
+        raise RegistryError(
+            CODES.get(exc.error_code, exc.error_code), mask_credentials(f"{doing}: {first_line}")
+        ) from exc
     except Exception as exc:
         failed = _connection_error(exc)
         if failed is not None:
             raise unreachable(failed[0], time.monotonic() - started, failed[1], doing) from exc
-        if not isinstance(exc, MlflowException):
+        found = _mlflow_exception(exc)
+        if found is None:
             raise
-        first_line = str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__
-        code = CODES.get(exc.error_code, exc.error_code or "BACKEND")
-        raise RegistryError(code, mask_credentials(f"{doing}: {first_line}")) from exc
+        code, first_line = found
+        raise RegistryError(
+            CODES.get(code, code or "BACKEND"), mask_credentials(f"{doing}: {first_line}")
+        ) from exc
 
 
 MISSING = ("RESOURCE_DOES_NOT_EXIST",)
 
 
-def lookup(call: Callable[[], T], doing: str, missing: tuple[str, ...] = MISSING) -> T | None:
-    """``call()``, or None when MLflow answers with one of the ``missing`` codes; other errors translated."""
-    from mlflow.exceptions import MlflowException
+def error_code(exc: BaseException) -> str | None:
+    """MLflow's error code of a backend error (either kind), else None."""
+    if isinstance(exc, BackendError):
+        return exc.error_code
+    found = _mlflow_exception(exc)
+    return None if found is None else found[0]
 
+
+def lookup(call: Callable[[], T], doing: str, missing: tuple[str, ...] = MISSING) -> T | None:
+    """``call()``, or None when the store answers with one of the ``missing`` codes; other errors translated."""
     with mlflow_errors(doing):
         try:
             return call()
-        except MlflowException as exc:
-            if exc.error_code in missing:
+        except Exception as exc:
+            if error_code(exc) in missing:
                 return None
             raise

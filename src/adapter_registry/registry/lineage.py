@@ -13,13 +13,15 @@ import html
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from adapter_registry.recipes.schema import Gate
 from adapter_registry.registry.audit import AuditLog
 from adapter_registry.registry.entities import AdapterVersion, DatasetRef, Lineage, RegistryError, Tag
 from adapter_registry.registry.store import AdapterStore
 from adapter_registry.vocabulary import SPLITS
+
+if TYPE_CHECKING:
+    from adapter_registry.recipes.schema import Gate
 
 _DATA_TAG = re.compile(r"^ar\.data\.(?P<split>[\w\-]+)\.(?P<field>path|md5|commit)$")
 MAX_TAG = 4900  # MLflow keeps model-version tag values up to 5000 characters
@@ -137,6 +139,10 @@ def _parsed(value: str | None) -> Any:
 
 def gates_of(version: AdapterVersion) -> list[tuple[str, Gate | ValueError]]:
     """The promotion gates recorded on ``version``, each as written with its ``Gate`` or why it does not parse."""
+    from adapter_registry.recipes.schema import (
+        Gate,
+    )  # the recipe schema (0.2 s): only where gates are checked
+
     gates: list[tuple[str, Gate | ValueError]] = []
     for text in version.gates:
         try:

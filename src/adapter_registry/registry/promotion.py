@@ -2,9 +2,12 @@
 
 A promotion checks the who-may-promote policy, the gates (each reported pass/fail) and the files (every one
 downloaded and checked against its registered sha256, and a base fingerprint recorded), then moves the stage's
-alias, archives the version it replaces and appends one event to the audit trail. ``--force`` skips failing
-gates (never the policy or the files), needs a reason and is audited as forced. A promotion refused by the
-policy, a failing gate or the files is audited too (action ``refused``, with the gate results). Rollback replays the audit trail of the
+alias, archives the version it replaces and appends one event to the audit trail, all holding the adapter's
+writer lock (``registry.locking``): concurrent promoters and rollbacks of one adapter take turns, each deciding on
+what the one before it left, so the audit trail stays one chain and its last event says who holds the stage.
+``--force`` skips failing gates (never the policy or the files), needs a reason and is audited as forced. A
+promotion refused by the policy, a failing gate or the files is audited too (action ``refused``, with the gate
+results). Rollback replays the audit trail of the
 stage to find the version that held it before.
 """
 
@@ -26,7 +29,7 @@ from adapter_registry.registry.entities import (
 from adapter_registry.registry.lineage import gates_of, must_beat_base
 from adapter_registry.registry.policy import Actor, PromotionPolicy, load_policy
 from adapter_registry.registry.stages import held_at
-from adapter_registry.registry.store import AdapterStore
+from adapter_registry.registry.store import AdapterStore, parse_ref
 
 
 def evaluate_gates(
@@ -149,15 +152,24 @@ def promote(
         )
     if force and not reason.strip():
         raise RegistryError("INVALID_INPUT", "--force needs --reason: say why the gates are overridden")
+    name, _, _ = parse_ref(ref)
+    actor = actor or Actor.of(store.tracking_uri)
+    policy = policy or load_policy()
+    with store.writer_lock(name):
+        return _promote(store, ref, to, reason, force, policy, actor)
+
+
+def _promote(
+    store: AdapterStore, ref: str, to: str, reason: str, force: bool, policy: PromotionPolicy, actor: Actor
+) -> StageChange:
     version = store.resolve(ref)
     audit = AuditLog(store)
     checks = audit.stage_checks(version.name)
     if version.stage == to and checks[to].ok:
         raise RegistryError("INVALID_STATE", f"{version.ref} already holds stage {to!r}")
     # (a holder whose alias was moved outside adapter-registry may be promoted where it stands: gated, audited)
-    actor = actor or Actor.of(store.tracking_uri)
-    _check_policy(audit, policy or load_policy(), actor, version, to, reason, "promotion")
-    serving = store.holder(version.name, to)
+    _check_policy(audit, policy, actor, version, to, reason, "promotion")
+    serving = store.holder(version.name, to, known_model=True)
     staged = (
         version.stage == "staging" and checks["staging"].ok and checks["staging"].holder == version.version
     )
@@ -176,9 +188,8 @@ def promote(
         raise RegistryError("GATE_FAILED", f"promotion of {version.ref} to {to} refused: {listing}")
     _check_files(store, audit, actor, version, to, reason, "promotion")
 
-    previous_alias = store.holder(version.name, version.stage) if version.stage != "archived" else None
-    left_alias = previous_alias is not None and previous_alias.version == version.version
-    left_alias = left_alias and version.stage != to
+    # it holds its old stage's alias (not a bare candidate) and leaves it
+    left_alias = version.stage in version.aliases and version.stage != to
     event = StageChange(
         model=version.name, version=version.version, from_stage=version.stage, to_stage=to, who=actor.user,
         when=dt.datetime.now(dt.UTC), reason=reason, forced=bool(failed) and force, action="promote",
@@ -186,11 +197,11 @@ def promote(
         digest=files_digest(version.checksums),
     )  # fmt: skip
     try:
-        store.set_stage(version.name, version.version, to)
+        store.set_stage(version.name, version.version, to, current=version)
         if left_alias:
             store.drop_alias(version.name, version.stage)  # it left its old stage
         if serving is not None and serving.version != version.version:
-            store.set_stage(version.name, serving.version, "archived")
+            store.set_stage(version.name, serving.version, "archived", current=serving)
         return audit.append(event)  # a stage change the trail does not hold is undone
     except RegistryError:
         _restore(store, version, to, serving, left_alias)
@@ -256,6 +267,16 @@ def rollback(
         )
     if force and not reason.strip():
         raise RegistryError("INVALID_INPUT", "--force needs --reason: say why the gates are overridden")
+    actor = actor or Actor.of(store.tracking_uri)
+    policy = policy or load_policy()
+    with store.writer_lock(name):
+        return _rollback(store, name, stage, reason, to_time, force, policy, actor)
+
+
+def _rollback(
+    store: AdapterStore, name: str, stage: str, reason: str, to_time: dt.datetime | None, force: bool,
+    policy: PromotionPolicy, actor: Actor,
+) -> StageChange:  # fmt: skip
     current = store.holder(name, stage)  # also checks that the adapter exists
     audit = AuditLog(store)
     events = audit.read(name).events
@@ -277,8 +298,7 @@ def rollback(
         target_version = placed.version
         reason = f"back to the holder at {when}" + (f"; {reason}" if reason else "")
     target = store.get_version(name, target_version)
-    actor = actor or Actor.of(store.tracking_uri)
-    _check_policy(audit, policy or load_policy(), actor, target, stage, reason, "rollback")
+    _check_policy(audit, policy, actor, target, stage, reason, "rollback")
     gates = evaluate_gates(target, stage, current, rollback=True)
     failed = [g for g in gates if not g.passed]
     if failed and not force:
@@ -300,9 +320,9 @@ def rollback(
         digest=files_digest(target.checksums),
     )  # fmt: skip
     try:
-        store.set_stage(name, target.version, stage)
+        store.set_stage(name, target.version, stage, current=target)
         if replaced is not None:
-            store.set_stage(name, replaced.version, "archived")
+            store.set_stage(name, replaced.version, "archived", current=replaced)
         return audit.append(event)  # a stage change the trail does not hold is undone
     except RegistryError:
         _restore(store, target, stage, current, left_alias=False)
@@ -345,6 +365,15 @@ def retire(
         )
     if not reason.strip():
         raise RegistryError("INVALID_INPUT", "retire needs --reason: say why the stage is emptied")
+    actor = actor or Actor.of(store.tracking_uri)
+    policy = policy or load_policy()
+    with store.writer_lock(name):
+        return _retire(store, name, stage, reason, policy, actor)
+
+
+def _retire(
+    store: AdapterStore, name: str, stage: str, reason: str, policy: PromotionPolicy, actor: Actor
+) -> StageChange:
     audit = AuditLog(store)
     holder = store.holder(name, stage)
     current = holder
@@ -354,8 +383,7 @@ def retire(
         if attested is None:
             raise RegistryError("INVALID_STATE", f"retire {name}@{stage}: no version holds {stage}")
         current = store.get_version(name, attested)
-    actor = actor or Actor.of(store.tracking_uri)
-    _check_policy(audit, policy or load_policy(), actor, current, stage, reason, "retirement")
+    _check_policy(audit, policy, actor, current, stage, reason, "retirement")
     event = StageChange(
         model=name, version=current.version, from_stage=stage, to_stage="archived", who=actor.user,
         when=dt.datetime.now(dt.UTC), reason=reason, action="retire", digest=files_digest(current.checksums),

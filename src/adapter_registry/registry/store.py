@@ -10,6 +10,12 @@ Stages are aliases (``candidate``, ``staging``, ``production``: one version each
 registry itself (``entities.stage_of``); a version replaced in a stage holds no alias and carries
 ``ar.archived``. Nothing mirrors an alias, so whatever moves one (this CLI, MLflow's UI or REST) is what every
 reader sees; ``registry.stages`` says whether an audited promotion put it there.
+
+Reads and promotions go through a light client where there is one (``registry.rest`` over HTTP,
+``registry.sqlite`` on a sqlite file of a known schema), so a read command never imports mlflow; registration,
+downloads, webhooks and everything else go through ``MlflowClient``, created on first use. Writes that read
+before they write hold the adapter's writer lock (``registry.locking``), and keep the adapter's version summary
+(``registry.summary``) current.
 """
 
 from __future__ import annotations
@@ -21,30 +27,50 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from adapter_registry.adapter_folder import symlinks
 from adapter_registry.checksums import checksum_problem, sha256_folder
+from adapter_registry.registry import summary
 from adapter_registry.registry.entities import (
     ADAPTER_ARTIFACT,
     AUDIT_EXPERIMENT,
     DEFAULT_EXPERIMENT,
+    LOCK_MODEL,
     STAGES,
     AdapterVersion,
     RegistryError,
     RunTag,
     Tag,
 )
-from adapter_registry.registry.errors import lookup, mask_credentials, mlflow_errors
+from adapter_registry.registry.errors import error_code, lookup, mask_credentials, mlflow_errors
+from adapter_registry.registry.locking import Ticket, holds, writer_lock
 from adapter_registry.registry.registration import check_registration, version_tags_of
-from adapter_registry.registry.search import VersionFilter, quote, search_mlflow, search_sqlite
+from adapter_registry.registry.search import (
+    VersionFilter,
+    quote,
+    search_mlflow,
+    search_sqlite,
+    search_summaries,
+    summary_answers,
+)
+from adapter_registry.registry.sqlite import SqliteClient, open_registry, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 __all__ = ["ALIAS_EVENTS", "AdapterStore", "RegistryError", "parse_ref"]
+
+
+def _notice(text: str) -> None:
+    import logging
+
+    logging.getLogger("adapter_registry.registry").warning(text)
+
 
 ALIAS_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")  # what moves a stage
 log = logging.getLogger(__name__)
@@ -103,23 +129,160 @@ def _abandoned(tags: Mapping[str, str], registration_id: str | None) -> bool:
 
 # ------------------------------------------------------------------------------------------------ store
 class AdapterStore:
-    """Registered adapters in one MLflow tracking store (sqlite file or ``http://`` server)."""
+    """Registered adapters in one MLflow tracking store (sqlite file or ``http://`` server).
 
-    def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
-        from mlflow import MlflowClient
+    ``must_exist=True`` (every CLI command) refuses a sqlite URI whose file does not exist instead of creating an
+    empty registry; the pipeline's registration (the default) creates it.
+    """
 
+    def __init__(
+        self, tracking_uri: str, registry_uri: str | None = None, *, must_exist: bool = False
+    ) -> None:
         self.tracking_uri = tracking_uri
-        self._client: MlflowClient = MlflowClient(
-            tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri
-        )
+        self._registry_uri = registry_uri or tracking_uri
+        self._mlflow: MlflowClient | None = None
+        self._fast: Any = None
+        self._audit_id: str | None = None
+        self._dirty: dict[
+            str, dict[int, AdapterVersion | None]
+        ] = {}  # summary entries to rewrite, per adapter
+        self._db = sqlite_path(tracking_uri) if self._registry_uri == tracking_uri else None
+        if self._db is not None:
+            if self._db.exists():
+                self._fast = open_registry(self._db, notice=_notice)
+            elif must_exist:
+                raise RegistryError(
+                    "NOT_FOUND",
+                    f"no registry at {tracking_uri}: {self._db} does not exist. Run `make run` (or `kedro run`) "
+                    "in the project to create it, or point MLFLOW_TRACKING_URI / --tracking-uri at a registry",
+                )
+        elif tracking_uri.startswith(("http://", "https://")) and self._registry_uri == tracking_uri:
+            from adapter_registry.registry import rest
+
+            if rest.usable():
+                self._fast = rest.RestClient(tracking_uri)
+
+    @property
+    def _client(self) -> MlflowClient:
+        """MLflow's client (imports mlflow on first use: 1.7 s)."""
+        if self._mlflow is None:
+            from mlflow import MlflowClient
+
+            self._mlflow = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self._registry_uri)
+        return self._mlflow
+
+    @property
+    def _ops(self) -> Any:
+        """The light client where there is one, else MLflow's (the same method names and arguments)."""
+        return self._fast if self._fast is not None else self._client
 
     @classmethod
-    def from_env(cls) -> AdapterStore:
+    def from_env(cls, must_exist: bool = False) -> AdapterStore:
         """The store at :func:`default_tracking_uri`."""
-        return cls(default_tracking_uri())
+        return cls(default_tracking_uri(), must_exist=must_exist)
 
     def __repr__(self) -> str:
         return f"AdapterStore({mask_credentials(self.tracking_uri)!r})"
+
+    # -------------------------------------------------------------------------------------- writer lock
+    @contextlib.contextmanager
+    def writer_lock(self, name: str) -> Iterator[None]:
+        """Hold the writer lock of adapter ``name`` (``registry.locking``: a file lock on sqlite, a ticket elsewhere).
+        Leaving the outermost hold rewrites the adapter's version summary once for whatever changed in it."""
+        from adapter_registry.registry.policy import current_user
+
+        file = self._db.with_name(self._db.name + ".lock") if self._db is not None else None
+        outermost = not holds(self.tracking_uri, name)
+        with writer_lock(
+            self.tracking_uri, name, file=file, tickets=None if file else self, user=current_user()
+        ):
+            try:
+                yield
+            finally:
+                changed = self._dirty.pop(name, None) if outermost else None
+                if changed:
+                    self.write_summary(name, changed)
+
+    def _changed(self, name: str, version: int, now: AdapterVersion | None = None) -> None:
+        """Note that ``name``/``version`` changed (``now``: as it is now, when the caller knows; else re-read)."""
+        self._dirty.setdefault(name, {})[int(version)] = now
+
+    def take_ticket(self, name: str, holder: str, expires_ms: int) -> int:
+        """A new ticket of ``name``'s writer lock (a version of LOCK_MODEL); its number."""
+        import random
+        import time
+
+        doing = f"taking a writer ticket for {name!r} (a version of registered model {LOCK_MODEL!r})"
+        tags = {"ar.lock.of": name, "ar.lock.state": "held", "ar.lock.holder": holder,
+                "ar.lock.expires": str(expires_ms)}  # fmt: skip
+        with mlflow_errors(doing):
+            for attempt in range(30):
+                try:
+                    created = self._ops.create_model_version(
+                        LOCK_MODEL, source="adapter-registry:/lock", tags=tags
+                    )
+                    return int(created.version)
+                except Exception as exc:
+                    code = error_code(exc)
+                    if code == "RESOURCE_DOES_NOT_EXIST" and attempt < 29:  # the first writer ever: create it
+                        with contextlib.suppress(RegistryError), mlflow_errors(f"creating {LOCK_MODEL!r}"):
+                            self._ops.create_registered_model(LOCK_MODEL, tags={"ar.kind": "writer-locks"})
+                        continue
+                    if code == "PERMISSION_DENIED":
+                        raise RegistryError(
+                            "PERMISSION_DENIED", f"{doing}: permission denied; every writer needs EDIT on registered "
+                            f"model {LOCK_MODEL!r} (an admin grants it, as EDIT on the audit experiment)",
+                        ) from exc  # fmt: skip
+                    # MLflow retries a version number taken meanwhile 3 times, then gives up: so do we, longer
+                    if "Model Version creation error" not in str(exc) or attempt == 29:
+                        raise
+                    time.sleep(0.02 + random.random() * 0.1)
+        raise AssertionError("unreachable")
+
+    def live_tickets(self, name: str) -> list[Ticket]:
+        where = VersionFilter(LOCK_MODEL).with_tag("ar.lock.of", name).with_tag("ar.lock.state", "held")
+        with mlflow_errors(f"reading the writer tickets of {name!r}"):
+            found = search_mlflow(self._ops, where, aliases=False)
+        return [Ticket(v.version, v.tags.get("ar.lock.holder", "?"), int(v.tags.get("ar.lock.expires") or 0))
+                for v in found]  # fmt: skip
+
+    def renew_ticket(self, number: int, expires_ms: int) -> None:
+        with mlflow_errors(f"renewing writer ticket {number}"):
+            self._ops.set_model_version_tag(LOCK_MODEL, str(number), "ar.lock.expires", str(expires_ms))
+
+    def release_ticket(self, number: int) -> None:
+        with mlflow_errors(f"releasing writer ticket {number}"):
+            self._ops.set_model_version_tag(LOCK_MODEL, str(number), "ar.lock.state", "released")
+
+    # -------------------------------------------------------------------------------------- summary
+    def write_summary(self, name: str, versions: Mapping[int, AdapterVersion | None] | None = None) -> None:
+        """Rewrite ``name``'s version summary (``registry.summary``) for the ``versions`` that changed (each as it
+        is now, or None to re-read it; None: rebuild from every version). Call it holding the writer lock."""
+        with mlflow_errors(f"updating the version summary of {name!r}"):
+            model = self._ops.get_registered_model(name)
+            decoded = summary.decode(model.tags or {})
+            if decoded is None or versions is None:
+                entries = {v.version: summary.entry_of(v) for v in self._search(VersionFilter(name))}
+            else:
+                entries = {int(e["version"]): e for e in decoded[1]}
+                for number, now in versions.items():
+                    if now is None:
+                        found = lookup(
+                            partial(self._ops.get_model_version, name, str(number)), f"{name}/{number}"
+                        )
+                        now = None if found is None else AdapterVersion.from_model_version(found)
+                    if now is None:
+                        entries.pop(int(number), None)
+                    else:
+                        entries[int(number)] = summary.entry_of(now)
+            tags = summary.encode(entries.values())
+            current = dict(model.tags or {})
+            for key in sorted(tags, key=lambda k: k == summary.HEADER):  # the header last: it seals the text
+                if current.get(key) != tags[key]:
+                    self._ops.set_registered_model_tag(name, key, tags[key])
+            for key in current:
+                if summary.is_summary_key(key) and key not in tags:
+                    self._ops.delete_registered_model_tag(name, key)
 
     # -------------------------------------------------------------------------------------- register
     def register_adapter(
@@ -169,8 +332,10 @@ class AdapterStore:
             self._log_metrics(run_id, metrics)
             self._verify_upload(run_id, checksums)
             created_model = self._ensure_registered_model(model_name)
-            version = self._create_version(model_name, run_id, version_tags, description)
-            self._finalise_version(model_name, version)
+            with self.writer_lock(model_name):  # versions numbered and the candidate alias moved in order
+                version = self._create_version(model_name, run_id, version_tags, description)
+                self._finalise_version(model_name, version)
+                self._changed(model_name, int(version))
         except Exception as exc:
             self._undo_registration(model_name, version, created_model)
             with contextlib.suppress(Exception):
@@ -200,10 +365,12 @@ class AdapterStore:
         never archived, and no newer version is candidate)."""
         if found.aliases or found.tags.get(Tag.ARCHIVED) == "true":
             return found
-        holder = self.holder(found.name, "candidate")
-        if holder is not None and holder.version > found.version:
-            return found
-        self._finalise_version(found.name, str(found.version))
+        with self.writer_lock(found.name):  # as a registration moves candidate: in turn
+            holder = self.holder(found.name, "candidate")
+            if holder is not None and holder.version > found.version:
+                return found
+            self._finalise_version(found.name, str(found.version))
+            self._changed(found.name, found.version)  # an attempt killed before its summary was written
         return self.get_version(found.name, found.version)
 
     def fail_dead_registrations(self, registration_id: str | None = None) -> list[str]:
@@ -354,12 +521,15 @@ class AdapterStore:
         with contextlib.suppress(Exception):
             if version is not None:
                 self._client.delete_model_version(model_name, version)
+                with self.writer_lock(model_name):
+                    self._changed(model_name, int(version))
+        with contextlib.suppress(Exception):
             if created_model and not self._client.search_model_versions(f"name = '{quote(model_name)}'"):
                 self._client.delete_registered_model(model_name)
 
     # -------------------------------------------------------------------------------------- read
     def model_exists(self, name: str) -> bool:
-        return lookup(lambda: self._client.get_registered_model(name), f"adapter {name!r}") is not None
+        return lookup(lambda: self._ops.get_registered_model(name), f"adapter {name!r}") is not None
 
     def _require_model(self, name: str) -> None:
         if not self.model_exists(name):
@@ -369,21 +539,23 @@ class AdapterStore:
         """One version by number."""
         if not str(version).isdigit():
             raise RegistryError("INVALID_INPUT", f"version {version!r} of {name!r} is not a positive number")
-        mv = lookup(lambda: self._client.get_model_version(name, str(version)), f"{name}/{version}")
+        mv = lookup(lambda: self._ops.get_model_version(name, str(version)), f"{name}/{version}")
         if mv is None:
             self._require_model(name)
             raise RegistryError("NOT_FOUND", f"adapter {name!r} has no version {version}")
         return AdapterVersion.from_model_version(mv)
 
-    def holder(self, name: str, stage: str) -> AdapterVersion | None:
-        """The version that holds ``stage`` (an alias) for adapter ``name``, or None."""
+    def holder(self, name: str, stage: str, known_model: bool = False) -> AdapterVersion | None:
+        """The version that holds ``stage`` (an alias) for adapter ``name``, or None (``known_model``: the caller
+        knows the adapter exists; else a missing one is an error)."""
         mv = lookup(
-            lambda: self._client.get_model_version_by_alias(name, stage),
+            lambda: self._ops.get_model_version_by_alias(name, stage),
             f"{name}@{stage}",
             missing=("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"),
         )
         if mv is None:
-            self._require_model(name)
+            if not known_model:
+                self._require_model(name)
             return None
         return AdapterVersion.from_model_version(mv)
 
@@ -410,7 +582,8 @@ class AdapterStore:
         """Versions matching every given filter, by name then newest first.
 
         ``base_model`` matches the base id or fingerprint. ``summary=True`` may load only the tags a listing
-        shows (stage, base, method, task, metrics) on sqlite; use ``get_version`` for everything.
+        shows (stage, base, method, task, metrics: the SQL path on sqlite, the version summaries on a server);
+        use ``get_version`` for everything.
         """
         if stage is not None and stage not in STAGES:
             raise RegistryError(
@@ -421,7 +594,11 @@ class AdapterStore:
             where = where.with_tag(Tag.METHOD, method)
         for key, value in (tag_equals or {}).items():
             where = where.with_tag(key, value)
-        if base_model:
+        if base_model and self._from_summaries(where, summary):  # one read of every summary, either key
+            versions = [
+                v for v in self._search(where, summary) if base_model in (v.base_id, v.base_fingerprint)
+            ]
+        elif base_model:
             found = {}
             for key in (Tag.BASE_ID, Tag.BASE_FINGERPRINT):
                 for v in self._search(where.with_tag(key, base_model), summary):
@@ -433,56 +610,80 @@ class AdapterStore:
             versions = [v for v in versions if v.stage == stage]
         return sorted(versions, key=lambda v: (v.name, -v.version))
 
-    def _search(self, where: VersionFilter, summary: bool = False) -> list[AdapterVersion]:
-        """sqlite stores: the read-only SQL fast path; any other store: MLflow's search."""
-        if self.tracking_uri.startswith("sqlite:"):
-            if not hasattr(self, "_engine"):
-                import sqlalchemy as sa
+    def _from_summaries(self, where: VersionFilter, summary_only: bool) -> bool:
+        return summary_only and summary_answers(where)
 
-                self._engine = sa.create_engine(self.tracking_uri)
+    def _search(self, where: VersionFilter, summary_only: bool = False) -> list[AdapterVersion]:
+        """A listing (``summary_only``) the adapters' summaries answer: from them (one search of the registered
+        models; an adapter whose summary is missing or behind is read in full); any other search on a sqlite file:
+        the SQL fast path; elsewhere MLflow's search. Writer tickets are no adapter versions."""
+        if self._from_summaries(where, summary_only):
+            with mlflow_errors(f"listing versions where {where.mlflow_filter() or 'anything'}"):
+                found = search_summaries(self._ops, where, fallback=self._search)
+        elif isinstance(self._fast, SqliteClient):
             with mlflow_errors("reading the sqlite registry"):
-                return search_sqlite(self._engine, where, summary)
-        with mlflow_errors(f"searching versions where {where.mlflow_filter() or 'anything'}"):
-            return search_mlflow(self._client, where)
+                found = search_sqlite(self._fast.conn, where, summary_only)
+        else:
+            with mlflow_errors(f"searching versions where {where.mlflow_filter() or 'anything'}"):
+                found = search_mlflow(self._ops, where)
+        return [v for v in found if v.name != LOCK_MODEL]
 
     def list_models(self) -> list[str]:
         with mlflow_errors("listing registered models"):
             names: list[str] = []
             token = None
             while True:
-                page = self._client.search_registered_models(max_results=1000, page_token=token)
-                names.extend(m.name for m in page)
+                page = self._ops.search_registered_models(max_results=1000, page_token=token)
+                names.extend(m.name for m in page if m.name != LOCK_MODEL)
                 token = page.token
                 if not token:
                     return sorted(names)
 
     # -------------------------------------------------------------------------------------- stages
-    def set_stage(self, name: str, version: int, stage: str) -> None:
+    def set_stage(self, name: str, version: int, stage: str, current: AdapterVersion | None = None) -> None:
         """Give ``version`` the stage: the alias of the same name (moved from its holder), or for ``archived`` the
         ``ar.archived`` tag (a replaced version holds no alias). A version given an alias stage is no longer
-        archived."""
+        archived. ``current``: the version as the caller just read it (saves reading it again)."""
         if stage not in STAGES:
             raise RegistryError(
                 "INVALID_INPUT", f"stage {stage!r} does not exist; use one of {', '.join(STAGES)}"
             )
-        with mlflow_errors(f"moving {name}/{version} to {stage}"):
+        if current is not None and (current.name, current.version) != (name, int(version)):
+            current = None
+        with mlflow_errors(f"moving {name}/{version} to {stage}"), self.writer_lock(name):
             if stage == "archived":
-                self._client.set_model_version_tag(name, str(version), Tag.ARCHIVED, "true")
+                self._ops.set_model_version_tag(name, str(version), Tag.ARCHIVED, "true")
+                now = (
+                    None if current is None else replace(current, tags={**current.tags, Tag.ARCHIVED: "true"})
+                )
+                self._changed(name, version, now)
                 return
-            self._client.set_registered_model_alias(name, stage, str(version))
-            tags = self._client.get_model_version(name, str(version)).tags or {}
-            if Tag.ARCHIVED in tags:
-                self._client.delete_model_version_tag(name, str(version), Tag.ARCHIVED)
-            if tags.get(Tag.STAGE) == "archived":  # a legacy mirror would keep saying archived
-                self._client.delete_model_version_tag(name, str(version), Tag.STAGE)
+            self._ops.set_registered_model_alias(name, stage, str(version))
+            tags = (
+                current.tags
+                if current is not None
+                else self._ops.get_model_version(name, str(version)).tags or {}
+            )
+            stale = [
+                k
+                for k in (Tag.ARCHIVED, Tag.STAGE)
+                if k in tags and (k == Tag.ARCHIVED or tags[k] == "archived")
+            ]
+            for key in stale:  # a legacy ar.stage mirror saying archived would keep saying it
+                self._ops.delete_model_version_tag(name, str(version), key)
+            if stale:
+                kept = {k: v for k, v in tags.items() if k not in stale}
+                self._changed(name, version, None if current is None else replace(current, tags=kept))
 
     def drop_alias(self, name: str, stage: str) -> None:
         with mlflow_errors(f"removing alias {stage!r} of {name!r}"):
-            self._client.delete_registered_model_alias(name, stage)
+            self._ops.delete_registered_model_alias(name, stage)
 
     def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
-        with mlflow_errors(f"tagging {name}/{version} with {key}"):
-            self._client.set_model_version_tag(name, str(version), key, value)
+        with mlflow_errors(f"tagging {name}/{version} with {key}"), self.writer_lock(name):
+            self._ops.set_model_version_tag(name, str(version), key, value)
+            if key in summary.KEPT or key in summary.ARCHIVED_KEYS or key.startswith(Tag.metric("")):
+                self._changed(name, version)
 
     # -------------------------------------------------------------------------------------- webhooks
     def create_webhook(self, name: str, url: str, secret: str) -> str:
@@ -507,31 +708,44 @@ class AdapterStore:
     def append_audit_run(self, run_name: str, tags: Mapping[str, str]) -> str:
         """Write one audit event as a new, finished run in the audit experiment. Never updates a run."""
         with mlflow_errors(f"writing audit event {run_name!r}"):
-            experiment_id = self._experiment_id(AUDIT_EXPERIMENT)
-            run = self._client.create_run(experiment_id, tags=dict(tags), run_name=run_name)
-            self._client.set_terminated(run.info.run_id, status="FINISHED")
-            return run.info.run_id
+            experiment_id = self._audit_experiment(create=True)
+            assert experiment_id is not None
+            run = self._ops.create_run(experiment_id, tags=dict(tags), run_name=run_name)
+            self._ops.set_terminated(run.info.run_id, status="FINISHED")
+            return str(run.info.run_id)
+
+    def _audit_experiment(self, create: bool) -> str | None:
+        if self._audit_id is not None:
+            return self._audit_id
+        experiment = self._ops.get_experiment_by_name(AUDIT_EXPERIMENT)
+        if experiment is not None:
+            self._audit_id = str(experiment.experiment_id)
+            return self._audit_id
+        if not create:
+            return None
+        if getattr(self._fast, "create_experiment", None) is None:
+            return self._experiment_id(AUDIT_EXPERIMENT)  # MLflow's client: it sets the artifact location
+        try:
+            return str(self._fast.create_experiment(AUDIT_EXPERIMENT))
+        except Exception as exc:
+            if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self._audit_experiment(create=False)  # created meanwhile by another writer
 
     def audit_runs(self, model: str | None) -> list[tuple[dict[str, str], bool]]:
         """Tags of every audit run of ``model`` (of every model when None; deleted ones too), with a flag that
         says it was deleted."""
-        from mlflow.entities import ViewType
-
-        where = f"tags.`ar.audit.model` = '{quote(model)}'" if model is not None else None
+        where = f"tags.`ar.audit.model` = '{quote(model)}'" if model is not None else ""
         with mlflow_errors(f"reading the audit trail of {model or 'every adapter'!r}"):
-            experiment = self._client.get_experiment_by_name(AUDIT_EXPERIMENT)
-            if experiment is None:
+            experiment_id = self._audit_experiment(create=False)
+            if experiment_id is None:
                 return []
             out: list[Any] = []
             token = None
             while True:
-                page = self._client.search_runs(
-                    [experiment.experiment_id],
-                    filter_string=where or "",
-                    run_view_type=ViewType.ALL,
-                    max_results=1000,
-                    page_token=token,
-                )
+                page = self._ops.search_runs(
+                    [experiment_id], filter_string=where, run_view_type=3, max_results=1000, page_token=token
+                )  # run_view_type 3: MLflow's ViewType.ALL (deleted runs too)
                 out.extend((dict(r.data.tags), r.info.lifecycle_stage == "deleted") for r in page)
                 token = page.token
                 if not token:
@@ -539,8 +753,15 @@ class AdapterStore:
 
     # -------------------------------------------------------------------------------------- files
     def download_adapter(self, version: AdapterVersion, dst: Path) -> Path:
-        """Download the version's adapter files into ``dst`` (a fresh folder) and return the folder."""
+        """Download the version's adapter files into ``dst`` (a fresh folder) and return the folder.
+
+        Without mlflow where the source allows: a local folder (a sqlite store's artifacts) is copied, links kept
+        as links; ``mlflow-artifacts:`` on this store's server comes through its REST API (``registry.rest``).
+        Anything else (an object store a client reaches directly, ``runs:/`` ...) through MLflow's client."""
         with mlflow_errors(f"downloading the adapter of {version.ref}"):
+            light = self._light_download(version.source, Path(dst))
+            if light is not None:
+                return light
             from mlflow.artifacts import download_artifacts
 
             return Path(
@@ -548,6 +769,21 @@ class AdapterStore:
                     artifact_uri=version.source, dst_path=str(dst), tracking_uri=self.tracking_uri
                 )
             )
+
+    def _light_download(self, source: str, dst: Path) -> Path | None:
+        from urllib.parse import unquote, urlparse
+
+        from adapter_registry.registry.rest import RestClient
+
+        parsed = urlparse(source)
+        if parsed.scheme in ("", "file") and not parsed.netloc:
+            folder = Path(unquote(parsed.path) if parsed.scheme else source)
+            if not folder.is_absolute() or not folder.is_dir():
+                return None
+            return Path(shutil.copytree(folder, dst / folder.name, symlinks=True))
+        if parsed.scheme == "mlflow-artifacts" and isinstance(self._fast, RestClient):
+            return self._fast.download_artifacts(source, dst)
+        return None
 
     def files_problem(self, version: AdapterVersion) -> str | None:
         """Download the version's files into a temporary folder and check every one against its registered sha256,
@@ -605,7 +841,7 @@ class AdapterStore:
     def run_info(self, run_id: str) -> dict[str, Any]:
         """Status, experiment, params and metrics of a run (for lineage)."""
         with mlflow_errors(f"run {run_id!r}"):
-            run = self._client.get_run(run_id)
+            run = self._ops.get_run(run_id)
         return {
             "run_id": run_id,
             "experiment_id": run.info.experiment_id,
