@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from adapter_registry.adapter_folder import WEIGHT_FILES
+from adapter_registry.adapter_folder import weights_digest
 from adapter_registry.checksums import checksum_problem, sha256_folder
 from adapter_registry.registry.entities import AdapterVersion
 from adapter_registry.serving.pool import AdapterPool, NotForThisServer, PoolError
@@ -345,12 +345,6 @@ def _metadata(version: AdapterVersion) -> dict[str, str]:
         "digest": weights_digest(version.checksums),
         "loaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-
-
-def weights_digest(checksums: dict[str, str]) -> str:
-    """``sha256:<hex>`` of the adapter's weight file as registered ("" when none is recorded)."""
-    name = next((n for n in WEIGHT_FILES if n in checksums), None)
-    return f"sha256:{checksums[name]}" if name else ""
 
 
 def _ref(served: Any) -> str:
