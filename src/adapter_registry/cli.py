@@ -445,10 +445,12 @@ def _wait_for_fleet(
 
     _emit(as_json, data, render)
     problems = [f"{r.replica} ({r.url}) cannot serve it: {p.kind}: {p.reason}" for r, p in state.failed]
-    problems += [
-        f"{r.replica} ({r.url}) still serves {(r.serves if kind == 'serves' else r.canaries).get(state.name)} after "
-        f"{timeout:g} s" for r in state.pending
-    ]  # fmt: skip
+
+    def held(replica: Any) -> str:
+        found = (replica.serves if kind == "serves" else replica.canaries).get(state.name)
+        return "nothing" if found is None else f"version {found.version} ({found.digest[:19]}…)"
+
+    problems += [f"{r.replica} ({r.url}) still serves {held(r)} after {timeout:g} s" for r in state.pending]
     if problems:
         _error_line(f"{state.name}/{state.version} is not served by every replica: {'; '.join(problems)}")
         raise typer.Exit(1)
@@ -1014,6 +1016,22 @@ def serve(
             "--shutdown-timeout", help="seconds in-flight requests get after SIGTERM before they stop"
         ),
     ] = 5.0,
+    heartbeat_seconds: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-seconds",
+            help="announce this replica and what it serves in the registry's fleet this often (0: never)",
+        ),
+    ] = 5.0,
+    advertise_url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--advertise-url", help="this replica's URL as operators reach it (default http://HOST:PORT)"
+        ),
+    ] = None,
+    feedback_ttl: Annotated[
+        float, typer.Option("--feedback-ttl", help="seconds an answer takes feedback (POST /v1/feedback)")
+    ] = 3600.0,
 ) -> None:
     """Serve every STAGE adapter registered for BASE over HTTP: many adapters on one base model."""
     from adapter_registry.serving.app import ServeOptions
@@ -1026,6 +1044,7 @@ def serve(
         request_log=request_log if str(request_log) not in ("", ".") else None, log_prompts=log_prompts,
         webhook_url=webhook_url, max_resident=max_resident, pin=tuple(pin or ()), adapter_cache=adapter_cache,
         max_queue=max_queue, request_timeout=request_timeout, shutdown_timeout=shutdown_timeout,
+        heartbeat_seconds=heartbeat_seconds, advertise_url=advertise_url, feedback_ttl=feedback_ttl,
     )  # fmt: skip
     try:
         with _errors():

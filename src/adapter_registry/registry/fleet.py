@@ -15,8 +15,11 @@ after that (it crashed, hangs, or cannot reach the registry), stopped once its r
 
 **Waiting.** ``wait_for_fleet`` looks at the live replicas of the stage again and again until each one whose base
 fingerprint is the version's serves its digest; a replica made for another base (or quantisation, or task) is not
-waited for, one that reports it cannot load the version fails the wait at once, naming it and why (it keeps
-serving the previous version), and one that goes silent is reported lost.
+waited for, and one that goes silent is reported lost. A replica that cannot serve the version keeps serving the
+previous one and its heartbeat says why: a refusal (the pool refuses its files, the trail does not attest it) fails
+the wait at once, naming the replica and the reason; a failed pull or load, which the replica retries at each poll,
+fails it once the failure has outlived three of the replica's heartbeats (a passing hiccup does not), or at the
+timeout.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from adapter_registry.registry.store import AdapterStore
 __all__ = ["FleetWait", "Problem", "Replica", "Served", "fleet_key", "read_fleet", "wait_for_fleet"]
 
 STALE_AFTER = 3  # heartbeat intervals without one: stale
+FAILED_AFTER = 3  # heartbeat intervals a retried failure must last before a wait gives up on the replica
 # what MLflow takes in a tag key (a registered name may hold more)
 _SAFE_KEY = re.compile(r"^[\w.\- /]+$")
 
@@ -244,6 +248,7 @@ def wait_for_fleet(
     serves it (``kind`` canary: as its adapter's canary), one reports it cannot, or ``timeout`` passes."""
     started = time.monotonic()
     first: set[str] | None = None
+    failing_since: dict[str, float] = {}  # run id -> when its retried failure was first seen
     while True:
         replicas = read_fleet(store)
         state = look(replicas, version, kind, stage)
@@ -251,12 +256,21 @@ def wait_for_fleet(
         if first is None:
             first = live
         state.lost = [r for r in replicas if r.run_id in first - live]
-        state.seconds = time.monotonic() - started
+        now = time.monotonic()
+        state.seconds = now - started
+        state.timed_out = state.seconds >= timeout
+        retried = [(r, p) for r, p in state.failed if p.kind == "failed"]
+        for replica, _ in retried:
+            failing_since.setdefault(replica.run_id, now)
+        for gone in set(failing_since) - {r.run_id for r, _ in retried}:
+            del failing_since[gone]
+        for replica, problem in retried:  # a retried failure gets three heartbeats to clear
+            patience = max(FAILED_AFTER * replica.interval, 3.0)
+            if not state.timed_out and now - failing_since[replica.run_id] < patience:
+                state.failed.remove((replica, problem))
+                state.pending.append(replica)
         if on_look is not None:
             on_look(state)
-        if state.ok or state.failed:
-            return state
-        if state.seconds >= timeout:
-            state.timed_out = True
+        if state.ok or state.failed or state.timed_out:
             return state
         time.sleep(interval)
