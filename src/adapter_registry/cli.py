@@ -432,7 +432,7 @@ def _wait_for_fleet(
     with _errors():
         version = store.get_version(event.model, event.version)
         state = wait_for_fleet(store, version, kind=kind, stage=stage, timeout=timeout, on_look=progress)  # type: ignore[arg-type]
-    data = state.to_dict()
+    data = {"event": event.to_dict(), "fleet": state.to_dict()}
 
     def render() -> None:
         what = "its canary" if kind == "canary" else stage

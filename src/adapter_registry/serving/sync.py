@@ -44,6 +44,7 @@ __all__ = [
 
 log = logging.getLogger("adapter_registry.serving")
 SERVED_TASK = "causal_lm_sft"
+RECHECK_SECONDS = 0.5  # how soon a stage holder seen without its audit event is read again
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -322,11 +323,12 @@ class RegistrySync:
             self.last_error = None
 
     def recheck_in(self) -> float | None:
-        """Seconds until an unsettled stage holder should be looked at again (None: nothing to re-check)."""
+        """Seconds until an unsettled stage holder should be looked at again (None: nothing to re-check): soon, as
+        its audit event is usually written a moment after the alias moved, and at the latest when it settles."""
         if not self.unsettled:
             return None
         oldest = min(seen for _, seen in self.unsettled.values())
-        return max(0.0, self.settle_seconds - (time.monotonic() - oldest)) + 0.05
+        return min(RECHECK_SECONDS, max(0.0, self.settle_seconds - (time.monotonic() - oldest)) + 0.05)
 
     def stale(self) -> dict[str, int]:
         """Adapter name -> the stage holder's version, for adapters still served by an older version."""
