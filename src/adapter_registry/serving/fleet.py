@@ -30,7 +30,17 @@ log = logging.getLogger("adapter_registry.serving")
 
 
 def fleet_snapshot(sync: RegistrySync) -> dict[str, str]:
-    """The heartbeat tags of what ``sync`` serves now, and of what it cannot serve (call from the poller)."""
+    """The heartbeat tags of what ``sync`` serves now, and of what it cannot serve (call from the poller: the
+    sync's tables change in that thread only; a cold load failing meanwhile is read again)."""
+    for _ in range(3):
+        try:
+            return _snapshot(sync)
+        except RuntimeError:  # a request thread changed the residency's failures while they were read
+            continue
+    return _snapshot(sync)
+
+
+def _snapshot(sync: RegistrySync) -> dict[str, str]:
     tags: dict[str, str] = {}
     for servable in sync.residency.servables():
         name = servable.metadata.get("adapter", servable.name)
