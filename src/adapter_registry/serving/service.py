@@ -272,6 +272,9 @@ class Service:
                 f"adapter's name ({call.name.removesuffix(CANARY_SUFFIX)!r})", "not_served",
             )  # fmt: skip
         servable = self.residency.servable(call.target)
+        if servable is None and call.target != call.name:  # its canary ended a moment ago: production answers
+            call.target = call.name
+            servable = self.residency.servable(call.name)
         if servable is None:
             refused = self.sync.refused.get(call.name)
             if refused:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from adapter_registry.adapter_folder import weights_digest
 from adapter_registry.checksums import checksum_problem, sha256_folder
 from adapter_registry.registry.entities import AdapterVersion
-from adapter_registry.serving.canary import CanaryRoute, canary_slot
+from adapter_registry.serving.canary import CANARY_SUFFIX, CanaryRoute, canary_slot
 from adapter_registry.serving.pool import AdapterPool, NotForThisServer, PoolError
 from adapter_registry.serving.residency import Residency
 
@@ -315,7 +315,12 @@ class RegistrySync:
             for servable in self.residency.servables():
                 if servable.name not in kept:
                     self.residency.withdraw(servable.name)
-                    log.info("unloaded %s: no attested version holds the stage", servable.ref)
+                    why = (
+                        "its canary ended"
+                        if servable.name.endswith(CANARY_SUFFIX)
+                        else "no attested version holds the stage"
+                    )
+                    log.info("unloaded %s: %s", servable.ref, why)
             for table in (self.refused, self.failed):
                 for gone in set(table) - kept - set(holders.held_back):
                     del table[gone]
