@@ -19,7 +19,8 @@ files checked again), then closes the canary with a ``canary_promote`` event car
 ``rollback`` (the policy's verdict) and ``stop`` (an operator) close it with ``canary_rollback``/``canary_stop``
 first, so replicas stop routing to it at their next poll even if the alias cannot be removed. Who may promote to
 production is checked for a start and a promotion; stopping a canary only takes traffic away from a candidate, so
-anyone who may write the audit trail may do it (audited, with their name).
+anyone who may write the audit trail may do it (audited, with their name). Starting and ending hold the adapter's
+writer lock (``registry.locking``), as promotions do: two operators racing see one another's canary.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from adapter_registry.registry.entities import CANARY_ALIAS, RegistryError, Stag
 from adapter_registry.registry.policy import Actor, PromotionPolicy, load_policy
 from adapter_registry.registry.promotion import _check_files, _check_policy, evaluate_gates, promote
 from adapter_registry.registry.stages import CANARY_START, CanaryCheck, check_canary, open_canary
-from adapter_registry.registry.store import AdapterStore
+from adapter_registry.registry.store import AdapterStore, parse_ref
 
 __all__ = ["Canary", "canary_state", "end_canary", "start_canary"]
 
@@ -105,11 +106,19 @@ def start_canary(
         )  # fmt: skip
     if force and not reason.strip():
         raise RegistryError("INVALID_INPUT", "--force needs --reason: say why the gates are overridden")
+    actor = actor or Actor.of(store.tracking_uri)
+    with store.writer_lock(parse_ref(ref)[0]):
+        return _start(store, ref, percent, canary_policy, shadow, reason, force, policy, actor)
+
+
+def _start(
+    store: AdapterStore, ref: str, percent: int, canary_policy: dict[str, Any], shadow: bool, reason: str,
+    force: bool, policy: PromotionPolicy | None, actor: Actor,
+) -> StageChange:  # fmt: skip
     version = store.resolve(ref)
     name = version.name
     audit = AuditLog(store)
     trail = audit.read(name)
-    actor = actor or Actor.of(store.tracking_uri)
     running = open_canary(trail.events)
     if running is not None:
         why = (
@@ -183,6 +192,15 @@ def end_canary(
         raise RegistryError("INVALID_INPUT", "canary stop needs --reason: say why the canary is ended")
     if not store.model_exists(name):
         raise RegistryError("NOT_FOUND", f"adapter {name!r} is not registered")
+    actor = actor or Actor.of(store.tracking_uri)
+    with store.writer_lock(name):
+        return _end(store, name, outcome, reason, details, seq, policy, actor)
+
+
+def _end(
+    store: AdapterStore, name: str, outcome: str, reason: str, details: dict[str, Any] | None, seq: int | None,
+    policy: PromotionPolicy | None, actor: Actor,
+) -> list[StageChange]:  # fmt: skip
     audit = AuditLog(store)
     running = open_canary(audit.read(name).events)
     if running is None:

@@ -680,7 +680,10 @@ class AdapterStore:
         """Point a non-stage alias (``canary``) at ``version``; stages move through ``set_stage``."""
         if alias in STAGES:
             raise RegistryError("INVALID_INPUT", f"{alias!r} is a stage: move it with set_stage")
-        with mlflow_errors(f"pointing alias {alias!r} of {name!r} at version {version}"), self.writer_lock(name):
+        with (
+            mlflow_errors(f"pointing alias {alias!r} of {name!r} at version {version}"),
+            self.writer_lock(name),
+        ):
             self._ops.set_registered_model_alias(name, alias, str(version))
 
     def drop_alias(self, name: str, stage: str) -> None:
@@ -793,7 +796,9 @@ class AdapterStore:
             out: list[dict[str, Any]] = []
             token = None
             while True:
-                page = self._ops.search_runs([str(experiment.experiment_id)], max_results=1000, page_token=token)
+                page = self._ops.search_runs(
+                    [str(experiment.experiment_id)], max_results=1000, page_token=token
+                )
                 out.extend(
                     {"run_id": r.info.run_id, "status": r.info.status, "tags": dict(r.data.tags)}
                     for r in page
