@@ -530,8 +530,12 @@ def retire(
 @app.command()
 def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: JsonOpt = False) -> None:
     """The append-only history of stage changes, and who holds each stage; exits 1 when the history was tampered
-    with or a stage is held by a version that no audited promotion placed there."""
+    with or a stage (or the canary alias) is held by a version that no audited promotion (canary start) placed
+    there."""
+    from adapter_registry.checksums import files_digest
     from adapter_registry.registry.audit import AuditLog
+    from adapter_registry.registry.entities import CANARY_ALIAS
+    from adapter_registry.registry.stages import check_canary
 
     with _errors():
         store = _store()
@@ -539,7 +543,12 @@ def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: Js
         log = AuditLog(store)
         trail = log.read(name)
         checks = log.stage_checks(name, trail)
-    unattested = [c.problem for c in checks.values() if c.problem]
+        held = store.holder(name, CANARY_ALIAS, known_model=True)
+        canary = check_canary(name, held.version if held else None, trail.events,
+                              files_digest(held.checksums) if held else "")  # fmt: skip
+    unattested = [c.problem for c in checks.values() if c.problem] + (
+        [canary.problem] if canary.problem else []
+    )
     problems = [*trail.problems, *unattested]
     data = {"model": name, "intact": trail.intact, "attested": not unattested, "problems": problems,
             "stages": {s: c.to_dict() for s, c in checks.items()},

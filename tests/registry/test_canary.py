@@ -83,6 +83,8 @@ def test_a_canary_start_is_gated_and_audited_and_bad_input_changes_nothing(
     )  # outside adapter-registry
     _, moved = canary_state(store, NAME)
     assert not moved.ok and "the alias was moved outside adapter-registry" in (moved.problem or "")
+    audited = runner.invoke(app, ["--tracking-uri", store.tracking_uri, "audit", NAME])
+    assert audited.exit_code == 1 and "support_sft_lora@canary is held by version 3" in audited.stderr
 
     args = ["--tracking-uri", store.tracking_uri, "canary", "stop", NAME]
     assert "canary stop needs --reason" in runner.invoke(app, args).stderr
