@@ -62,9 +62,10 @@ def micro_batches(n: int, parts: int) -> list[list[int]]:
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each decoder layer in the backward pass (transformers' gradient checkpointing, non-reentrant: it
+    """Recompute each decoder layer in the backward pass (transformers' activation checkpointing, non-reentrant: it
     needs no input that requires grad, and works under DDP and FSDP)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    causal: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _layer_classes(model: nn.Module) -> set[str]:
