@@ -64,7 +64,8 @@ def micro_batches(n: int, parts: int) -> list[list[int]]:
 def enable_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each decoder layer in the backward pass (transformers' activation checkpointing, non-reentrant: it
     needs no input that requires grad, and works under DDP and FSDP)."""
-    causal: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+    peft: Any = model
+    causal = peft.get_base_model() if hasattr(peft, "get_base_model") else peft
     causal.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
