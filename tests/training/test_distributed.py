@@ -340,3 +340,24 @@ Root Cause (first observed failure):
         "distributed training failed: process 1 of 2 ended with exit code -9: Signal 9 (SIGKILL) received by PID 4242"
     )
     assert "No checkpoint was written yet" in message and "  | [rank1]: something" in message
+
+
+def test_the_memory_plan_counts_an_8b_llama_as_torchtune_does() -> None:
+    """The paper plan's parameter counts (meta device, peft) and its single-device estimate against torchtune's
+    measured peak, once the two things torchtune does not keep are taken out (benchmarks/distributed_plan.py)."""
+    from benchmarks.distributed_plan import GIB, count, plan_row
+
+    c = count("llama-3.1-8b", rank=8)
+    assert c.total == 8_030_261_248 and c.trainable == 32 * 8 * (
+        3 * (4096 + 4096) - 4096 + 1024 + 3 * (4096 + 14336)
+    )
+    lora = plan_row(c, "lora", "none", 1, 2, 2048, 8, True, 1.0)
+    assert lora["base_gib"] == pytest.approx(c.total * 2 / GIB)
+    fsdp = plan_row(c, "lora", "fsdp", 8, 2, 2048, 8, True, 1.0)
+    assert (
+        fsdp["base_gib"] == pytest.approx(lora["base_gib"] / 8) and fsdp["total_gib"] < lora["total_gib"] / 2
+    )
+    logits, copies = 2 * 2048 * 6 * c.vocab / GIB, 2 * 2048 * 4 * c.adapted_inputs / GIB
+    assert lora["total_gib"] - logits - copies == pytest.approx(16.2, rel=0.06)  # torchtune, RTX 4090
+    qlora = plan_row(c, "qlora", "none", 1, 2, 2048, 8, True, 1.0)
+    assert qlora["total_gib"] - logits - copies == pytest.approx(7.4, rel=0.06)
