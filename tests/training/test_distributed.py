@@ -209,10 +209,7 @@ def _kill_rank_1_after_a_checkpoint(checkpoints: Path, killed: list[int]) -> Non
         time.sleep(0.01)
     for child in psutil.Process().children(recursive=True):
         try:
-            if (
-                child.environ().get("RANK") == "1"
-                and "adapter_registry.training.distributed" in child.cmdline()
-            ):
+            if child.environ().get("RANK") == "1" and "adapter_registry.training.worker" in child.cmdline():
                 os.kill(child.pid, signal.SIGKILL)
                 killed.append(child.pid)
         except psutil.Error:

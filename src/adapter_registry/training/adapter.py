@@ -25,7 +25,7 @@ from adapter_registry.contract import ServingContract
 from adapter_registry.methods import build_peft_config, optimizer_for, step_callback
 from adapter_registry.methods.quantization import quantization_config
 from adapter_registry.recipes.schema import Recipe, TrainingSpec
-from adapter_registry.training.distributed import check_launch, train_causal_lm_distributed
+from adapter_registry.training.distributed import check_launch, run_in_workers
 from adapter_registry.training.features import classification_features, sft_features, sorted_batches
 from adapter_registry.training.heads import (
     LinearProbe,
@@ -48,6 +48,7 @@ from adapter_registry.training.loop import (
 )
 from adapter_registry.training.models import (
     answer_only_loss_fn,
+    load_adapter,
     load_base_model,
     load_tokenizer,
     trainable_parameters,
@@ -245,6 +246,34 @@ def train_causal_lm(
         trainable,
         total,
         labels=answers,
+    )
+
+
+def train_causal_lm_distributed(
+    recipe: Recipe,
+    base: ResolvedBase,
+    train_examples: Sequence[Any],
+    val_examples: Sequence[Any],
+    checkpoint_dir: Path | None,
+    run_key: str,
+    progress: Progress | None = None,
+) -> TrainedAdapter:
+    """``train_causal_lm`` in ``training.distributed.processes`` torchrun workers (``training.distributed``): the
+    adapter folder rank 0 wrote, loaded onto the base in this process."""
+    with run_in_workers(recipe, base, train_examples, val_examples, checkpoint_dir, run_key, progress) as (
+        folder,
+        out,
+    ):
+        model = load_adapter(base.path, folder, recipe.task.type, quantization_config(recipe.method))
+    return TrainedAdapter(
+        model,
+        load_tokenizer(base.path),
+        recipe.task.type,
+        base,
+        out["result"],
+        out["trainable_params"],
+        out["total_params"],
+        labels=answer_labels(recipe, train_examples),
     )
 
 

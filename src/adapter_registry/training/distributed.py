@@ -7,16 +7,16 @@ A recipe whose ``training.distributed.strategy`` is ``ddp`` or ``fsdp`` is train
    no GPU, than the cores this process may use), FSDP over a bitsandbytes-quantised base, FSDP with a method that
    reads whole gradients, fp16 on a CPU, a classifier. (A batch that does not split into ``processes x
    gradient_accumulation`` micro-batches is refused by the recipe schema already.)
-2. :func:`train_causal_lm_distributed` writes the job (recipe, base, examples) into a temporary folder and runs
-   ``python -m torch.distributed.run --standalone --nproc-per-node N -m adapter_registry.training.distributed JOB``
-   as a child process, waiting for it. Each worker (:func:`main`) builds the same model as one process would
-   (``training.adapter.causal_lm_model``), and trains it with the loop and a ``training.sharding.ShardedStepper``.
+2. :func:`run_in_workers` writes the job (recipe, base, examples) into a temporary folder and runs
+   ``python -m torch.distributed.run --standalone --nproc-per-node N -m adapter_registry.training.worker JOB``
+   as a child process, waiting for it. Each worker (``training.worker``) builds the same model as one process
+   would (``training.adapter.causal_lm_model``), and trains it with the loop and a ``training.sharding.ShardedStepper``.
    Only rank 0 writes checkpoints (in the recipe's checkpoint folder, as one process does: the whole adapter, the
    whole optimizer state, every rank's random generators) and, at the end, the trained adapter folder and the loop's
    result into the job folder. Rank 0 also relays the loop's progress as lines on its stdout, which the node hands to
    its own ``Progress`` (the terminal line, the MLflow run).
-3. The node loads that adapter folder onto the base (``models.load_adapter``): evaluation, merge and registration
-   then run once, in the node, as for a one-process adapter.
+3. The node loads that adapter folder onto the base (``training.adapter.train_causal_lm_distributed``): evaluation,
+   merge and registration then run once, in the node, as for a one-process adapter.
 
 A worker that dies (killed, out of memory, an exception) makes torchrun stop the others and exit non-zero; the node
 raises :class:`DistributedTrainingError` with the rank, the exit code or signal, the last lines of the workers'
@@ -35,6 +35,7 @@ recipe, not an accelerate config file, says how to train. One machine only (``--
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -43,10 +44,10 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -54,9 +55,6 @@ from adapter_registry.bases.resolve import ResolvedBase
 from adapter_registry.methods import method_builder
 from adapter_registry.recipes.schema import DistributedSpec, Recipe
 from adapter_registry.training.loop import CHECKPOINT, Progress, TrainResult
-
-if TYPE_CHECKING:
-    from adapter_registry.training.adapter import TrainedAdapter
 
 JOB = "job.pt"  # what the node hands the workers
 RESULT = "result.pt"  # what rank 0 hands back: the loop's result and the parameter counts
@@ -163,7 +161,8 @@ def check_launch(recipe: Recipe) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the node's side
-def train_causal_lm_distributed(
+@contextlib.contextmanager
+def run_in_workers(
     recipe: Recipe,
     base: ResolvedBase,
     train_examples: Sequence[Any],
@@ -171,16 +170,12 @@ def train_causal_lm_distributed(
     checkpoint_dir: Path | None,
     run_key: str,
     progress: Progress | None = None,
-) -> TrainedAdapter:
-    """``training.adapter.train_causal_lm`` over ``training.distributed.processes`` processes (see the module
-    docstring); returns the ``TrainedAdapter``, its model loaded from the folder rank 0 wrote."""
-    from adapter_registry.methods.quantization import quantization_config
-    from adapter_registry.training.adapter import TrainedAdapter, answer_labels  # it imports this module
-    from adapter_registry.training.models import load_adapter, load_tokenizer
-
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Train the recipe in ``training.distributed.processes`` torchrun workers (see the module docstring); yields
+    the adapter folder rank 0 wrote and its result (the loop's ``TrainResult``, the parameter counts), both gone
+    when the block ends. ``training.adapter.train_causal_lm_distributed`` loads the folder onto the base."""
     check_launch(recipe)
     assert recipe.training is not None
-    spec = recipe.training.distributed
     with tempfile.TemporaryDirectory(prefix="adapter-registry-distributed-") as tmp:
         job = Path(tmp)
         torch.save(
@@ -194,26 +189,15 @@ def train_causal_lm_distributed(
             },
             job / JOB,
         )
-        run_workers(job, spec.processes, progress, checkpoint_dir, run_key)
-        out = torch.load(job / RESULT, weights_only=False)
-        model = load_adapter(base.path, job / ADAPTER, recipe.task.type, quantization_config(recipe.method))
-    return TrainedAdapter(
-        model,
-        load_tokenizer(base.path),
-        recipe.task.type,
-        base,
-        out["result"],
-        out["trainable_params"],
-        out["total_params"],
-        labels=answer_labels(recipe, train_examples),
-    )
+        run_workers(job, recipe.training.distributed.processes, progress, checkpoint_dir, run_key)
+        yield job / ADAPTER, torch.load(job / RESULT, weights_only=False)
 
 
 def launch_command(job: Path, processes: int) -> list[str]:
     """The torchrun command the node runs (one machine, no restarts: a failure is the node's to report)."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-        "--max-restarts=0", "-m", "adapter_registry.training.distributed", str(job),
+        "--max-restarts=0", "-m", "adapter_registry.training.worker", str(job),
     ]  # fmt: skip
 
 
@@ -324,94 +308,3 @@ def _relay(progress: Progress, event: dict[str, Any]) -> None:
         progress.validated(event["step"], event["loss"])
     elif kind == "finished":
         progress.finished(_result(event["result"]))
-
-
-# ------------------------------------------------------------------------------------------------ the workers' side
-def train_here(job: dict[str, Any], rank: int, world: int, device: torch.device) -> dict[str, Any]:
-    """One worker's training: the model one process would build, the loop with a ``ShardedStepper``; every rank
-    returns the gathered trainable state (rank 0 writes it)."""
-    from adapter_registry.training.adapter import (
-        _train_with_method,
-        causal_lm_model,
-        total_steps,
-        training_of,
-    )
-    from adapter_registry.training.features import sft_features
-    from adapter_registry.training.loop import model_loss
-    from adapter_registry.training.models import answer_only_loss_fn, load_tokenizer, trainable_parameters
-    from adapter_registry.training.sharding import ShardedStepper
-
-    recipe: Recipe = job["recipe"]
-    base: ResolvedBase = job["base"]
-    training = training_of(recipe)
-    tokenizer = load_tokenizer(base.path)
-    train_feats = sft_features(job["train"], tokenizer, training.max_length)
-    val_feats = sft_features(job["validation"], tokenizer, training.max_length)
-    steps = total_steps(recipe, len(train_feats))
-    model = causal_lm_model(recipe, base, steps)
-    trainable, total = trainable_parameters(model)  # counted before FSDP shards them
-    if training.distributed.strategy != "fsdp":
-        model.to(device)  # FSDP moves each shard to the device itself
-    loss_fn = answer_only_loss_fn(model) or model_loss
-    stepper = ShardedStepper(model, loss_fn, training.distributed, rank, world, device)
-    result = _train_with_method(
-        recipe, model, model, train_feats, val_feats, steps, tokenizer.pad_token_id, job["checkpoint_dir"],
-        job["run_key"], loss_fn=loss_fn, progress=RelayProgress() if rank == 0 else None, stepper=stepper,
-    )  # fmt: skip
-    state = stepper.trainable_state(model)  # gathered whole under FSDP (every rank takes part)
-    return {
-        "result": result,
-        "trainable_params": trainable,
-        "total_params": total,
-        "state": {k: v.cpu() for k, v in state.items()},
-        "model": model,
-    }
-
-
-def _save(trained: dict[str, Any], job: Path, strategy: str) -> None:
-    """Rank 0: the adapter folder (peft's own files) and the loop's result."""
-    folder = job / ADAPTER
-    if strategy == "fsdp":  # the model's own parameters are shards: save the gathered state instead
-        trained["model"].save_pretrained(str(folder), state_dict=trained["state"])
-    else:
-        trained["model"].cpu().save_pretrained(str(folder))
-    torch.save({k: trained[k] for k in ("result", "trainable_params", "total_params")}, job / RESULT)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """A worker, started by torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in its environment)."""
-    import torch.distributed as dist
-    from torch.distributed.elastic.multiprocessing.errors import record
-
-    @record  # an exception here reaches torchrun's failure report with its traceback
-    def run(job_dir: Path) -> None:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        threads = os.environ.get("OMP_NUM_THREADS", "")
-        if threads.isdigit():
-            torch.set_num_threads(int(threads))
-        if torch.cuda.is_available():
-            device = torch.device("cuda", local)
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device("cpu")
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        try:
-            job = torch.load(job_dir / JOB, weights_only=False)
-            trained = train_here(job, rank, world, device)
-            if rank == 0:
-                _save(trained, job_dir, job["recipe"].training.distributed.strategy)
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        raise SystemExit(
-            "usage: python -m torch.distributed.run ... -m adapter_registry.training.distributed JOB_DIR"
-        )
-    run(Path(args[0]))
-
-
-if __name__ == "__main__":
-    main()
