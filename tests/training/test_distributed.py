@@ -144,6 +144,23 @@ def test_two_processes_train_like_one(
     two_processes[strategy] = trained
 
 
+@pytest.mark.slow
+def test_qlora_under_ddp_trains_like_one_process(tiny_llama: Path, sft_folder: Path) -> None:
+    """The fix the FSDP refusal names for a 4-bit base: each process holds the quantised base."""
+
+    def recipe(distributed: dict | None) -> Recipe:
+        training = {**TRAINING, **({"distributed": distributed} if distributed else {})}
+        method = {"type": "qlora", "r": 4, "alpha": 8, "dropout": 0.0}
+        return parse_recipe(sft_recipe(tiny_llama, sft_folder, method=method, merge={"enabled": False},
+                                       training=training))  # fmt: skip
+
+    two = _train(recipe({"strategy": "ddp", "processes": 2}), tiny_llama)
+    _assert_same_training(two, _train(recipe(None), tiny_llama))
+    assert (
+        type(two.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+    )
+
+
 @pytest.mark.parametrize(
     "distributed",
     [{"gradient_accumulation": 4}, {"activation_checkpointing": True}],
