@@ -4,9 +4,11 @@ tiny Llama, against the one-process loop.
 Tolerance: two processes take the same steps as one, up to the order of float32 additions: each process's
 micro-batch loss is a mean over its own tokens (padded to its own longest row), the micro-batch gradients are summed
 by an allreduce, and the reported loss is summed back across processes. Measured on this machine after 6 Adam
-steps at lr 5e-3: 2e-7 in the loss, 4e-7 (DDP and FSDP2) to 2e-6 (4 accumulated micro-batches) in a LoRA weight,
-whose largest entries are ~0.1. We allow 1e-5: one step moves the weights by ~5e-3 (the learning rate, Adam's
-update being about one in size), so a wrong gradient (a micro-batch weighted wrongly, a process left out) fails.
+steps at lr 5e-3: at most 5e-7 in a loss and 8e-8 in a LoRA weight (DDP, FSDP2, 4 accumulated micro-batches;
+activation checkpointing: identical), the largest lora_B entry having moved from 0 to ~0.02. We allow 1e-5: Adam
+moves a weight by up to about the learning rate per step, so a wrong gradient fails (weighting each micro-batch's
+mean equally instead of by its tokens was tried, and fails the accumulation test; the answers below differ in
+length for that reason). A gradient wrong only by a constant factor would pass: Adam's update does not see it.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _lora(trained: TrainedAdapter) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in trained.model.named_parameters() if "lora_" in n}
 
 
-def _assert_same_training(got: TrainedAdapter, want: TrainedAdapter) -> None:
+def _assert_same_training(got: TrainedAdapter, want: TrainedAdapter, weights: float = TOLERANCE) -> None:
     assert [s for s, _ in got.result.train_loss] == [s for s, _ in want.result.train_loss]
     assert np.allclose(
         [v for _, v in got.result.train_loss], [v for _, v in want.result.train_loss], atol=TOLERANCE
@@ -75,9 +77,9 @@ def _assert_same_training(got: TrainedAdapter, want: TrainedAdapter) -> None:
     assert np.allclose(
         [v for _, v in got.result.val_loss], [v for _, v in want.result.val_loss], atol=TOLERANCE
     )
-    weights, reference = _lora(got), _lora(want)
-    assert weights.keys() == reference.keys() and weights
-    assert max((weights[k] - reference[k]).abs().max().item() for k in weights) < TOLERANCE
+    mine, reference = _lora(got), _lora(want)
+    assert mine.keys() == reference.keys() and mine
+    assert max((mine[k] - reference[k]).abs().max().item() for k in mine) < weights
     moved = max(reference[k].abs().max().item() for k in reference if "lora_B" in k)  # lora_B starts at zero
     assert moved > 100 * TOLERANCE
     assert (got.trainable_params, got.total_params) == (want.trainable_params, want.total_params)
@@ -104,12 +106,17 @@ class Heard:
 
 @pytest.fixture(scope="module")
 def sft_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sft_data rows in a folder that lives as long as the module (the runs below are shared by tests)."""
+    """Support rows whose answers run from 6 to about 30 tokens, in a folder that lives as long as the module (the
+    runs are shared by tests). Unequal answers make micro-batches score unequal numbers of tokens, so that only the
+    token-weighted sum of their losses is the whole batch's mean (with equal answers, any average would pass)."""
     from helpers import _drop_overlap, support_rows, write_jsonl
 
     folder = tmp_path_factory.mktemp("distributed") / "sft_data"
     for split, n, seed in (("train", 48, 1), ("validation", 12, 2), ("test", 12, 3)):
-        write_jsonl(folder / f"{split}.jsonl", support_rows(n, seed))
+        rows = support_rows(n, seed)
+        for i, row in enumerate(rows):
+            row["completion"] += " and we will write back to you soon" * (i % 4)
+        write_jsonl(folder / f"{split}.jsonl", rows)
     _drop_overlap(folder, "prompt")
     return folder
 
@@ -146,7 +153,9 @@ def test_two_processes_train_like_one(
 
 @pytest.mark.slow
 def test_qlora_under_ddp_trains_like_one_process(tiny_llama: Path, sft_folder: Path) -> None:
-    """The fix the FSDP refusal names for a 4-bit base: each process holds the quantised base."""
+    """The fix the FSDP refusal names for a 4-bit base: each process holds the quantised base. The weights get 1e-4:
+    bitsandbytes' 4-bit CPU matmul rounds differently with the batch's shape, so that one process with 2 or 4
+    micro-batches (no second process) already differs from one batch by 3e-5 in a weight (losses within 1e-6)."""
 
     def recipe(distributed: dict | None) -> Recipe:
         training = {**TRAINING, **({"distributed": distributed} if distributed else {})}
@@ -155,7 +164,7 @@ def test_qlora_under_ddp_trains_like_one_process(tiny_llama: Path, sft_folder: P
                                        training=training))  # fmt: skip
 
     two = _train(recipe({"strategy": "ddp", "processes": 2}), tiny_llama)
-    _assert_same_training(two, _train(recipe(None), tiny_llama))
+    _assert_same_training(two, _train(recipe(None), tiny_llama), weights=1e-4)
     assert (
         type(two.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
     )
