@@ -225,7 +225,7 @@ def run_workers(
                     _relay(progress, json.loads(line.removeprefix(PROGRESS)))
                 continue
             tail.append(line)
-            log.info("%s", line)
+            log.info("%s", line, extra={"markup": False})  # a worker's output, printed as it is
         code = child.wait()
     except BaseException:
         child.terminate()  # torchrun passes it on to the workers
