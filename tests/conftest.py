@@ -30,6 +30,13 @@ if str(ROOT) not in sys.path:
 
 offline_defaults()  # the test session is an entry point like the CLI and `kedro run`
 os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on a 2-core machine: two OpenMP threads each would spin at every barrier while
+    # the other worker holds a core (training/threads.py), so each worker, and what it starts, trains on one.
+    os.environ["OMP_NUM_THREADS"] = os.environ["ADAPTER_REGISTRY_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -133,6 +133,9 @@ def test_sigterm_stops_a_busy_serve_within_seconds(registry, tiny_base, adapters
                 executor.submit(httpx.post, f"{url}/v1/generate", json=body, timeout=60) for _ in range(128)
             ]
             until(lambda: (_get(f"{url}/health") or {}).get("batches", 0) >= 1, 30)
+            # every request inside the server (waiting or running) or answered: on a loaded machine some clients
+            # were still in the listen backlog, which the closing socket resets (nobody's answer to give)
+            until(lambda: _inside(url) + sum(a.done() for a in answers) >= len(answers), 60)
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
@@ -142,9 +145,8 @@ def test_sigterm_stops_a_busy_serve_within_seconds(registry, tiny_base, adapters
         if process.poll() is None:
             process.kill()
     assert stopped_in < 5, (stopped_in, (tmp_path / "serve.log").read_text()[-3000:])
-    # every request the server had accepted is answered (200, or 503 if queued); one whose client had not connected
-    # yet is refused by the closed socket ("refused"), never cut off half-way
-    assert set(statuses) <= {200, 503, "refused"} and 503 in statuses, statuses
+    # every request the server had accepted is answered (200, or 503 if queued), never cut off half-way
+    assert set(statuses) <= {200, 503} and 503 in statuses, statuses
     assert "Shutting down" in (tmp_path / "serve.log").read_text()
 
 
@@ -153,6 +155,11 @@ def _status(answer: Any) -> int | str:
         return int(answer.result().status_code)
     except httpx.ConnectError:
         return "refused"
+
+
+def _inside(url: str) -> int:
+    """Requests the server holds now: waiting in its queue or running (``/health``'s ``in_flight``)."""
+    return int(((_get(f"{url}/health") or {}).get("queue") or {}).get("in_flight", 0))
 
 
 def _get(url: str) -> dict[str, Any] | None:
