@@ -38,7 +38,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")
 RefArg = Annotated[str, typer.Argument(help="NAME/VERSION or NAME@STAGE")]
 PolicyOpt = Annotated[
     Path | None,
-    typer.Option("--policy", help="promotion policy YAML (default conf/base/promotion_policy.yml)"),
+    typer.Option(
+        "--policy",
+        help="promotion policy YAML of a local registry (default conf/base/promotion_policy.yml); a tracking "
+        "server enforces its own",
+    ),
 ]
 
 
@@ -67,6 +71,15 @@ def _store() -> AdapterStore:
 
     uri = _state["tracking_uri"]
     return AdapterStore(uri, must_exist=True) if uri else AdapterStore.from_env(must_exist=True)
+
+
+def _policy(store: AdapterStore, path: Path | None) -> Any:
+    """The promotion policy of this registry (``registry.policy.policy_for``); warnings go to stderr."""
+    from adapter_registry.registry.policy import policy_for
+
+    app = store.server_app()
+    warn = lambda message: typer.echo(f"warning: {message}", err=True)  # noqa: E731
+    return policy_for(store.tracking_uri, None if app is None else app.get("policy"), path, warn=warn)
 
 
 def _error_line(message: str) -> None:
@@ -358,10 +371,10 @@ def promote(
 ) -> None:
     """Move a version to staging or production after its gates pass; the replaced version is archived."""
     from adapter_registry.registry import promotion
-    from adapter_registry.registry.policy import load_policy
 
     with _errors():
-        event = promotion.promote(_store(), ref, to, reason=reason, force=force, policy=load_policy(policy))
+        store = _store()
+        event = promotion.promote(store, ref, to, reason=reason, force=force, policy=_policy(store, policy))
     _emit(
         as_json,
         event.to_dict(),
@@ -400,12 +413,12 @@ def rollback(
 ) -> None:
     """Give a stage back to the version that held it before, or at --to-time (gated and audited)."""
     from adapter_registry.registry import promotion
-    from adapter_registry.registry.policy import load_policy
 
     with _errors():
         when = _parse_time(to_time, "--to-time") if to_time else None
+        store = _store()
         event = promotion.rollback(
-            _store(), name, stage, reason=reason, to_time=when, force=force, policy=load_policy(policy)
+            store, name, stage, reason=reason, to_time=when, force=force, policy=_policy(store, policy)
         )
     _emit(
         as_json,
@@ -424,10 +437,10 @@ def retire(
 ) -> None:
     """Take a stage away from its holder (archived; `serve` stops serving it): audited, with a reason."""
     from adapter_registry.registry import promotion
-    from adapter_registry.registry.policy import load_policy
 
     with _errors():
-        event = promotion.retire(_store(), name, stage, reason=reason, policy=load_policy(policy))
+        store = _store()
+        event = promotion.retire(store, name, stage, reason=reason, policy=_policy(store, policy))
     _emit(
         as_json, event.to_dict(), lambda: _events_table([event], f"{name}@{stage} retired (v{event.version})")
     )
@@ -436,7 +449,8 @@ def retire(
 @app.command()
 def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: JsonOpt = False) -> None:
     """The append-only history of stage changes, and who holds each stage; exits 1 when the history was tampered
-    with or a stage is held by a version that no audited promotion placed there."""
+    with or a stage is held by a version that no audited promotion placed there. Says what the trail can prove:
+    signed by a tracking server running the adapter-registry auth app, or unsigned (a local registry)."""
     from adapter_registry.registry.audit import AuditLog
 
     with _errors():
@@ -448,9 +462,15 @@ def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: Js
     unattested = [c.problem for c in checks.values() if c.problem]
     problems = [*trail.problems, *unattested]
     data = {"model": name, "intact": trail.intact, "attested": not unattested, "problems": problems,
+            "signed": trail.signed, "assurance": trail.assurance,
             "stages": {s: c.to_dict() for s, c in checks.items()},
             "events": [e.to_dict() for e in trail.events]}  # fmt: skip
-    _emit(as_json, data, lambda: _events_table(trail.events, f"audit trail of {name}"))
+
+    def render() -> None:
+        _events_table(trail.events, f"audit trail of {name}")
+        typer.echo(f"this trail is {trail.assurance}")
+
+    _emit(as_json, data, render)
     if problems:
         _error_line(f"audit of {name!r} does not check out: {'; '.join(problems)}")
         raise typer.Exit(1)
