@@ -1178,8 +1178,9 @@ def recipes(
 
 # ------------------------------------------------------------------------------------------------ team stack
 stack_app = typer.Typer(
-    help="The team registry on this machine: PostgreSQL + mlflow server (basic-auth, proxied artifacts) kept in one "
-    'folder (default .team/). `eval "$(adapter-registry stack up)"` points this shell at it.',
+    help="The team registry on this machine: PostgreSQL + mlflow server (the adapter-registry auth app: "
+    "basic-auth, protected stages, a signed audit trail; proxied artifacts) kept in one folder (default .team/). "
+    '`eval "$(adapter-registry stack up)"` points this shell at it.',
     no_args_is_help=True,
 )
 app.add_typer(stack_app, name="stack")
