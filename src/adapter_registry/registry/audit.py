@@ -214,8 +214,8 @@ def signed_chain(model: str, runs: Runs, key: bytes, head: Head | None) -> Audit
             )
     elif head.seq > last:
         problems.append(
-            f"{_span(last + 1, head.seq)} of {model!r} deleted: the tracking server signed {head.seq} events, the "
-            f"trail ends at {last}"
+            f"{_span(last + 1, head.seq)} of {model!r} deleted: the tracking server signed {head.seq} event(s), the "
+            f"trail holds {last}"
         )
     elif head.seq != last or not hmac.compare_digest(head.mac, prev_mac):
         problems.append(
