@@ -270,7 +270,7 @@ def auth_app_config(folder: Path, policy: str, admin: str = "admin") -> dict[str
 
 @pytest.fixture(scope="session")
 def team_stack(auth_app_visible: None) -> Iterator[Stack]:
-    """The team stack (PostgreSQL + mlflow server with basic-auth) started and stopped with README's commands
+    """The team stack (PostgreSQL + mlflow server with the project's auth app) started and stopped with README's commands
     (``adapter-registry stack up`` / ``stack down``) in a fresh folder under /tmp (as root, PostgreSQL runs as the
     postgres user, who cannot enter pytest's 0700 tmp dirs)."""
     from typer.testing import CliRunner
