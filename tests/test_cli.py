@@ -190,8 +190,14 @@ def test_the_cli_has_no_command_that_edits_history() -> None:
         "export",  # writes a folder for a serving engine; reads the registry only
         "vllm-sync",  # loads adapters on vLLM servers; reads the registry only
         "recipes",  # prints the recipes of pipelines/ (a CI matrix); reads no registry
+        "fleet",  # lists the replicas' heartbeats; reads the registry only
     }
-    assert {g.name for g in app.registered_groups} == {"stack"}  # up, down, status: no registry edits
+    groups = {g.name: g.typer_instance for g in app.registered_groups}
+    assert set(groups) == {"stack", "canary"}  # stack: up, down, status: no registry edits
+    canary = groups["canary"]
+    assert canary is not None
+    # status reads; watch and stop append audited events (and promote through the gates), never edit one
+    assert {c.name for c in canary.registered_commands} == {"status", "watch", "stop"}
 
 
 def test_lineage_forward_reverse_and_pictures(registered: AdapterStore, tmp_path: Path) -> None:

@@ -66,6 +66,13 @@ def weights_file(folder: Path | str) -> Path | None:
     return next((Path(folder) / n for n in WEIGHT_FILES if (Path(folder) / n).is_file()), None)
 
 
+def weights_digest(checksums: dict[str, str]) -> str:
+    """``sha256:<hex>`` of the adapter's weight file as registered ("" when none is recorded): what every served
+    response names as its digest."""
+    name = next((n for n in WEIGHT_FILES if n in checksums), None)
+    return f"sha256:{checksums[name]}" if name else ""
+
+
 def read_config(folder: Path | str) -> dict[str, Any]:
     """The parsed ``adapter_config.json``."""
     path = Path(folder) / CONFIG_FILE

@@ -3,7 +3,7 @@
 Heavy libraries (mlflow, peft, torch) are imported inside the commands, so ``--help`` answers at once. Every
 command takes ``--json``; a failure prints one line ``error: ...`` on stderr and exits non-zero (1; ``compat``
 exits 3 for "retrain recommended" and 4 for "incompatible"; ``export`` exits 4 for an adapter the engine cannot
-take).
+take; ``canary watch`` exits 2 when it rolled the canary back and 4 when it stopped watching undecided).
 """
 
 from __future__ import annotations
@@ -367,19 +367,107 @@ def promote(
     reason: Annotated[str, typer.Option(help="why; required with --force")] = "",
     force: Annotated[bool, typer.Option("--force", help="override failing gates (audited)")] = False,
     policy: PolicyOpt = None,
+    canary: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--canary",
+            help="production only: start a canary taking this percent (1-99) of the adapter's "
+            "production traffic; `canary watch NAME` then promotes or rolls it back by its policy",
+        ),
+    ] = None,
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            "--shadow", help="with --canary: production answers; the candidate runs on copies, recorded"
+        ),
+    ] = False,
+    canary_policy: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--canary-policy", help="canary policy YAML (default conf/base/canary_policy.yml)"),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="exit only when every live replica of the stage serves the new digest"),
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds --wait waits (then exit 1)")] = 120.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move a version to staging or production after its gates pass; the replaced version is archived."""
+    """Move a version to staging or production after its gates pass; the replaced version is archived. With
+    --canary P the version takes P% of production traffic first (gated and audited like a promotion)."""
     from adapter_registry.registry import promotion
+    from adapter_registry.registry.entities import RegistryError
 
     with _errors():
+        if canary is None and (shadow or canary_policy is not None):
+            raise RegistryError("INVALID_INPUT", "--shadow and --canary-policy go with --canary PERCENT")
+        if canary is not None and to != "production":
+            raise RegistryError(
+                "INVALID_INPUT", f"--canary shares production traffic: use it with --to production, not {to}"
+            )
         store = _store()
-        event = promotion.promote(store, ref, to, reason=reason, force=force, policy=_policy(store, policy))
-    _emit(
-        as_json,
-        event.to_dict(),
-        lambda: _events_table([event], f"promoted {event.model}/{event.version} to {to}"),
-    )
+        if canary is not None:
+            from adapter_registry.rollout import begin_canary
+
+            event = begin_canary(
+                store, ref, canary, shadow=shadow, policy_file=canary_policy, reason=reason, force=force,
+                policy=_policy(store, policy),
+            )  # fmt: skip
+            title = f"{event.model}/{event.version}: canary at {canary}%{' (shadow)' if shadow else ''}"
+        else:
+            event = promotion.promote(
+                store, ref, to, reason=reason, force=force, policy=_policy(store, policy)
+            )
+            title = f"promoted {event.model}/{event.version} to {to}"
+    if not wait:
+        _emit(as_json, event.to_dict(), lambda: _events_table([event], title))
+        return
+    if not as_json:
+        _events_table([event], title)
+    _wait_for_fleet(store, event, to, "canary" if canary is not None else "serves", timeout, as_json)
+
+
+def _wait_for_fleet(
+    store: AdapterStore, event: StageChange, stage: str, kind: str, timeout: float, as_json: bool
+) -> None:
+    """Wait until every live replica of ``stage`` serves ``event``'s version (exit 1 naming those that do not)."""
+    from adapter_registry.registry.fleet import wait_for_fleet
+
+    seen: set[str] = set()
+
+    def progress(state: Any) -> None:
+        for replica in state.done:
+            if replica.replica not in seen and not as_json:
+                seen.add(replica.replica)
+                typer.echo(
+                    f"  {replica.replica} serves {state.name}/{state.version} ({state.seconds:.1f} s)",
+                    err=True,
+                )
+
+    with _errors():
+        version = store.get_version(event.model, event.version)
+        state = wait_for_fleet(store, version, kind=kind, stage=stage, timeout=timeout, on_look=progress)  # type: ignore[arg-type]
+    data = {"event": event.to_dict(), "fleet": state.to_dict()}
+
+    def render() -> None:
+        what = "its canary" if kind == "canary" else stage
+        typer.echo(f"{len(state.done)} live replica(s) serve {state.name}/{state.version} as {what} "
+                   f"({state.digest[:19]}…) after {state.seconds:.1f} s")  # fmt: skip
+        for replica, why in state.skipped:
+            typer.echo(f"  not waited for: {replica.replica} ({why})")
+        for replica in state.lost:
+            typer.echo(f"  lost: {replica.replica} stopped heartbeating during the wait")
+
+    _emit(as_json, data, render)
+    problems = [f"{r.replica} ({r.url}) cannot serve it: {p.kind}: {p.reason}" for r, p in state.failed]
+
+    def held(replica: Any) -> str:
+        found = (replica.serves if kind == "serves" else replica.canaries).get(state.name)
+        return "nothing" if found is None else f"version {found.version} ({found.digest[:19]}…)"
+
+    problems += [f"{r.replica} ({r.url}) still serves {held(r)} after {timeout:g} s" for r in state.pending]
+    if problems:
+        _error_line(f"{state.name}/{state.version} is not served by every replica: {'; '.join(problems)}")
+        raise typer.Exit(1)
 
 
 def _parse_time(text: str, option: str) -> Any:
@@ -409,6 +497,10 @@ def rollback(
     reason: Annotated[str, typer.Option(help="why; required with --force")] = "",
     force: Annotated[bool, typer.Option("--force", help="override failing gates (audited)")] = False,
     policy: PolicyOpt = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="exit only when every live replica of the stage serves the version")
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds --wait waits (then exit 1)")] = 120.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Give a stage back to the version that held it before, or at --to-time (gated and audited)."""
@@ -420,11 +512,13 @@ def rollback(
         event = promotion.rollback(
             store, name, stage, reason=reason, to_time=when, force=force, policy=_policy(store, policy)
         )
-    _emit(
-        as_json,
-        event.to_dict(),
-        lambda: _events_table([event], f"{name}@{stage} rolled back to {event.version}"),
-    )
+    title = f"{name}@{stage} rolled back to {event.version}"
+    if not wait:
+        _emit(as_json, event.to_dict(), lambda: _events_table([event], title))
+        return
+    if not as_json:
+        _events_table([event], title)
+    _wait_for_fleet(store, event, stage, "serves", timeout, as_json)
 
 
 @app.command()
@@ -449,9 +543,13 @@ def retire(
 @app.command()
 def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: JsonOpt = False) -> None:
     """The append-only history of stage changes, and who holds each stage; exits 1 when the history was tampered
-    with or a stage is held by a version that no audited promotion placed there. Says what the trail can prove:
-    signed by a tracking server running the adapter-registry auth app, or unsigned (a local registry)."""
+    with or a stage (or the canary alias) is held by a version that no audited promotion (canary start) placed
+    there. Says what the trail can prove: signed by a tracking server running the adapter-registry auth app, or
+    unsigned (a local registry)."""
+    from adapter_registry.checksums import files_digest
     from adapter_registry.registry.audit import AuditLog
+    from adapter_registry.registry.entities import CANARY_ALIAS
+    from adapter_registry.registry.stages import check_canary
 
     with _errors():
         store = _store()
@@ -459,7 +557,12 @@ def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: Js
         log = AuditLog(store)
         trail = log.read(name)
         checks = log.stage_checks(name, trail)
-    unattested = [c.problem for c in checks.values() if c.problem]
+        held = store.holder(name, CANARY_ALIAS, known_model=True)
+        canary = check_canary(name, held.version if held else None, trail.events,
+                              files_digest(held.checksums) if held else "")  # fmt: skip
+    unattested = [c.problem for c in checks.values() if c.problem] + (
+        [canary.problem] if canary.problem else []
+    )
     problems = [*trail.problems, *unattested]
     data = {"model": name, "intact": trail.intact, "attested": not unattested, "problems": problems,
             "signed": trail.signed, "assurance": trail.assurance,
@@ -942,6 +1045,22 @@ def serve(
             "--shutdown-timeout", help="seconds in-flight requests get after SIGTERM before they stop"
         ),
     ] = 5.0,
+    heartbeat_seconds: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-seconds",
+            help="announce this replica and what it serves in the registry's fleet this often (0: never)",
+        ),
+    ] = 5.0,
+    advertise_url: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--advertise-url", help="this replica's URL as operators reach it (default http://HOST:PORT)"
+        ),
+    ] = None,
+    feedback_ttl: Annotated[
+        float, typer.Option("--feedback-ttl", help="seconds an answer takes feedback (POST /v1/feedback)")
+    ] = 3600.0,
 ) -> None:
     """Serve every STAGE adapter registered for BASE over HTTP: many adapters on one base model."""
     from adapter_registry.serving.app import ServeOptions
@@ -954,6 +1073,7 @@ def serve(
         request_log=request_log if str(request_log) not in ("", ".") else None, log_prompts=log_prompts,
         webhook_url=webhook_url, max_resident=max_resident, pin=tuple(pin or ()), adapter_cache=adapter_cache,
         max_queue=max_queue, request_timeout=request_timeout, shutdown_timeout=shutdown_timeout,
+        heartbeat_seconds=heartbeat_seconds, advertise_url=advertise_url, feedback_ttl=feedback_ttl,
     )  # fmt: skip
     try:
         with _errors():
@@ -1260,6 +1380,181 @@ def stack_status(folder: FolderOpt = None, as_json: JsonOpt = False) -> None:
     _emit(as_json, status.to_dict(), render)
     if not (status.postgres and status.mlflow):
         raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------------ rollouts
+canary_app = typer.Typer(
+    help="Canaries: a version taking a share of production traffic, decided by live quality "
+    "(start one with `promote NAME/V --to production --canary P`).",
+    no_args_is_help=True,
+)
+app.add_typer(canary_app, name="canary")
+
+
+def _canary_tables(look: Any) -> None:
+    from rich.table import Table
+
+    console = _console()
+    if look.canary is None:
+        typer.echo(f"no canary of {look.name} is running")
+        if not look.check.ok:
+            typer.echo(f"warning: {look.check.problem}", err=True)
+        return
+    c = look.canary
+    console.print(
+        f"{c.model}/{c.version} canary (event {c.seq}) at {c.percent}%{' shadow' if c.shadow else ''} against "
+        f"production {c.baseline}, started {c.started:%Y-%m-%d %H:%M:%S} UTC by {c.who}; policy: "
+        + ", ".join(f"{k}={v}" for k, v in c.policy.items())
+    )
+    table = Table(title=f"live figures of {c.model} ({sum(1 for r in look.replicas if r.get('serves_canary'))} "
+                        f"replica(s))")  # fmt: skip
+    for column in (
+        "version",
+        "side",
+        "requests",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "in set",
+        "feedback",
+        "agreement",
+    ):
+        table.add_column(column)
+
+    def share(pair: Any) -> str:
+        return "-" if not pair.n else f"{pair.k}/{pair.n} = {pair.k / pair.n:.3f}"
+
+    for side, arm in (("candidate", look.candidate), ("production", look.baseline)):
+        table.add_row(
+            str(arm.version), side, str(arm.requests), str(arm.errors), str(arm.percentile(0.5) or "-"),
+            str(arm.percentile(0.99) or "-"), share(arm.in_set), share(arm.feedback), share(arm.agreement),
+        )  # fmt: skip
+    console.print(table)
+    for row in look.replicas:
+        if "error" in row:
+            typer.echo(
+                f"warning: replica {row['replica']} ({row['url']}) did not answer: {row['error']}", err=True
+            )
+    console.print(f"verdict: [bold]{look.verdict.decision}[/bold]: {look.verdict.reason}")
+    if not look.check.ok:
+        typer.echo(f"warning: {look.check.problem}", err=True)
+
+
+@canary_app.command("status")
+def canary_status(
+    name: Annotated[str, typer.Argument(help="adapter name")], as_json: JsonOpt = False
+) -> None:
+    """The running canary of NAME: its settings, the live figures of both versions summed over the fleet, and
+    the verdict its policy gives them now (nothing is decided: `canary watch` decides)."""
+    from adapter_registry.rollout import look_at_canary
+
+    with _errors():
+        look = look_at_canary(_store(), name)
+    _emit(as_json, look.to_dict(), lambda: _canary_tables(look))
+
+
+@canary_app.command("watch")
+def canary_watch(
+    name: Annotated[str, typer.Argument(help="adapter name")],
+    interval: Annotated[float, typer.Option("--interval", help="seconds between looks")] = 5.0,
+    timeout: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option("--timeout", help="stop watching after this many seconds (exit 4, the canary runs on)"),
+    ] = None,
+    policy: PolicyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decide the canary of NAME: every --interval seconds gather the live figures of every replica, and when its
+    policy says so promote the candidate (an audited promotion) or roll it back (audited, with the figures).
+    Exit 0 when promoted, 2 when rolled back, 4 when --timeout passed undecided."""
+    import time
+
+    from adapter_registry.rollout import watch_canary
+
+    def progress(look: Any) -> None:
+        if as_json or look.verdict is None:
+            return
+        c, b = look.candidate, look.baseline
+        typer.echo(f"{time.strftime('%H:%M:%S')} candidate {c.version}: {c.requests} requests, {c.errors} errors; "
+                   f"production {b.version}: {b.requests} requests, {b.errors} errors; "
+                   f"{look.verdict.decision}: {look.verdict.reason}", err=True)  # fmt: skip
+
+    with _errors():
+        store = _store()
+        look, events = watch_canary(
+            store, name, interval=interval, timeout=timeout, policy=_policy(store, policy), on_look=progress
+        )
+    data = {**look.to_dict(), "events": [e.to_dict() for e in events]}
+    _emit(as_json, data, lambda: _events_table(events, f"canary of {name} decided") if events else None)
+    if look.canary is None:
+        _error_line(f"no canary of {name} is running")
+        raise typer.Exit(1)
+    if not events:
+        raise typer.Exit(4)
+    if events[-1].action == "canary_rollback":
+        raise typer.Exit(2)
+
+
+@canary_app.command("stop")
+def canary_stop(
+    name: Annotated[str, typer.Argument(help="adapter name")],
+    reason: Annotated[str, typer.Option(help="why (required)")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """End the canary of NAME now: production answers everything again (audited, with the reason)."""
+    from adapter_registry.registry.canary import end_canary
+
+    with _errors():
+        events = end_canary(_store(), name, "stop", reason=reason)
+    _emit(as_json, [e.to_dict() for e in events], lambda: _events_table(events, f"canary of {name} stopped"))
+
+
+@app.command()
+def fleet(
+    adapter: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--adapter", help="show only this adapter's column: the version each replica serves"),
+    ] = None,
+    include_ended: Annotated[bool, typer.Option("--all", help="also replicas that stopped")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The serve replicas that announce themselves in the registry: address, base, stage, last heartbeat (stale
+    ones marked), and per adapter the version@digest each serves, or why it cannot."""
+    import time
+
+    from adapter_registry.registry.fleet import read_fleet
+
+    with _errors():
+        store = _store()
+        replicas = read_fleet(store, include_ended)
+        production = store.holder(adapter, "production") if adapter else None
+    now = time.time()
+    data = [r.to_dict(now) for r in replicas]
+
+    def render() -> None:
+        from rich.table import Table
+
+        table = Table(title=f"{len(replicas)} replica(s)")
+        for column in ("replica", "state", "heartbeat", "base", "stage", "serves", "cannot serve"):
+            table.add_column(column)
+        for r in replicas:
+            condition = r.condition(now)
+            state = {"live": "live", "stale": "[red]STALE[/red]", "stopped": "stopped"}[condition]
+            base = f"{r.base_identity} ({r.base_fingerprint[7:19]})"
+            if production is not None and r.base_fingerprint != production.base_fingerprint:
+                base = f"[yellow]{base}: other base[/yellow]"
+            served = {n: s for n, s in r.serves.items() if adapter in (None, n)}
+            canaries = {n: s for n, s in r.canaries.items() if adapter in (None, n)}
+            problems = {n: p for n, p in r.problems.items() if adapter in (None, n.split(":")[0])}
+            table.add_row(
+                f"{r.replica}\n{r.url}", state, f"{now - r.heartbeat:.0f} s ago", base, r.stage,
+                "\n".join([f"{n}/{s.version} {s.digest[7:19]}" for n, s in sorted(served.items())]
+                          + [f"{n}/{s.version} {s.digest[7:19]} (canary)" for n, s in sorted(canaries.items())]),
+                "\n".join(f"{n}/{p.version}: {p.kind}: {p.reason[:80]}" for n, p in sorted(problems.items())),
+            )  # fmt: skip
+        _console().print(table)
+
+    _emit(as_json, data, render)
 
 
 def main() -> None:

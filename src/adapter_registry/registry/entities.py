@@ -132,7 +132,9 @@ ADAPTER_ARTIFACT = "adapter"  # artifact folder in the run holding the adapter f
 # What the store hands out. Plain dataclasses: the CLI, the pipeline and the tests never see MLflow objects.
 
 PROMOTION_STAGES = ("staging", "production")  # stages a version can be promoted to
+CANARY_ALIAS = "canary"  # the alias of a version taking a share of production traffic (``registry.canary``)
 AUDIT_EXPERIMENT = "adapter-registry-audit"  # one run per stage change, never edited
+FLEET_EXPERIMENT = "adapter-registry-fleet"  # one run per ``serve`` replica, its tags its heartbeat
 DEFAULT_EXPERIMENT = "adapter-registry"  # where register_adapter starts a run when none is given
 LOCK_MODEL = "adapter-registry.locks"  # writer tickets on a tracking server (registry.locking); no adapter
 
@@ -149,6 +151,23 @@ class AuditTag:
     # Written only by a tracking server that runs the adapter-registry auth app (registry.auth_app):
     PREVIOUS_MAC = "ar.audit.prev_mac"  # the MAC of the previous event of this model ("" for the first)
     MAC = "ar.audit.mac"  # HMAC-SHA256(server key, prev_mac + event JSON): who wrote it, with a key no client has
+
+
+class FleetTag:
+    """Tags of a replica's run in the FLEET_EXPERIMENT, rewritten at each heartbeat (``serving.fleet``)."""
+
+    REPLICA = "ar.fleet.replica"  # host:port of the replica (the run id tells two lives of one address apart)
+    URL = "ar.fleet.url"  # where its API answers (GET /v1/canary, /health)
+    BASE_FINGERPRINT = "ar.fleet.base.fingerprint"
+    BASE_IDENTITY = "ar.fleet.base.identity"
+    QUANTIZATION = "ar.fleet.quantization"  # "" or e.g. nf4-dq
+    STAGE = "ar.fleet.stage"  # the stage it serves
+    HEARTBEAT = "ar.fleet.heartbeat"  # unix time of the last heartbeat
+    INTERVAL = "ar.fleet.interval"  # seconds between heartbeats: a replica silent for 3 of them is stale
+    STATE = "ar.fleet.state"  # serving | stopped
+    SERVES = "ar.fleet.serves."  # + adapter: JSON {name, version, digest} of the version it serves
+    CANARY = "ar.fleet.canary."  # + adapter: JSON {name, version, digest} of the canary it serves beside it
+    PROBLEM = "ar.fleet.problem."  # + adapter: JSON {name, version, reason, kind: refused|failed|foreign}
 
 
 class RegistryError(Exception):
@@ -311,12 +330,13 @@ class StageChange:
     when: _dt.datetime
     reason: str = ""
     forced: bool = False
-    action: str = "promote"  # promote | rollback | retire | refused
+    action: str = "promote"  # promote | rollback | retire | refused | canary_start | canary_promote | ...
     gates: tuple[GateResult, ...] = ()
     replaced_version: int | None = None  # the version that held to_stage before and was archived
     seq: int = 0
     verified: bool = True  # False when the audit chain does not check out at this event
     digest: str = ""  # files_digest of the version's registered files when it was placed ("" in older events)
+    details: dict[str, Any] = field(default_factory=dict)  # a canary's settings, a decision's figures (JSON)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -328,6 +348,8 @@ class StageChange:
         }  # fmt: skip
         if self.digest:  # only when recorded: an older event's JSON (and so its hash) stays what it was
             data["digest"] = self.digest
+        if self.details:  # likewise: only canary events carry details
+            data["details"] = self.details
         return data
 
     @classmethod
@@ -340,6 +362,7 @@ class StageChange:
             gates=tuple(GateResult(**g) for g in data.get("gates", [])),
             replaced_version=data.get("replaced_version"), seq=int(data.get("seq", 0)),
             verified=bool(data.get("verified", True)), digest=str(data.get("digest", "")),
+            details=dict(data.get("details") or {}),
         )  # fmt: skip
 
 

@@ -9,6 +9,11 @@ the hash chain) is *unattested*: ``list``/``show`` mark it, ``audit`` reports it
 ``serve`` keeps serving the last attested version.
 
 The same replay of the trail answers "which version held production at time T" (``history --at``).
+
+A canary (``registry.canary``) is attested the same way: the ``canary`` alias holder is served beside production
+only while the last verified, gate-checked ``canary_start`` of that version is not closed by a later
+``canary_promote``, ``canary_rollback`` or ``canary_stop`` (``open_canary``), and its files are the ones the start
+recorded. Canary events place nothing in a stage: ``replay`` skips them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from adapter_registry.registry.entities import PROMOTION_STAGES, StageChange
 
 PLACING_ACTIONS = ("promote", "rollback")  # events that put a version into a stage
 RETIRE = "retire"  # an event that empties a stage (its holder is archived)
+CANARY_START = "canary_start"  # a version starts taking a share of production traffic
+CANARY_ENDS = ("canary_promote", "canary_rollback", "canary_stop")  # events that close the running canary
 
 
 @dataclass(frozen=True)
@@ -142,3 +149,69 @@ def check_stages(
 def held_at(events: Iterable[StageChange], when: dt.datetime) -> dict[str, Placement]:
     """Stage -> the version that held it at ``when``, as the verified audit trail tells it."""
     return replay(events, until=when)
+
+
+def _attested(event: StageChange) -> bool:
+    """Verified, and every gate passed or an audited ``--force`` with a reason."""
+    return event.verified and (
+        all(g.passed for g in event.gates) or (event.forced and bool(event.reason.strip()))
+    )
+
+
+def open_canary(events: Iterable[StageChange]) -> StageChange | None:
+    """The ``canary_start`` event of the canary running now, as the verified trail tells it (None: none runs)."""
+    running: StageChange | None = None
+    for event in sorted(events, key=lambda e: (e.seq, e.when)):
+        if event.action == CANARY_START and _attested(event):
+            running = event
+        elif event.action in CANARY_ENDS and event.verified and running and event.version == running.version:
+            running = None
+    return running
+
+
+@dataclass(frozen=True)
+class CanaryCheck:
+    """The ``canary`` alias of one adapter against the trail's running canary."""
+
+    model: str
+    holder: int | None  # the version the canary alias points at
+    start: StageChange | None  # the running canary's start event (None: no canary runs)
+    files_changed: bool = False  # the holder's registered files are not the ones the start recorded
+
+    @property
+    def ok(self) -> bool:
+        attested = self.start.version if self.start is not None else None
+        return self.holder == attested and not self.files_changed
+
+    @property
+    def problem(self) -> str | None:
+        if self.ok:
+            return None
+        if self.start is None:
+            return (
+                f"{self.model}@canary is held by version {self.holder}, which no audited, gate-checked canary start "
+                "placed (the alias was set outside adapter-registry): it is not served"
+            )
+        if self.holder is None:
+            return (
+                f"{self.model}: canary event {self.start.seq} runs version {self.start.version}, but no version "
+                "holds the canary alias (being set, or deleted outside adapter-registry)"
+            )
+        if self.files_changed:
+            return (
+                f"{self.model}@canary: the registered files of version {self.holder} changed since its canary "
+                f"started (event {self.start.seq})"
+            )
+        return (
+            f"{self.model}@canary is held by version {self.holder}, but the running canary (event "
+            f"{self.start.seq}) is version {self.start.version}: the alias was moved outside adapter-registry"
+        )
+
+
+def check_canary(
+    model: str, holder: int | None, events: Sequence[StageChange], digest: str = ""
+) -> CanaryCheck:
+    """The canary alias holder (and its files' current ``files_digest``) checked against the trail."""
+    start = open_canary(events)
+    changed = bool(start and digest and start.digest and start.version == holder and start.digest != digest)
+    return CanaryCheck(model, holder, start, changed)

@@ -27,7 +27,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -40,6 +40,7 @@ from adapter_registry.registry.entities import (
     ADAPTER_ARTIFACT,
     AUDIT_EXPERIMENT,
     DEFAULT_EXPERIMENT,
+    FLEET_EXPERIMENT,
     LOCK_MODEL,
     STAGES,
     AdapterVersion,
@@ -678,6 +679,16 @@ class AdapterStore:
                 self._changed(name, version, None if current is None else replace(current, tags=kept))
             self._ops.set_registered_model_alias(name, stage, str(version))
 
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        """Point a non-stage alias (``canary``) at ``version``; stages move through ``set_stage``."""
+        if alias in STAGES:
+            raise RegistryError("INVALID_INPUT", f"{alias!r} is a stage: move it with set_stage")
+        with (
+            mlflow_errors(f"pointing alias {alias!r} of {name!r} at version {version}"),
+            self.writer_lock(name),
+        ):
+            self._ops.set_registered_model_alias(name, alias, str(version))
+
     def drop_alias(self, name: str, stage: str) -> None:
         with mlflow_errors(f"removing alias {stage!r} of {name!r}"):
             self._ops.delete_registered_model_alias(name, stage)
@@ -802,6 +813,52 @@ class AdapterStore:
                     [experiment_id], filter_string=where, run_view_type=3, max_results=1000, page_token=token
                 )  # run_view_type 3: MLflow's ViewType.ALL (deleted runs too)
                 out.extend((dict(r.data.tags), r.info.lifecycle_stage == "deleted") for r in page)
+                token = page.token
+                if not token:
+                    return out
+
+    # -------------------------------------------------------------------------------------- fleet runs
+    def fleet_join(self, run_name: str, tags: Mapping[str, str]) -> str:
+        """Start a replica's run in the fleet experiment; its id (the heartbeats rewrite its tags)."""
+        with mlflow_errors(f"announcing replica {run_name!r} in {FLEET_EXPERIMENT!r}"):
+            run = self._client.create_run(
+                self._experiment_id(FLEET_EXPERIMENT), tags=dict(tags), run_name=run_name
+            )
+            return str(run.info.run_id)
+
+    def fleet_beat(self, run_id: str, tags: Mapping[str, str], removed: Iterable[str] = ()) -> None:
+        """One heartbeat: rewrite ``tags`` of the replica's run in one call, delete the ``removed`` keys."""
+        from mlflow.entities import RunTag as MlflowRunTag
+
+        with mlflow_errors(f"heartbeat of fleet run {run_id}"):
+            self._client.log_batch(run_id, tags=[MlflowRunTag(k, v) for k, v in tags.items()])
+            for key in removed:
+                self._client.delete_tag(run_id, key)
+
+    def fleet_leave(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """The replica stops: a last heartbeat, and its run ends."""
+        self.fleet_beat(run_id, tags)
+        with mlflow_errors(f"ending fleet run {run_id}"):
+            self._client.set_terminated(run_id, status="FINISHED")
+
+    def fleet_runs(self, include_ended: bool = False) -> list[dict[str, Any]]:
+        """The replicas' runs (running ones; with ``include_ended`` the ended ones too, newest first): run id,
+        status and tags."""
+        with mlflow_errors(f"reading the fleet ({FLEET_EXPERIMENT!r})"):
+            experiment = self._ops.get_experiment_by_name(FLEET_EXPERIMENT)
+            if experiment is None:
+                return []
+            out: list[dict[str, Any]] = []
+            token = None
+            while True:
+                page = self._ops.search_runs(
+                    [str(experiment.experiment_id)], max_results=1000, page_token=token
+                )
+                out.extend(
+                    {"run_id": r.info.run_id, "status": r.info.status, "tags": dict(r.data.tags)}
+                    for r in page
+                    if include_ended or r.info.status == "RUNNING"
+                )
                 token = page.token
                 if not token:
                     return out

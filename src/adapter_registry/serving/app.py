@@ -4,6 +4,9 @@
                                "max_new_tokens": int (default: the adapter's contract's)}
                               or, instead of "input", "prompt": an already-templated prompt sent as it is
     GET  /v1/adapters         what is served (name, version, digest, contract, resident) and what was refused, why
+    POST /v1/feedback         {"request_id": ID, "correct": bool | "label": "<the right category>"}: a user's verdict
+                              on an answer (404: unknown id; 410: older than --feedback-ttl; 409: given already)
+    GET  /v1/canary           the running canaries' live figures per version (``serving.canary``)
     POST /v1/registry/events  the tracking server's signed webhook: an alias moved, re-sync now
     GET  /v1/models, POST /v1/completions, POST /v1/chat/completions   the OpenAI API (``serving.openai_api``)
     GET  /metrics             Prometheus metrics (``serving.metrics``)
@@ -32,6 +35,10 @@ finishes the running batch and exits within ``shutdown_timeout`` (``serving.serv
 prompt over ``max_prompt_tokens`` (2048 by default: one long prompt would otherwise stall every request batched
 with it), or one that with its answer budget overruns the base's context window, is answered 413 and the rest of
 its batch is served.
+
+While a canary of an adapter runs, a share of its requests (sticky per ``X-Canary-Key``/``user``, tenant or request
+id) is answered by the candidate, whose answers name its own version and digest (``serving.canary``). The replica
+announces itself and what it serves in the registry's fleet every ``heartbeat_seconds`` (``serving.fleet``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import socket
 import threading
 import time
 import uuid
@@ -56,6 +64,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapter_registry.serving.batcher import Batcher
+from adapter_registry.serving.canary import CANARY_SUFFIX, ExpiredRequest, FeedbackBook, UnknownRequest
+from adapter_registry.serving.fleet import FleetHeartbeat, fleet_snapshot
 from adapter_registry.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from adapter_registry.serving.openai_api import add_openai_routes
 from adapter_registry.serving.pool import AdapterPool, Input
@@ -74,6 +84,25 @@ MAX_WEBHOOK_BYTES = 64 * 1024
 
 
 # ------------------------------------------------------------------------------------------------ requests
+class FeedbackRequest(BaseModel):
+    """Body of POST /v1/feedback: a user's verdict on one answer of this replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, description="the answer's request_id (X-Request-Id)")
+    correct: bool | None = Field(default=None, description="whether the answer was right")
+    label: str | None = Field(
+        default=None, min_length=1, description="the right answer's category: compared to the answer's (the text "
+        "before the separator); also judges a shadowed candidate's answer to the same request",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_verdict(self) -> FeedbackRequest:
+        if (self.correct is None) == (self.label is None):
+            raise ValueError("give exactly one of 'correct' (true or false) or 'label' (the right category)")
+        return self
+
+
 class GenerateRequest(BaseModel):
     """Body of POST /v1/generate: name an adapter or a tenant, and give the user's input (or a full prompt)."""
 
@@ -91,6 +120,9 @@ class GenerateRequest(BaseModel):
     )
     max_new_tokens: int | None = Field(
         default=None, ge=1, le=512, description="answer budget; default: the one evaluation used"
+    )
+    user: str | None = Field(
+        default=None, description="the end user (or any key): while a canary runs, one key, one version"
     )
 
     @model_validator(mode="after")
@@ -124,9 +156,13 @@ def create_app(
     cache_dir: Path | None = None,
     max_queue: int | None = 64,
     request_timeout: float | None = 60.0,
+    heartbeat: FleetHeartbeat | None = None,
+    feedback_ttl: float = 3600.0,
 ) -> FastAPI:
     """The FastAPI app: syncs with ``source`` at start-up, then every ``poll_seconds`` (or at once on a verified
-    registry webhook) in a thread. ``pinned``: adapter names (or tenants) always resident."""
+    registry webhook) in a thread. ``pinned``: adapter names (or tenants) always resident. ``heartbeat``: this
+    replica's announcement in the fleet (started after the first sync). ``feedback_ttl``: seconds an answer takes
+    feedback."""
     from fastapi.responses import JSONResponse
 
     tenants = dict(tenants or {})
@@ -141,10 +177,16 @@ def create_app(
         base={"identity": base_identity, "fingerprint": pool.fingerprint, "stage": stage,
               "quantization": pool.quantization or "none"},
         poll_seconds=poll_seconds, requests=request_log or RequestLog(None), request_timeout=request_timeout,
+        feedback=FeedbackBook(feedback_ttl), replica=heartbeat.replica if heartbeat is not None else "",
     )  # fmt: skip
     metrics.bind(
         lambda: [
-            (s.name, s.metadata.get("version", ""), s.metadata.get("digest", ""), s.name in pool)
+            (
+                s.metadata.get("adapter", s.name),
+                s.metadata.get("version", ""),
+                s.metadata.get("digest", ""),
+                s.name in pool,
+            )
             for s in residency.servables()
         ],
         max_resident,
@@ -159,12 +201,17 @@ def create_app(
             service.wake.clear()
             if not stop.is_set():
                 service.sync.sync()
+                if heartbeat is not None:
+                    heartbeat.update(fleet_snapshot(service.sync))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if webhook is not None:
             service.webhook_secret = await asyncio.to_thread(webhook.start)
         await asyncio.to_thread(service.sync.sync)
+        if heartbeat is not None:
+            heartbeat.update(fleet_snapshot(service.sync))
+            await asyncio.to_thread(heartbeat.start)
         for pin in pins:
             if residency.servable(pin) is None:
                 log.warning("--pin %s: no servable %s version of it (yet)", pin, stage)
@@ -181,6 +228,8 @@ def create_app(
         service.begin_shutdown()
         poller.join(timeout=2)  # a registry call under way is left to its thread (a daemon)
         service.batcher.stop(timeout=5)
+        if heartbeat is not None:
+            await asyncio.to_thread(heartbeat.stop)
         service.requests.close()
         service.sync.close()
         if webhook is not None:
@@ -227,7 +276,7 @@ def create_app(
                 message = f"tenant {tenant!r} is not in the tenants file (tenants: {known})"
                 return refuse(Refusal(404, message, "not_served"), service.call("generate", "", tenant))
         assert name is not None
-        call = service.call("generate", name, tenant)
+        call = service.call("generate", name, tenant, request.headers.get("x-canary-key") or body.user)
         prompt: str | Input = Input(body.input) if body.input is not None else str(body.prompt)
         try:
             deadline = service.admit(call, prompt)
@@ -242,6 +291,8 @@ def create_app(
             "constrained": result.constrained, "contract": bool(contract and contract.complete),
             "prompt_tokens": result.prompt_tokens, "new_tokens": result.new_tokens, "latency_ms": latency_ms,
         }  # fmt: skip
+        if call.route is not None:  # a canary runs: which side answered (a shadow copy is never the answer)
+            payload["canary"] = "candidate" if call.target != call.name else "production"
         return JSONResponse(payload, headers=provenance_headers(facts, call.request_id))
 
     @app.get("/v1/adapters")
@@ -253,7 +304,8 @@ def create_app(
             loaded = pool.info(s.name)
             contract = s.info.contract
             served.append({
-                "name": s.name, "version": version, "digest": s.metadata.get("digest", ""),
+                "name": s.metadata.get("adapter", s.name), "canary": s.name.endswith(CANARY_SUFFIX),
+                "version": version, "digest": s.metadata.get("digest", ""),
                 "fingerprint": s.metadata.get("fingerprint", ""),
                 "resident": loaded is not None, "pinned": s.name in residency.pinned,
                 "loaded_at": loaded.metadata.get("loaded_at") if loaded is not None else None,
@@ -268,6 +320,40 @@ def create_app(
         ]
         failed = [{"name": n, "version": v, "error": e} for n, (v, e) in sorted(service.sync.failed.items())]
         return {"base": service.base, "adapters": served, "refused": refused, "failed": failed}
+
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackRequest) -> Response:
+        """A user's verdict on an answer: counted for its version while its adapter's canary runs."""
+        try:
+            entry = service.feedback.find(body.request_id)
+        except UnknownRequest:
+            return JSONResponse({"detail": f"request {body.request_id!r} was not answered by this replica "
+                                 f"({service.replica or 'this server'}): send feedback to the replica that answered"},
+                                404)  # fmt: skip
+        except ExpiredRequest:
+            ttl = service.feedback.ttl
+            return JSONResponse({"detail": f"request {body.request_id!r} was answered more than {ttl:g} s ago; "
+                                 f"feedback is taken for --feedback-ttl {ttl:g} s: send it sooner"}, 410)  # fmt: skip
+        if entry.feedback is not None:
+            return JSONResponse({"detail": f"feedback on request {body.request_id!r} was given already "
+                                 f"({entry.feedback}); it counts once"}, 409)  # fmt: skip
+        label = body.label.strip() if body.label is not None else None
+        correct = body.correct if label is None else entry.key == label
+        assert correct is not None
+        counted = service.canary.feedback(entry.adapter, entry.canary_id, entry.version, correct)
+        shadow = None
+        if label is not None and entry.shadow_key is not None and entry.shadow_version is not None:
+            shadow_correct = entry.shadow_key == label
+            service.canary.feedback(entry.adapter, entry.canary_id, entry.shadow_version, shadow_correct)
+            shadow = {"version": entry.shadow_version, "correct": shadow_correct}
+        entry.feedback = {"correct": correct, **({"label": label} if label is not None else {})}
+        return JSONResponse({"request_id": body.request_id, "adapter": entry.adapter, "version": entry.version,
+                             "correct": correct, "counted": counted, "shadow": shadow})  # fmt: skip
+
+    @app.get("/v1/canary")
+    async def canary() -> dict[str, Any]:
+        """Live figures of every canary this replica serves, per version (the watcher sums them over the fleet)."""
+        return {"replica": service.replica, "canaries": service.canary.report(service.sync.canaries)}
 
     @app.post("/v1/registry/events")
     async def registry_event(request: Request) -> Response:
@@ -325,8 +411,12 @@ def create_app(
             "queue": {"depth": queue["depth"], "capacity": queue["capacity"], "in_flight": service.in_flight},
             "shutting_down": service.batcher.closing,
             "webhooks": dict(service.webhooks),
+            "canaries": {n: {"version": r.version, "percent": r.percent, "shadow": r.shadow}
+                         for n, r in sorted(sync.canaries.items())},
+            "fleet": {"replica": heartbeat.replica, "run_id": heartbeat.run_id, "heartbeats": heartbeat.beats}
+            if heartbeat is not None else None,
             "uptime_s": round(time.time() - service.started, 1),
-        }
+        }  # fmt: skip
 
     @app.get("/metrics")
     async def metrics_route() -> Response:
@@ -360,6 +450,9 @@ class ServeOptions:
     max_queue: int | None = 64  # requests waiting for a batch; beyond: 429 with Retry-After
     request_timeout: float | None = 60.0  # seconds a request may take; then 504 and it is dropped
     shutdown_timeout: float = 5.0  # seconds in-flight requests get after SIGTERM before they are cancelled
+    heartbeat_seconds: float = 5.0  # how often the replica announces itself in the fleet; 0: never
+    advertise_url: str | None = None  # this replica's URL as operators reach it (default http://host:port)
+    feedback_ttl: float = 3600.0  # seconds an answer takes feedback (POST /v1/feedback)
 
 
 def build_server(base: str, options: ServeOptions | None = None) -> uvicorn.Server:
@@ -372,6 +465,10 @@ def build_server(base: str, options: ServeOptions | None = None) -> uvicorn.Serv
     o = options or ServeOptions()
     if o.request_timeout is not None and o.request_timeout <= 0:
         raise ValueError(f"--request-timeout {o.request_timeout} must be positive (seconds)")
+    if o.heartbeat_seconds < 0:
+        raise ValueError(f"--heartbeat-seconds {o.heartbeat_seconds} must be positive, or 0 for no heartbeat")
+    if o.feedback_ttl <= 0:
+        raise ValueError(f"--feedback-ttl {o.feedback_ttl} must be positive (seconds)")
     if o.stage not in (*PROMOTION_STAGES, "candidate"):
         raise ValueError(f"stage {o.stage!r} cannot be served; use production, staging or candidate")
     if o.quantization and o.quantization not in QUANTIZATIONS:
@@ -387,12 +484,21 @@ def build_server(base: str, options: ServeOptions | None = None) -> uvicorn.Serv
         resolved.path, fingerprint=resolved.fingerprint, max_prompt_tokens=o.max_prompt_tokens,
         quantization=o.quantization,
     )  # fmt: skip
+    heartbeat = None
+    if o.heartbeat_seconds > 0:
+        host = socket.gethostname() if o.host in ("0.0.0.0", "::", "") else o.host
+        heartbeat = FleetHeartbeat(
+            store, replica=f"{host}:{o.port}", url=o.advertise_url or f"http://{host}:{o.port}",
+            base_fingerprint=resolved.fingerprint, base_identity=resolved.identity, quantization=o.quantization,
+            stage=o.stage, interval=o.heartbeat_seconds,
+        )  # fmt: skip
     app = create_app(
         pool, RegistrySource(store, o.stage), base_identity=resolved.identity, stage=o.stage, tenants=tenants,
         poll_seconds=o.poll_seconds, max_batch=o.max_batch, request_log=RequestLog(o.request_log, o.log_prompts),
         webhook=WebhookRegistration(store, o.webhook_url) if o.webhook_url else None,
         max_resident=o.max_resident, pinned=o.pin,
         cache_dir=o.adapter_cache, max_queue=o.max_queue, request_timeout=o.request_timeout,
+        heartbeat=heartbeat, feedback_ttl=o.feedback_ttl,
     )  # fmt: skip
     config = uvicorn.Config(
         app, host=o.host, port=o.port, log_level="info", timeout_graceful_shutdown=math.ceil(o.shutdown_timeout)

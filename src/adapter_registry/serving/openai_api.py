@@ -10,8 +10,9 @@
 
 Decoding is the one the adapter's contract names (greedy, or constrained to its answer set), as evaluated, so
 sampling parameters are refused unless they ask for greedy decoding (``temperature`` 0, ``top_p`` 1, ``n`` 1);
-``seed`` and ``user`` are accepted and have no effect; ``max_tokens`` (chat: also ``max_completion_tokens``)
-overrides the contract's answer budget. ``stream: true`` sends server-sent events in OpenAI's chunk format as the
+``seed`` is accepted and has no effect; ``user`` (or an ``X-Canary-Key`` header) sends one user to one version
+while a canary runs (``serving.canary``); ``max_tokens`` (chat: also ``max_completion_tokens``) overrides the
+contract's answer budget. ``stream: true`` sends server-sent events in OpenAI's chunk format as the
 batch generates (a streamer hands each row's tokens out of the batched ``generate``), then ``data: [DONE]``;
 ``stream_options.include_usage`` adds the usage chunk.
 
@@ -34,6 +35,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from adapter_registry.serving.canary import CANARY_SUFFIX
 from adapter_registry.serving.pool import Generation, Input
 from adapter_registry.serving.service import Call, Refusal, Service, Stream, provenance, provenance_headers
 
@@ -62,7 +64,7 @@ class _Decoding(BaseModel):
     top_p: float | None = Field(default=None, description="only 1")
     n: int | None = Field(default=None, description="only 1")
     seed: int | None = None  # greedy decoding is deterministic: accepted, no effect
-    user: str | None = None  # accepted, no effect
+    user: str | None = None  # the end user: a canary sends the same user to the same version
 
     @field_validator("temperature")
     @classmethod
@@ -188,6 +190,8 @@ def add_openai_routes(app: FastAPI, service: Service) -> None:
     def models() -> list[dict[str, Any]]:
         listed = []
         for s in service.residency.servables():
+            if s.name.endswith(CANARY_SUFFIX):  # a canary's candidate answers under its adapter's name
+                continue
             listed.append({
                 "id": s.name, "object": "model", "created": int(s.known_at), "owned_by": "adapter-registry",
                 "root": s.name, "parent": service.base["identity"], "version": int(s.metadata.get("version", 0)),
@@ -233,7 +237,7 @@ def add_openai_routes(app: FastAPI, service: Service) -> None:
         request: Request, body: _Decoding, api: str, prompt_of: Any, max_new_tokens: int | None
     ) -> Response:
         name, tenant = service.adapter_of(body.model)
-        call = service.call(api, name, tenant)
+        call = service.call(api, name, tenant, request.headers.get("x-canary-key") or body.user)
         created = int(time.time())
         try:
             prompt = prompt_of(name)

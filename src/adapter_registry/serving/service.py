@@ -9,6 +9,10 @@ dropped: never generated if it still waits, stopped at the next token if its bat
 answered by a :class:`Refusal` (status, message, cause) that each API words its own way, counted in the metrics and
 written to the request log.
 
+While a canary of the adapter runs (``serving.canary``), a request is routed at admission: its key decides whether
+the candidate answers it (or, with shadow, also runs on a copy after production answered), and both versions'
+figures are kept; every answered request is kept for feedback for a while.
+
 Nothing here waits on the model lock in the event loop: adapters are looked up in tables replaced whole, a cold
 load runs in a worker thread, and the batcher's thread alone runs the model.
 """
@@ -27,6 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_registry.contract import ContractError, MissingField
 from adapter_registry.serving.batcher import Batcher, DeadlineExceeded, QueueFull, ShuttingDown, Ticket
+from adapter_registry.serving.canary import (
+    CANARY_SUFFIX,
+    ERROR_REASONS,
+    Answered,
+    CanaryFigures,
+    CanaryRoute,
+    FeedbackBook,
+    answer_key,
+    in_answer_set,
+)
 from adapter_registry.serving.pool import (
     AdapterInfo,
     AdapterPool,
@@ -63,10 +77,11 @@ class Refusal(Exception):
 
 
 def provenance(info: AdapterInfo | None, fingerprint: str) -> dict[str, Any]:
-    """What answered a request: adapter, version, weights digest, base fingerprint."""
+    """What answered a request: adapter (its registered name, also for a canary's candidate), version, weights
+    digest, base fingerprint."""
     meta = info.metadata if info is not None else {}
     return {
-        "adapter": info.name if info is not None else None,
+        "adapter": meta.get("adapter", info.name) if info is not None else None,
         "version": int(meta["version"]) if meta.get("version") else None,
         "digest": meta.get("digest", ""),
         "base_fingerprint": fingerprint,
@@ -95,6 +110,14 @@ class Call:
     time: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"))
     label: str = ""  # the adapter as the metrics name it ("" for a name this server does not know)
     version: str = ""  # the version serving it when it was admitted (the answer names its own)
+    target: str = ""  # the pool name that answers it: ``name``, or its canary's candidate ("NAME:canary")
+    route: CanaryRoute | None = None  # the canary of its adapter running when it was admitted
+    mirror: bool = False  # shadow: also run on the candidate, its answer only recorded
+    prompt: Any = None  # what it asked (kept for a shadow copy)
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        self.target = self.target or self.name
 
     def record(self) -> dict[str, Any]:
         return {"time": self.time, "request_id": self.request_id, "api": self.api, "tenant": self.tenant,
@@ -124,6 +147,10 @@ class Service:
     deliveries: dict[str, float] = field(default_factory=dict)  # delivery ids accepted (replays are refused)
     started: float = field(default_factory=time.time)
     in_flight: int = 0
+    canary: CanaryFigures = field(default_factory=CanaryFigures)  # live figures of the canaries served
+    feedback: FeedbackBook = field(default_factory=FeedbackBook)  # answered requests, for POST /v1/feedback
+    replica: str = ""  # this replica's name in the fleet (host:port)
+    _shadows: set[asyncio.Task[None]] = field(default_factory=set)  # shadow copies running
 
     # ------------------------------------------------------------------------------------ lookups
     def adapter_of(self, model: str) -> tuple[str, str | None]:
@@ -132,9 +159,19 @@ class Service:
             return self.tenants[model], model
         return model, None
 
-    def call(self, api: str, name: str, tenant: str | None) -> Call:
+    def call(self, api: str, name: str, tenant: str | None, key: str | None = None) -> Call:
+        """A request for ``name``, routed when its adapter runs a canary: ``key`` (X-Canary-Key, ``user``), else
+        the tenant, else the request id decides which version answers it."""
         call = Call(api, name, tenant)
-        servable = self.residency.servable(name)
+        if name.endswith(CANARY_SUFFIX):  # internal: requests reach a candidate only through its canary
+            return call
+        route = self.sync.canaries.get(name)
+        if route is not None and self.residency.servable(route.slot) is not None:
+            call.route = route
+            if route.takes(key or tenant or call.request_id):
+                call.mirror = route.shadow
+                call.target = call.target if route.shadow else route.slot
+        servable = self.residency.servable(call.target)
         known = servable is not None or name in self.sync.refused
         call.label = name if known else ""
         call.version = servable.metadata.get("version", "") if servable is not None else ""
@@ -147,6 +184,8 @@ class Service:
         """Log and count a request answered without a completion; the headers its answer carries."""
         self.requests.write({**call.record(), "status": refusal.status, "error": refusal.message})
         self.metrics.refused(call.api, call.label, call.version, refusal.status, refusal.reason)
+        if call.route is not None and call.version and refusal.reason in ERROR_REASONS:
+            self.canary.failed(call.route, int(call.version))
         headers = {"X-Request-Id": call.request_id}
         if refusal.retry_after is not None:
             headers["Retry-After"] = str(refusal.retry_after)
@@ -165,7 +204,57 @@ class Service:
             call.api, call.name, str(facts["version"] or ""), latency_ms / 1000, result.prompt_tokens,
             result.new_tokens,
         )  # fmt: skip
+        contract = result.served_by.contract if result.served_by is not None else None
+        key = answer_key(result.text, contract.answer_separator if contract else "")
+        version = int(facts["version"] or 0)
+        entry = Answered(call.name, version, key, call.route.canary_id if call.route else 0)
+        self.feedback.add(call.request_id, entry)
+        if call.route is not None:
+            self.canary.answered(call.route, version, latency_ms, in_answer_set(result.text, contract))
+            if call.mirror:
+                task = asyncio.get_running_loop().create_task(self._shadow(call, call.route, entry))
+                self._shadows.add(task)
+                task.add_done_callback(self._shadows.discard)
         return {**facts, "latency_ms": latency_ms}
+
+    async def _shadow(self, call: Call, route: CanaryRoute, primary: Answered) -> None:
+        """Run a copy of an answered request on the canary's candidate; record its answer and whether it agrees
+        with production's. Never seen by the client; skipped when the queue is full."""
+        window = self.canary.window(route)
+        window.mirrored += 1
+        started = time.perf_counter()
+        deadline = None if self.request_timeout is None else time.monotonic() + self.request_timeout
+        try:
+            if not self.residency.try_acquire(route.slot):
+                await asyncio.to_thread(self.residency.acquire, route.slot, deadline)
+        except Exception:
+            self.canary.failed(route, route.version)
+            return
+        try:
+            try:
+                ticket = self.batcher.submit(route.slot, call.prompt, call.max_new_tokens, deadline=deadline)
+            except (QueueFull, ShuttingDown):
+                window.shadow_skipped += 1
+                return
+            try:
+                result = await asyncio.wrap_future(ticket.future)
+            except (asyncio.CancelledError, DeadlineExceeded, ShuttingDown):
+                if not self.batcher.closing:
+                    self.canary.failed(route, route.version)
+                return
+            except Exception:
+                self.canary.failed(route, route.version)
+                return
+            contract = result.served_by.contract if result.served_by is not None else None
+            version = int(result.served_by.metadata.get("version", 0)) if result.served_by else route.version
+            key = answer_key(result.text, contract.answer_separator if contract else "")
+            self.canary.answered(
+                route, version, (time.perf_counter() - started) * 1000, in_answer_set(result.text, contract)
+            )
+            self.canary.agreed(route, version, key == primary.key)
+            primary.shadow_version, primary.shadow_key = version, key
+        finally:
+            self.residency.release(route.slot)
 
     def begin_shutdown(self) -> None:
         """Refuse new work and answer the queued requests 503: the running batch finishes."""
@@ -177,14 +266,22 @@ class Service:
         """Check that ``call`` can be served (Refusal otherwise); its deadline, a time.monotonic() value."""
         if self.batcher.closing:
             raise Refusal(503, "the server is shutting down; retry on another replica", "shutting_down", 1)
-        servable = self.residency.servable(call.name)
+        if call.name.endswith(CANARY_SUFFIX):
+            raise Refusal(
+                404, f"adapter {call.name!r} is not served: a canary's candidate answers only through its "
+                f"adapter's name ({call.name.removesuffix(CANARY_SUFFIX)!r})", "not_served",
+            )  # fmt: skip
+        servable = self.residency.servable(call.target)
+        if servable is None and call.target != call.name:  # its canary ended a moment ago: production answers
+            call.target = call.name
+            servable = self.residency.servable(call.name)
         if servable is None:
             refused = self.sync.refused.get(call.name)
             if refused:
                 raise Refusal(
                     409, f"adapter {call.name!r} version {refused[0]} is refused: {refused[1]}", "refused"
                 )
-            served = [s.name for s in self.residency.servables()]
+            served = [s.name for s in self.residency.servables() if not s.name.endswith(CANARY_SUFFIX)]
             raise Refusal(404, f"adapter {call.name!r} is not served; served: {served}", "not_served")
         if isinstance(value, Input):  # checked now for a clear 422; rendered by the version that generates it
             contract = servable.info.contract
@@ -207,6 +304,7 @@ class Service:
         deadline: float | None,
     ) -> Generation:
         """The answer to an admitted request (Refusal when there is none)."""
+        call.prompt, call.max_new_tokens = prompt, max_new_tokens
         await self._hold(call, request, deadline)
         self.in_flight += 1
         try:
@@ -216,7 +314,7 @@ class Service:
             return _result(waiter)
         finally:
             self.in_flight -= 1
-            self.residency.release(call.name)
+            self.residency.release(call.target)
 
     async def stream(
         self,
@@ -228,6 +326,7 @@ class Service:
     ) -> Stream:
         """Start an admitted request and return once the version answering it is known (Refusal if it fails
         first): its text then arrives through the returned :class:`Stream`."""
+        call.prompt, call.max_new_tokens = prompt, max_new_tokens
         await self._hold(call, request, deadline)
         self.in_flight += 1
         loop = asyncio.get_running_loop()
@@ -259,19 +358,19 @@ class Service:
         finally:
             if stream is None:
                 self.in_flight -= 1
-                self.residency.release(call.name)
+                self.residency.release(call.target)
 
     # ------------------------------------------------------------------------------------ the steps
     async def _hold(self, call: Call, request: Request | None, deadline: float | None) -> None:
         """Hold the adapter resident for this request, loading it first in a worker thread if it is not."""
-        if self.residency.try_acquire(call.name):
+        if self.residency.try_acquire(call.target):
             return
-        loading = asyncio.ensure_future(asyncio.to_thread(self.residency.acquire, call.name, deadline))
+        loading = asyncio.ensure_future(asyncio.to_thread(self.residency.acquire, call.target, deadline))
         try:
             await self._until(loading, None, call, request, deadline)
         except BaseException:  # a Refusal, or this request cancelled
             if not loading.done():  # the load goes on; give its slot back when it ends
-                loading.add_done_callback(lambda t: self._release_if_held(t, call.name))
+                loading.add_done_callback(lambda t: self._release_if_held(t, call.target))
             raise
         try:
             loading.result()
@@ -282,7 +381,7 @@ class Service:
         except CapacityError as exc:
             raise Refusal(503, str(exc), "capacity", retry_after=1) from None
         except PoolError as exc:
-            if self.residency.servable(call.name) is None:
+            if self.residency.servable(call.target) is None:
                 raise Refusal(404, f"adapter {call.name!r} is not served", "not_served") from None
             raise Refusal(
                 503, f"adapter {call.name!r} could not be loaded: {exc}", "load_failed", 5
@@ -301,7 +400,7 @@ class Service:
         **hooks: Any,
     ) -> Ticket:
         try:
-            return self.batcher.submit(call.name, prompt, max_new_tokens, deadline=deadline, **hooks)
+            return self.batcher.submit(call.target, prompt, max_new_tokens, deadline=deadline, **hooks)
         except QueueFull as exc:
             raise Refusal(429, str(exc), "queue_full", exc.retry_after) from None
         except ShuttingDown as exc:
@@ -401,7 +500,7 @@ class Stream:
             self.ticket.cancel("disconnected")
             self.service.refused(self.call, Refusal(499, "the client closed the stream", "disconnected"))
         self.service.in_flight -= 1
-        self.service.residency.release(self.call.name)
+        self.service.residency.release(self.call.target)
 
 
 async def _first_of(*futures: asyncio.Future[Any]) -> None:

@@ -7,6 +7,10 @@ checked. :class:`RegistrySync` pulls new and moved versions into the local :clas
 registered content, so a cold load never calls the registry) and offers them to the ``Residency`` (which loads
 them now or on their first request, within its resident limit), withdraws adapters that left the stage, and keeps
 the previous version serving when a new one is refused or fails to load.
+
+A running canary (``registry.canary``, production only) is handed out beside its adapter's production holder when
+the audit trail attests it; the sync serves its candidate under the internal name ``NAME:canary``
+(``serving.canary``) and publishes the routes of the canaries it serves (``canaries``) for the requests to follow.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from adapter_registry.adapter_folder import WEIGHT_FILES
+from adapter_registry.adapter_folder import weights_digest
 from adapter_registry.checksums import checksum_problem, sha256_folder
 from adapter_registry.registry.entities import AdapterVersion
+from adapter_registry.serving.canary import CANARY_SUFFIX, CanaryRoute, canary_slot
 from adapter_registry.serving.pool import AdapterPool, NotForThisServer, PoolError
 from adapter_registry.serving.residency import Residency
 
@@ -39,6 +44,7 @@ __all__ = [
 
 log = logging.getLogger("adapter_registry.serving")
 SERVED_TASK = "causal_lm_sft"
+RECHECK_SECONDS = 0.5  # how soon a stage holder seen without its audit event is read again
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -49,6 +55,8 @@ class StageHolders:
     serve: list[AdapterVersion]  # one per adapter name: its attested stage holder
     held_back: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (alias holder, why not)
     errors: dict[str, str] = field(default_factory=dict)  # name -> why it could not be read this time
+    # name -> its running canary's candidate and route (held back ones under "NAME:canary" in held_back)
+    canaries: dict[str, tuple[AdapterVersion, CanaryRoute]] = field(default_factory=dict)
 
 
 class AdapterSource(Protocol):
@@ -69,7 +77,9 @@ class RegistrySource:
 
     For ``staging`` and ``production`` an alias holder is served only when an audited promotion placed it
     (``registry.stages``); otherwise the version the audit trail last placed there is served instead, and the
-    holder is reported as held back. ``candidate`` is not gated: its holder is served as it is.
+    holder is reported as held back. ``candidate`` is not gated: its holder is served as it is. A canary's alias
+    holder is handed out only when the trail's running canary is that version with the files it started with (the
+    alias is looked up only for adapters whose trail has a canary running: no extra registry call otherwise).
     """
 
     def __init__(self, store: AdapterStore, stage: str = "production") -> None:
@@ -82,10 +92,13 @@ class RegistrySource:
         serve: list[AdapterVersion] = []
         held_back: dict[str, tuple[int, str]] = {}
         errors: dict[str, str] = {}
+        canaries: dict[str, tuple[AdapterVersion, CanaryRoute]] = {}
         audit = AuditLog(self.store)
         for name in self.store.list_models():
             try:  # one adapter's broken record must not stop the others from syncing
-                version, held = self._holder(audit, name)
+                events = audit.read(name).events if self.stage in ("staging", "production") else ()
+                version, held = self._holder(name, events)
+                canary, canary_held = self._canary(name, events, version)
             except Exception as exc:
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -93,9 +106,37 @@ class RegistrySource:
                 serve.append(version)
             if held is not None:
                 held_back[name] = held
-        return StageHolders(serve, held_back, errors)
+            if canary is not None:
+                canaries[name] = canary
+            if canary_held is not None:
+                held_back[canary_slot(name)] = canary_held
+        return StageHolders(serve, held_back, errors, canaries)
 
-    def _holder(self, audit: Any, name: str) -> tuple[AdapterVersion | None, tuple[int, str] | None]:
+    def _canary(
+        self, name: str, events: Any, production: AdapterVersion | None
+    ) -> tuple[tuple[AdapterVersion, CanaryRoute] | None, tuple[int, str] | None]:
+        """The running canary of ``name`` to serve beside production, or (its alias holder, why) held back."""
+        from adapter_registry.checksums import files_digest
+        from adapter_registry.registry.entities import CANARY_ALIAS
+        from adapter_registry.registry.stages import check_canary, open_canary
+
+        start = open_canary(events) if self.stage == "production" and production is not None else None
+        if start is None:
+            return None, None
+        holder = self.store.holder(name, CANARY_ALIAS)
+        digest = files_digest(holder.checksums) if holder is not None else ""
+        check = check_canary(name, holder.version if holder else None, events, digest)
+        if holder is None or not check.ok:
+            return None, (holder.version if holder else start.version, f"{check.problem}; not served")
+        assert production is not None
+        details = start.details
+        route = CanaryRoute(
+            name, holder.version, production.version, int(details.get("percent", 0)),
+            bool(details.get("shadow", False)), start.seq,
+        )  # fmt: skip
+        return (holder, route), None
+
+    def _holder(self, name: str, events: Any) -> tuple[AdapterVersion | None, tuple[int, str] | None]:
         """The version of ``name`` to serve, and (the alias holder, why) when that holder is held back."""
         from adapter_registry.checksums import files_digest
         from adapter_registry.registry.entities import PROMOTION_STAGES
@@ -104,7 +145,6 @@ class RegistrySource:
         holder = self.store.holder(name, self.stage)
         if self.stage not in PROMOTION_STAGES:
             return holder, None
-        events = audit.read(name).events
         digests = {self.stage: files_digest(holder.checksums)} if holder is not None else {}
         check = check_stages(
             name, {self.stage: holder.version if holder else None}, events, (self.stage,), digests
@@ -193,6 +233,9 @@ class RegistrySync:
     residency: Residency = None  # type: ignore[assignment]  # default: every servable adapter resident
     cache: AdapterCache = None  # type: ignore[assignment]  # default: a temporary folder
     foreign: set[str] = field(default_factory=set)  # refused names made for another server (base, task, bits)
+    canaries: dict[str, CanaryRoute] = field(
+        default_factory=dict
+    )  # adapter -> its canary served now (replaced whole)
     _unservable: dict[tuple[str, int], tuple[str, bool]] = field(default_factory=dict)  # -> (why, foreign)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -235,9 +278,26 @@ class RegistrySync:
                     log.error("could not read %s from the registry, serving what is loaded: %s", name, error)
                 loaded = self.residency.servable(name)
                 self.failed[name] = (int(loaded.metadata.get("version", 0)) if loaded else 0, error)
-            kept = names | set(holders.errors)
+            kept = names | set(holders.errors) | {canary_slot(n) for n in holders.errors}
             for version in holders.serve:
                 self._apply(version, held_back=version.name in holders.held_back)
+            routes = {
+                n: r for n, r in self.canaries.items() if n in holders.errors
+            }  # unread: kept as they were
+            for name, (version, route) in holders.canaries.items():
+                production = self.residency.servable(name)
+                if production is not None and production.metadata.get("version") == str(version.version):
+                    continue  # the candidate holds production now (promoted): nothing to route
+                kept.add(route.slot)
+                self._apply(version, slot=route.slot, canary=route)
+                served = self.residency.servable(route.slot)
+                if (
+                    production is not None
+                    and served is not None
+                    and served.metadata.get("version") == str(route.version)
+                ):
+                    routes[name] = route
+            self.canaries = routes
             now = time.monotonic()
             for name, held in holders.held_back.items():
                 if self.refused.get(name) == held:
@@ -255,7 +315,12 @@ class RegistrySync:
             for servable in self.residency.servables():
                 if servable.name not in kept:
                     self.residency.withdraw(servable.name)
-                    log.info("unloaded %s: no attested version holds the stage", servable.ref)
+                    why = (
+                        "its canary ended"
+                        if servable.name.endswith(CANARY_SUFFIX)
+                        else "no attested version holds the stage"
+                    )
+                    log.info("unloaded %s: %s", servable.ref, why)
             for table in (self.refused, self.failed):
                 for gone in set(table) - kept - set(holders.held_back):
                     del table[gone]
@@ -263,11 +328,12 @@ class RegistrySync:
             self.last_error = None
 
     def recheck_in(self) -> float | None:
-        """Seconds until an unsettled stage holder should be looked at again (None: nothing to re-check)."""
+        """Seconds until an unsettled stage holder should be looked at again (None: nothing to re-check): soon, as
+        its audit event is usually written a moment after the alias moved, and at the latest when it settles."""
         if not self.unsettled:
             return None
         oldest = min(seen for _, seen in self.unsettled.values())
-        return max(0.0, self.settle_seconds - (time.monotonic() - oldest)) + 0.05
+        return min(RECHECK_SECONDS, max(0.0, self.settle_seconds - (time.monotonic() - oldest)) + 0.05)
 
     def stale(self) -> dict[str, int]:
         """Adapter name -> the stage holder's version, for adapters still served by an older version."""
@@ -290,67 +356,72 @@ class RegistrySync:
         """Remove the temporary cache (if the cache is one)."""
         self.cache.close()
 
-    def _apply(self, version: AdapterVersion, held_back: bool = False) -> None:
-        """Serve ``version`` unless refused; ``held_back``: the stage holder is another version, refused by the
-        source (its refusal stays listed while this one serves)."""
-        current = self.residency.servable(version.name)
+    def _apply(
+        self,
+        version: AdapterVersion,
+        held_back: bool = False,
+        slot: str | None = None,
+        canary: CanaryRoute | None = None,
+    ) -> None:
+        """Serve ``version`` under ``slot`` (default: its name) unless refused; ``held_back``: the stage holder is
+        another version, refused by the source (its refusal stays listed while this one serves); ``canary``: the
+        route of the canary it is the candidate of."""
+        slot = slot or version.name
+        current = self.residency.servable(slot)
         refusal = self.refusal(version)
         reason, foreign = (
-            (refusal, True) if refusal else self._unservable.get((version.name, version.version), ("", False))
+            (refusal, True) if refusal else self._unservable.get((slot, version.version), ("", False))
         )
         if reason:
-            self._refuse(version, reason, foreign, current)
+            self._refuse(slot, version, reason, foreign, current)
             return
         if not held_back:
-            self.refused.pop(version.name, None)
-            self.foreign.discard(version.name)
+            self.refused.pop(slot, None)
+            self.foreign.discard(slot)
         if current is not None and current.metadata.get("version") == str(version.version):
             return
         started = time.perf_counter()
         try:
             folder = self.cache.fetch(version, self.source)
-            resident = self.residency.offer(version.name, folder, version.checksums, _metadata(version))
+            resident = self.residency.offer(slot, folder, version.checksums, _metadata(version, canary))
         except PoolError as exc:  # the files are what was registered, and the pool cannot serve them
             foreign = isinstance(exc, NotForThisServer)
-            self._unservable[(version.name, version.version)] = (str(exc), foreign)
-            self._refuse(version, str(exc), foreign, current)
+            self._unservable[(slot, version.version)] = (str(exc), foreign)
+            self._refuse(slot, version, str(exc), foreign, current)
             return
         except Exception as exc:  # pull failed: keep serving the old version; retry at the next poll
             error = f"{type(exc).__name__}: {exc}"
-            if self.failed.get(version.name) != (version.version, error):
+            if self.failed.get(slot) != (version.version, error):
                 log.error("could not load %s, still serving %s: %s", version.ref, _ref(current), error)
-            self.failed[version.name] = (version.version, error)
+            self.failed[slot] = (version.version, error)
             return
-        self.failed.pop(version.name, None)
+        self.failed.pop(slot, None)
         log.info(
-            "%s %s in %.2f s (replacing %s)", "loaded" if resident else "pulled (loaded on its first request)",
-            version.ref, time.perf_counter() - started, _ref(current),
+            "%s %s%s in %.2f s (replacing %s)", "loaded" if resident else "pulled (loaded on its first request)",
+            version.ref, f" as the canary ({canary.percent}%)" if canary else "", time.perf_counter() - started,
+            _ref(current),
         )  # fmt: skip
 
-    def _refuse(self, version: AdapterVersion, reason: str, foreign: bool, current: Any) -> None:
-        if self.refused.get(version.name) != (version.version, reason):
+    def _refuse(self, slot: str, version: AdapterVersion, reason: str, foreign: bool, current: Any) -> None:
+        if self.refused.get(slot) != (version.version, reason):
             log.warning("refused %s: %s (serving %s)", version.ref, reason, _ref(current))
-        self.refused[version.name] = (version.version, reason)
+        self.refused[slot] = (version.version, reason)
         if foreign:
-            self.foreign.add(version.name)
+            self.foreign.add(slot)
         else:
-            self.foreign.discard(version.name)
+            self.foreign.discard(slot)
 
 
-def _metadata(version: AdapterVersion) -> dict[str, str]:
+def _metadata(version: AdapterVersion, canary: CanaryRoute | None = None) -> dict[str, str]:
     return {
+        **({"canary": str(canary.canary_id)} if canary is not None else {}),
+        "adapter": version.name,
         "version": str(version.version),
         "ref": version.ref,
         "fingerprint": version.base_fingerprint,
         "digest": weights_digest(version.checksums),
         "loaded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-
-
-def weights_digest(checksums: dict[str, str]) -> str:
-    """``sha256:<hex>`` of the adapter's weight file as registered ("" when none is recorded)."""
-    name = next((n for n in WEIGHT_FILES if n in checksums), None)
-    return f"sha256:{checksums[name]}" if name else ""
 
 
 def _ref(served: Any) -> str:
