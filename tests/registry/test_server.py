@@ -383,3 +383,42 @@ def test_an_edit_only_promotion_refused_half_way_moves_nothing(
     assert [v.ref for v in store.list_versions(stage="staging") if v.name == name] == []
     code, trail, err = audit(auth_server.url, name)
     assert code == 0 and trail["events"] == [], err  # nothing moved, so nothing went unaudited
+
+
+def test_a_canary_is_protected_like_production_and_signed_by_the_server(
+    auth_server: GuardedServer, adapter_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A canary takes production traffic: only the users production's rule names start or stop one (the CLI and
+    the ``canary`` alias over REST alike), and its events are signed like a promotion."""
+    name = registered(auth_server, adapter_dir, monkeypatch, {"alice": "MANAGE", "bob": "MANAGE"}, versions=2)
+    as_user(monkeypatch, "alice")
+    for ref, to in ((1, "staging"), (1, "production"), (2, "staging")):
+        assert cli(auth_server.url, "promote", f"{name}/{ref}", "--to", to)[0] == 0
+
+    as_user(monkeypatch, "bob")
+    code, _, err = cli(auth_server.url, "promote", f"{name}/2", "--to", "production", "--canary", "10")
+    assert code == 1 and "user 'bob' may not promote to production" in err, err
+    by_rest = rest(
+        auth_server, "bob", "POST", "registered-models/alias", name=name, alias="canary", version="2"
+    )
+    assert by_rest.status_code == 403, by_rest.text
+    store = AdapterStore(auth_server.url)
+    assert store.holder(name, "canary") is None
+
+    as_user(monkeypatch, "alice")
+    code, out, err = cli(auth_server.url, "promote", f"{name}/2", "--to", "production", "--canary", "10")
+    assert code == 0, out + err
+    assert store.holder(name, "canary").version == 2
+    as_user(monkeypatch, "bob")
+    code, _, err = cli(auth_server.url, "canary", "stop", name, "--reason", "mine")
+    assert code == 1 and "user 'bob' may not move a canary (it takes production traffic)" in err, err
+    as_user(monkeypatch, "alice")
+    code, out, err = cli(auth_server.url, "canary", "stop", name, "--reason", "enough")
+    assert code == 0, out + err
+    assert store.holder(name, "canary") is None
+
+    trail = AuditLog(store).read(name)
+    assert trail.signed and trail.intact, trail.problems
+    assert [(e.who, e.action) for e in trail.events][-3:] == [
+        ("alice", "canary_start"), ("bob", "refused"), ("alice", "canary_stop"),
+    ]  # fmt: skip

@@ -7,7 +7,8 @@ cannot be trusted with, both taken from the server's own configuration, never fr
    ``allowed_users`` is a list) is refused with HTTP 403 unless the authenticated user is on that list: setting
    or deleting the alias (``/mlflow/registered-models/alias``: the REST API and the UI's alias editor, which
    calls the same route under ``/ajax-api``), deleting a version or a registered model that holds it, renaming
-   that model. The policy applies to MLflow admins too (they can still reset any user's password: they are
+   that model. The ``canary`` alias takes production traffic, so production's rule guards it too. The policy
+   applies to MLflow admins too (they can still reset any user's password: they are
    trusted with the server). GraphQL has no mutation that moves an alias, and MLflow's legacy
    ``transition-stage`` moves no alias. Every refusal is logged and recorded in the audit trail (``refused``).
 2. **The audit trail is written and signed here** (``registry.audit``). Clients send an event to
@@ -61,13 +62,14 @@ from adapter_registry.registry.entities import (
 )
 from adapter_registry.registry.policy import PromotionPolicy, load_policy
 from adapter_registry.registry.search import quote
+from adapter_registry.registry.stages import CANARY_ENDS, CANARY_START
 
 if TYPE_CHECKING:
     from flask import Flask, Response
 
 APP_NAME = "adapter-registry"  # mlflow server --app-name adapter-registry (pyproject: [project.entry-points."mlflow.app"])
 SECTION = "adapter_registry"
-ACTIONS = ("promote", "rollback", "retire", "refused")
+ACTIONS = ("promote", "rollback", "retire", "refused", CANARY_START, *CANARY_ENDS)
 log = logging.getLogger("adapter_registry.auth_app")
 
 
@@ -483,7 +485,9 @@ class Guard:
     def _placing_problem(self, event: StageChange) -> tuple[int, str, str] | None:
         """Why the server will not sign a promotion, rollback or retirement: the policy, or aliases that do not say
         what the event claims (the client moves them first)."""
-        stage = event.from_stage if event.action == "retire" else event.to_stage
+        stage = (
+            event.from_stage if event.action == "retire" or event.action in CANARY_ENDS else event.to_stage
+        )
         try:
             refusal = self.policy.get().refusal(stage, event.who, authenticated=True)
         except RegistryError as exc:
@@ -494,6 +498,8 @@ class Guard:
                 "PERMISSION_DENIED",
                 f"{event.action} of {event.model}/{event.version} refused by the tracking server: {refusal}",
             )
+        if event.action == CANARY_START or event.action in CANARY_ENDS:
+            return None  # a canary's event comes first, its alias follows (replicas route by both: registry.canary)
         from mlflow.exceptions import MlflowException
 
         try:

@@ -22,7 +22,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapter_registry.registry.entities import PROMOTION_STAGES, RegistryError
+from adapter_registry.registry.entities import CANARY_ALIAS, PROMOTION_STAGES, RegistryError
 from adapter_registry.registry.errors import unreachable
 
 DEFAULT_POLICY_PATH = Path("conf/base/promotion_policy.yml")
@@ -45,19 +45,25 @@ class PromotionPolicy(BaseModel):
     )
     stages: dict[Literal["staging", "production"], StageRule] = Field(default_factory=dict)
 
+    def rule(self, stage: str) -> StageRule | None:
+        """The rule of ``stage``; the canary alias takes production traffic, so production's rule is its own."""
+        return self.stages.get("production" if stage == CANARY_ALIAS else stage)  # type: ignore[call-overload]
+
     def refusal(self, stage: str, user: str, authenticated: bool) -> str | None:
         """Why ``user`` may not move a version into ``stage``, or None when allowed."""
         if self.enforce == "never" or (self.enforce == "auth_server" and not authenticated):
             return None
-        rule = self.stages.get(stage)  # type: ignore[call-overload]
+        rule = self.rule(stage)
         if rule is None or rule.allowed_users is None or user in rule.allowed_users:
             return None
         allowed = ", ".join(rule.allowed_users) or "nobody"
+        if stage == CANARY_ALIAS:
+            return f"user {user!r} may not move a canary (it takes production traffic): the promotion policy allows {allowed}"
         return f"user {user!r} may not promote to {stage}: the promotion policy allows {allowed}"
 
     def protects(self, stage: str) -> bool:
         """Whether moving an alias into (or out of) ``stage`` is restricted to named users."""
-        rule = self.stages.get(stage)  # type: ignore[call-overload]
+        rule = self.rule(stage)
         return self.enforce != "never" and rule is not None and rule.allowed_users is not None
 
 
