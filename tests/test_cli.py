@@ -353,7 +353,7 @@ def test_a_long_listing_is_drawn_as_rich_draws_it() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from adapter_registry.cli import _plain_table
+    from adapter_registry.cli.tables import _plain_table
 
     columns = ("version", "stage", "base model", "method", "key metric", "created")
     rows = [(f"tenant_{i:03d}/{i % 20 + 1}", "archived" if i % 3 else "[red]production (UNATTESTED)[/red]",
