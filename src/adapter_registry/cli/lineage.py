@@ -29,6 +29,7 @@ def lineage(
 ) -> None:
     """Where a version came from; or, with --dataset/--md5/--base-model, every version built from it."""
     from adapter_registry.registry import lineage as lin
+    from adapter_registry.registry import lineage_render as draw
     from adapter_registry.registry.entities import RegistryError
 
     with _errors():
@@ -54,7 +55,7 @@ def lineage(
             return
         graph = lin.lineage_of(store, ref)
     if fmt != "table" and not as_json:
-        text = {"mermaid": lin.to_mermaid, "dot": lin.to_dot, "html": lin.to_html}[fmt](graph)
+        text = {"mermaid": draw.to_mermaid, "dot": draw.to_dot, "html": draw.to_html}[fmt](graph)
         if output:
             output.write_text(text)
             typer.echo(f"wrote {output}")
