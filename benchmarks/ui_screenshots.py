@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     offline_defaults()
     from mlflow import MlflowClient
 
-    from adapter_registry.registry.lineage import lineage_of, to_html
+    from adapter_registry.registry.lineage import lineage_of
+    from adapter_registry.registry.lineage_render import to_html
     from adapter_registry.registry.store import AdapterStore
 
     store = AdapterStore(args.tracking_uri)

@@ -169,6 +169,7 @@ def test_promote_rollback_and_audit_through_the_cli(registered: AdapterStore, tm
     assert registered.holder(NAME, "production").version == 1
     code, out, _ = cli(registered, "audit", NAME)
     assert code == 0 and "incident" in out
+    assert "this trail is unsigned" in out and not trail["signed"]  # a local store: says what it cannot prove
 
 
 def test_the_cli_has_no_command_that_edits_history() -> None:
@@ -352,7 +353,7 @@ def test_a_long_listing_is_drawn_as_rich_draws_it() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from adapter_registry.cli import _plain_table
+    from adapter_registry.cli.tables import _plain_table
 
     columns = ("version", "stage", "base model", "method", "key metric", "created")
     rows = [(f"tenant_{i:03d}/{i % 20 + 1}", "archived" if i % 3 else "[red]production (UNATTESTED)[/red]",

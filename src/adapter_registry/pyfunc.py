@@ -39,7 +39,7 @@ class AdapterModel:
 
         from adapter_registry.bases.resolve import resolve_reference
         from adapter_registry.contract import contract_of
-        from adapter_registry.serving.pool import bitsandbytes_config
+        from adapter_registry.serving.loading import bitsandbytes_config
         from adapter_registry.training.models import load_adapter, load_tokenizer
 
         config = json.loads((folder / "adapter_config.json").read_text())

@@ -14,15 +14,12 @@ from adapter_registry.registry.lineage import (
     COMPOSED,
     MAX_TAG,
     LineageFacts,
-    _edges,
-    _layout,
     datasets_of,
-    facts_table,
     gates_of,
     lineage_tags,
     must_beat_base,
-    to_html,
 )
+from adapter_registry.registry.lineage_render import _edges, _layout, facts_table, to_html
 
 FACTS = LineageFacts(
     recipe_name="support",

@@ -30,6 +30,10 @@ evaluated on that quantisation, and a full-precision base only full-precision on
 
 A prompt that, with the tokens it may generate, does not fit the base's context window (or the pool's
 ``max_prompt_tokens``) is refused with :class:`PromptTooLong` before anything runs: nothing is truncated silently.
+
+Beside it: ``entities`` (what the pool takes and gives, its errors; exported here too), ``loading`` (an adapter
+folder read and checked against the base and this server), ``row_hooks`` (a row's hooks during ``generate``),
+``lora_layer`` (the pooled layer and its routes).
 """
 
 from __future__ import annotations
@@ -38,30 +42,31 @@ import contextlib
 import dataclasses
 import itertools
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
-from adapter_registry.adapter_folder import (
-    AdapterFolderError,
-    lora_scaling,
-    parse_lora_key,
-    read_config,
-    read_weights,
-)
-from adapter_registry.contract import (
-    DEFAULT_MAX_NEW_TOKENS,
-    QUANTIZATIONS,
-    ContractError,
-    ServingContract,
-    contract_of,
-)
+from adapter_registry.contract import DEFAULT_MAX_NEW_TOKENS, ContractError, ServingContract
 from adapter_registry.decoding import AnswerConstraint, allowed_tokens_per_row
+from adapter_registry.serving.entities import (
+    AdapterInfo,
+    Generation,
+    Input,
+    NotForThisServer,
+    PoolError,
+    PreparedAdapter,
+    PromptTooLong,
+)
+from adapter_registry.serving.loading import (
+    answer_constraint,
+    bitsandbytes_config,
+    lora_weights,
+    served_contract,
+)
 from adapter_registry.serving.lora_layer import PooledLinear, Route, Router
+from adapter_registry.serving.row_hooks import Abandoned, RowHooks, RowStreamer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -72,116 +77,6 @@ __all__ = [
 ]  # fmt: skip
 
 BASE = None  # a row that names no adapter runs the bare base model
-# LoraConfig fields the pool cannot apply, with the value that means "not used"
-_UNSUPPORTED: dict[str, Any] = {
-    "use_dora": False, "fan_in_fan_out": False, "bias": "none", "lora_bias": False, "modules_to_save": None,
-    "trainable_token_indices": None, "alora_invocation_tokens": None, "use_qalora": False,
-    "layer_replication": None, "target_parameters": None, "megatron_config": None,
-}  # fmt: skip
-
-
-class PoolError(ValueError):
-    """An adapter the pool cannot load, or a request naming an adapter it does not hold."""
-
-
-class PromptTooLong(PoolError):
-    """A prompt longer than the pool takes, or too long to leave room for the tokens it may generate."""
-
-
-class NotForThisServer(PoolError):
-    """An adapter made for a server set up otherwise (its base quantised differently, another task)."""
-
-
-# ------------------------------------------------------------------------------------------------ adapters
-def bitsandbytes_config(quantization: str) -> Any:
-    """transformers' BitsAndBytesConfig for a quantisation name (see ``contract.QUANTIZATIONS``); None for ""."""
-    if not quantization:
-        return None
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
-    from transformers import BitsAndBytesConfig
-
-    if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    quant_type, _, double = quantization.partition("-")
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=bool(double),
-        bnb_4bit_compute_dtype=torch.float32,
-    )  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------ adapters
-@dataclass(frozen=True)
-class AdapterInfo:
-    """One adapter the pool holds."""
-
-    name: str
-    slot: str  # internal id; a replacement gets a new one
-    source: str  # the folder it was loaded from
-    layers: int  # layers it targets
-    ranks: tuple[int, ...]  # distinct ranks
-    nbytes: int  # bytes of its A/B matrices as resident in the pool
-    metadata: dict[str, str] = field(default_factory=dict)  # e.g. registry version, fingerprint
-    answers: int = 0  # size of its closed answer set (constrained decoding); 0: it decodes freely
-    contract: ServingContract | None = None  # how its requests are rendered and decoded (serving.json)
-
-
-@dataclass(frozen=True)
-class Input:
-    """A request's raw input (the user's text, or a record's fields), rendered by the serving contract of the
-    adapter version that answers it (``serving.json``)."""
-
-    value: str | Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One generated completion."""
-
-    adapter: str | None
-    text: str
-    prompt_tokens: int
-    new_tokens: int
-    served_by: AdapterInfo | None = None  # the adapter version that produced it (None: the base)
-    constrained: bool = False  # decoded over the adapter's closed answer set
-    prompt: str = ""  # the prompt it continued (an Input rendered by its contract)
-    finish_reason: str = (
-        "length"  # "stop": it ended with the end-of-sequence token; "length": its budget ran out
-    )
-
-
-@dataclass(frozen=True)
-class PreparedAdapter:
-    """An adapter's matrices read and checked against the base, not yet installed (``AdapterPool.prepare``)."""
-
-    info: AdapterInfo  # what it will serve as (its slot is given at install)
-    weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # module -> (A, B, scaling)
-    constraint: AnswerConstraint | None
-
-
-@dataclass(frozen=True)
-class RowHooks:
-    """What the caller of one row wants to hear while it is generated; called from the generating thread."""
-
-    on_start: Callable[[AdapterInfo | None], None] | None = None  # the version answering, before any token
-    on_text: Callable[[str], None] | None = None  # each new piece of the answer's text, in order
-    abandoned: Callable[[], bool] | None = None  # True once nobody waits for the row: it stops generating
-
-
-def _lora_config(folder: Path) -> dict[str, Any]:
-    try:
-        config = read_config(folder)
-    except AdapterFolderError as exc:
-        raise PoolError(str(exc)) from exc
-    if config.get("peft_type") != "LORA":
-        raise PoolError(
-            f"{folder}: peft_type {config.get('peft_type')!r} is not served; the pool serves LORA"
-        )
-    for key, unused in _UNSUPPORTED.items():
-        value = config.get(key, unused)
-        if value not in (unused, [], {}) and not (unused is None and not value):
-            raise PoolError(f"{folder}: {key}={value!r} is not served by the pool (plain LoRA only)")
-    return config
 
 
 # ------------------------------------------------------------------------------------------------ the pool
@@ -258,9 +153,10 @@ class AdapterPool:
         """Read and check adapter ``name`` from a peft LoRA folder, without the model lock (serving goes on).
         Raises PoolError naming what does not fit."""
         folder = Path(folder)
-        contract = self._contract(folder)
-        weights = self._prepare(folder)
-        constraint = self._constraint(folder, contract)
+        contract = served_contract(folder, self.quantization)
+        weights = lora_weights(folder, self.model)
+        with self._tokenizer_lock:
+            constraint = answer_constraint(folder, contract, self.tokenizer)
         info = AdapterInfo(
             name=name, slot="", source=str(folder), layers=len(weights),
             ranks=tuple(sorted({a.shape[0] for a, _, _ in weights.values()})),
@@ -312,87 +208,6 @@ class AdapterPool:
 
     def __len__(self) -> int:
         return len(self._names)
-
-    def _prepare(self, folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
-        """The adapter's (A, B, scaling) per base module name, checked against the base's shapes."""
-        config = _lora_config(folder)
-        try:
-            tensors = read_weights(folder)
-        except AdapterFolderError as exc:
-            raise PoolError(str(exc)) from exc
-        pairs: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in tensors.items():
-            parsed = parse_lora_key(key)
-            if parsed is None or parsed.part not in ("lora_A", "lora_B"):
-                raise PoolError(f"{folder}: weight {key!r} is not a LoRA A/B matrix of a linear layer")
-            pairs.setdefault(parsed.module, {})[parsed.part[-1]] = tensor
-        if not pairs:
-            raise PoolError(f"{folder}: the adapter holds no LoRA weights")
-        modules = dict(self.model.named_modules())
-        out = {}
-        for module, ab in pairs.items():
-            target = modules.get(module)
-            if isinstance(target, PooledLinear):
-                target = target.base
-            if not isinstance(target, nn.Linear):
-                raise PoolError(
-                    f"{folder}: {module!r} is not a linear layer of this base ({type(target).__name__})"
-                )
-            if set(ab) != {"A", "B"}:
-                raise PoolError(f"{folder}: {module!r} lacks its lora_{'B' if 'A' in ab else 'A'} matrix")
-            a, b = ab["A"], ab["B"]
-            if (
-                a.shape[1] != target.in_features
-                or b.shape[0] != target.out_features
-                or a.shape[0] != b.shape[1]
-            ):
-                raise PoolError(
-                    f"{folder}: {module!r} has A {tuple(a.shape)} and B {tuple(b.shape)}, which do not fit "
-                    f"a {target.in_features}->{target.out_features} layer: was it trained on another base?"
-                )
-            dtype = (
-                target.weight.dtype if target.weight.is_floating_point() else torch.float32
-            )  # 4/8-bit base
-            out[module] = (
-                a.to(dtype).contiguous(),
-                b.to(dtype).contiguous(),
-                lora_scaling(config, module, a.shape[0]),
-            )
-        return out
-
-    def _contract(self, folder: Path) -> ServingContract:
-        """The adapter's serving contract (a stand-in naming what is missing for a folder without one)."""
-        try:
-            contract = contract_of(folder)
-        except ContractError as exc:
-            raise PoolError(f"{folder}: {exc}") from exc
-        if contract.task != "causal_lm_sft":
-            raise NotForThisServer(
-                f"{folder}: task {contract.task!r} is not served (the pool generates text)"
-            )
-        if contract.base_quantization != self.quantization:
-            evaluated = contract.base_quantization or "full precision"
-            served = self.quantization or "full precision"
-            fix = (
-                f"--quantization {contract.base_quantization}"
-                if contract.base_quantization
-                else "no --quantization"
-            )
-            raise NotForThisServer(
-                f"{folder}: it was evaluated on the base in {evaluated} and this server runs it in {served}: its "
-                f"answers would differ from the evaluated ones; serve it from a server started with {fix}"
-            )
-        return contract
-
-    def _constraint(self, folder: Path, contract: ServingContract) -> AnswerConstraint | None:
-        """The adapter's closed answer set; None if it decodes freely."""
-        if contract.decoding != "constrained":
-            return None
-        try:
-            with self._tokenizer_lock:
-                return AnswerConstraint.build(contract.answers, self.tokenizer, contract.answer_separator)
-        except ValueError as exc:
-            raise PoolError(f"{folder}: {exc}") from exc
 
     def contract(self, name: str) -> ServingContract:
         """The serving contract of the adapter that serves ``name`` now."""
@@ -548,8 +363,10 @@ class AdapterPool:
             for hook, info in zip(rows, served_by, strict=True):
                 if hook is not None and hook.on_start is not None:
                     hook.on_start(info)
-            streamer = _RowStreamer(self, rows, limits, eos) if any(h and h.on_text for h in rows) else None
-            stop = _Abandoned(rows) if any(h and h.abandoned for h in rows) else None
+            streamer = (
+                RowStreamer(self.decode, rows, limits, eos) if any(h and h.on_text for h in rows) else None
+            )
+            stop = Abandoned(rows) if any(h and h.abandoned for h in rows) else None
             from transformers.generation.stopping_criteria import StoppingCriteriaList
 
             output = self.model.generate(  # type: ignore[operator]
@@ -628,64 +445,3 @@ class AdapterPool:
             "adapters_total_bytes": held,
             "total_bytes": base + held,
         }
-
-
-# ------------------------------------------------------------------------------------------------ row hooks
-# transformers' BaseStreamer (put/end) and StoppingCriteria (a call per step) by their interfaces: importing
-# transformers.generation here would cost every importer of this module a second (the vllm commands import sync).
-class _RowStreamer:
-    """Hands each row's text to its ``on_text`` as ``generate`` produces tokens, up to the row's end or budget.
-
-    The text of the tokens so far is decoded at every step and its new part handed on (held back while it ends
-    in an incomplete character); ``finish`` hands on whatever the final text adds."""
-
-    def __init__(
-        self, pool: AdapterPool, rows: Sequence[RowHooks | None], limits: Sequence[int], eos: int
-    ) -> None:
-        self.pool = pool
-        self.rows = rows
-        self.limits = limits
-        self.eos = eos
-        self.ids: list[list[int]] = [[] for _ in rows]
-        self.sent = [""] * len(rows)
-        self.done = [h is None or h.on_text is None for h in rows]
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # the first call hands over the prompts
-            self.prompt_seen = True
-            return
-        for i, token in enumerate(value.reshape(-1).tolist()):
-            if self.done[i]:
-                continue
-            if token == self.eos or len(self.ids[i]) >= self.limits[i]:
-                self.done[i] = True
-                continue
-            self.ids[i].append(int(token))
-            self._send(i, self.pool.decode(self.ids[i]))
-
-    def end(self) -> None:
-        pass
-
-    def finish(self, row: int, text: str) -> None:
-        if self.rows[row] is not None and self.rows[row].on_text is not None:  # type: ignore[union-attr]
-            self._send(row, text)
-
-    def _send(self, row: int, text: str) -> None:
-        if text.endswith("\ufffd") or not text.startswith(self.sent[row]) or text == self.sent[row]:
-            return
-        hook = self.rows[row]
-        assert hook is not None and hook.on_text is not None
-        hook.on_text(text[len(self.sent[row]) :])
-        self.sent[row] = text
-
-
-class _Abandoned:
-    """Stops the rows nobody waits for any more (their client left, or their deadline passed)."""
-
-    def __init__(self, rows: Sequence[RowHooks | None]) -> None:
-        self.rows = rows
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        gone = [bool(h is not None and h.abandoned is not None and h.abandoned()) for h in self.rows]
-        return torch.tensor(gone, dtype=torch.bool, device=input_ids.device)
