@@ -5,9 +5,16 @@ No mocks: adapters are real peft saves with non-zero B matrices, so each one cha
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
+
+from adapter_registry.serving.app import ServeOptions, build_server
 
 TINY_LLAMA = dict(
     vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -112,3 +119,21 @@ def attest(store, name: str, version: int, stage: str = "production") -> None:  
         store, f"{name}/{version}", stage, force=True, reason="test fixture: tiny adapters record no metrics",
         policy=PromotionPolicy(enforce="never"), actor=Actor("tester", False),
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def serve_in_thread(base: Path, options: ServeOptions, what: str = "the server") -> Iterator[uvicorn.Server]:
+    """``serve`` on ``options.port`` in a thread of this process, started (else the test fails naming ``what``),
+    and stopped afterwards."""
+    server = build_server(str(base), options)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, f"{what} did not start"
+        time.sleep(0.05)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

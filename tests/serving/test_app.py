@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from adapter_registry.registry.store import AdapterStore
 from adapter_registry.serving.app import ServeOptions, build_server
 from adapter_registry.serving.pool import AdapterPool
 
-from .conftest import attest
+from .conftest import attest, serve_in_thread
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 PROMPT = "a b c 1 2 3"
@@ -63,18 +62,8 @@ def server(
         tracking_uri=registry.tracking_uri, port=port, poll_seconds=0.3, tenants_file=tenants,
         request_log=tmp_path / "requests.jsonl",
     )  # fmt: skip
-    uvicorn_server = build_server(str(tiny_base), options)
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not uvicorn_server.started:
-        assert thread.is_alive() and time.time() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
+    with serve_in_thread(tiny_base, options):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        uvicorn_server.should_exit = True
-        thread.join(timeout=30)
 
 
 def generate(url: str, **body: Any) -> httpx.Response:

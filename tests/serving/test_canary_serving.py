@@ -4,7 +4,6 @@ its share of requests (sticky per user, named by its own version and digest), fe
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,9 @@ from adapter_registry.registry.canary import start_canary
 from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.policy import Actor, PromotionPolicy
 from adapter_registry.registry.store import AdapterStore
-from adapter_registry.serving.app import ServeOptions, build_server
+from adapter_registry.serving.app import ServeOptions
 
+from .conftest import serve_in_thread
 from .test_app import free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -51,18 +51,8 @@ def replica(
         request_log=None, tenants_file=tmp_path / "none.yml",
     )  # fmt: skip
     (tmp_path / "none.yml").write_text("tenants: {}\n")
-    server = build_server(str(tiny_base), options)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
+    with serve_in_thread(tiny_base, options):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def until(url: str, check: Any, what: str, seconds: float = 30) -> dict[str, Any]:

@@ -5,8 +5,6 @@ MLflow registry, real uvicorn server, requests sent concurrently so that they ar
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,12 +21,12 @@ from adapter_registry.evaluation.evaluate import answer_key, evaluate_adapter
 from adapter_registry.recipes import parse_recipe
 from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.store import AdapterStore
-from adapter_registry.serving.app import ServeOptions, build_server
+from adapter_registry.serving.app import ServeOptions
 from adapter_registry.training.adapter import train_adapter
 from adapter_registry.training.models import save_adapter
 from helpers import sft_recipe, splits
 
-from .conftest import attest
+from .conftest import attest, serve_in_thread
 from .test_app import free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -49,18 +47,8 @@ def serving(base: Path, store: AdapterStore, tmp_path: Path, quantization: str =
         request_log=tmp_path / "requests.jsonl", quantization=quantization,
     )  # fmt: skip
     (tmp_path / "no-tenants.yml").write_text("tenants: {}\n")
-    server = build_server(str(base), options)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
+    with serve_in_thread(base, options):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def registered(

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,10 @@ from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.fleet import read_fleet, wait_for_fleet
 from adapter_registry.registry.policy import Actor, PromotionPolicy
 from adapter_registry.registry.store import AdapterStore
-from adapter_registry.serving.app import ServeOptions, build_server
+from adapter_registry.serving.app import ServeOptions
 from adapter_registry.serving.sync import content_key
 
-from .conftest import build_base
+from .conftest import build_base, serve_in_thread
 from .test_app import free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -51,18 +49,8 @@ def replica(store: AdapterStore, base: Path, tmp_path: Path, cache: str) -> Iter
         tracking_uri=store.tracking_uri, port=port, poll_seconds=0.3, heartbeat_seconds=0.5, request_log=None,
         tenants_file=tmp_path / "tenants.yml", adapter_cache=tmp_path / cache,
     )  # fmt: skip
-    server = build_server(str(base), options)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "a replica did not start"
-        time.sleep(0.05)
-    try:
+    with serve_in_thread(base, options, "a replica"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def served(url: str) -> int:

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +16,9 @@ from adapter_registry.bases.resolve import describe_folder
 from adapter_registry.contract import ServingContract
 from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.store import AdapterStore
-from adapter_registry.serving.app import ServeOptions, build_server
+from adapter_registry.serving.app import ServeOptions
 
-from .conftest import attest
+from .conftest import attest, serve_in_thread
 from .test_app import PROMPT, expected_text, free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -56,18 +54,8 @@ def served(
             tracking_uri=store.tracking_uri, port=port, poll_seconds=30, tenants_file=root / "tenants.yml",
             request_log=None, max_resident=2, pin=("acme",),
         )  # fmt: skip
-        server = build_server(str(tiny_base), options)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.time() + 60
-        while not server.started:
-            assert thread.is_alive() and time.time() < deadline, "the server did not start"
-            time.sleep(0.05)
-        try:
+        with serve_in_thread(tiny_base, options):
             yield f"http://127.0.0.1:{port}", store
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +21,9 @@ import httpx
 import pytest
 
 from adapter_registry.bases.resolve import describe_folder
-from adapter_registry.serving.app import ServeOptions, build_server
+from adapter_registry.serving.app import ServeOptions
 
+from .conftest import serve_in_thread
 from .test_app import PROMPT, free_port, generate, register
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -43,18 +43,8 @@ def busy_server(
         tracking_uri=registry.tracking_uri, port=port, poll_seconds=30, tenants_file=tmp_path / "tenants.yml",
         request_log=None, max_queue=1, request_timeout=2.0,
     )  # fmt: skip
-    server = build_server(str(tiny_base), options)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
+    with serve_in_thread(tiny_base, options) as server:
         yield f"http://127.0.0.1:{port}", server.config.app.state.service
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def until(condition: Any, seconds: float = 10) -> None:
