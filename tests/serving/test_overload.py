@@ -65,13 +65,12 @@ def test_full_queue_deadline_and_departed_client_while_the_model_is_busy(busy_se
             leaving = executor.submit(lambda: generate_with_timeout(url, 0.5))
             until(lambda: figures()["depth"] == 1)
 
-            started = time.monotonic()
+            # both answered while the model is still held (the lock is released only below): neither waits on it
             full = generate(url, adapter="beta")
-            assert full.status_code == 429 and time.monotonic() - started < 1, full.text
+            assert full.status_code == 429, full.text
             assert int(full.headers["retry-after"]) >= 1 and "--max-queue" in full.json()["detail"]
-            started = time.monotonic()
-            health = httpx.get(f"{url}/health", timeout=1)  # never waits on the model
-            assert health.status_code == 200 and time.monotonic() - started < 1
+            health = httpx.get(f"{url}/health", timeout=30)
+            assert health.status_code == 200
             assert health.json()["queue"] == {"depth": 1, "capacity": 1, "in_flight": 2}
 
             with pytest.raises(httpx.ReadTimeout):
