@@ -270,7 +270,7 @@ def model_card(
                 f"{vote['temperature']:g}) carry {vote['weight']:.0%} of each prediction (chosen on validation)\n"
             )
     else:
-        chat = recipe.data.format == "chat"
+        chat = recipe.data_spec.format == "chat"
         snippet = LOAD_CAUSAL.replace("PROMPT_LINE", PROMPT_CHAT_LINE if chat else PROMPT_TEMPLATE_LINE)
         snippet += (
             "\n\n`serving.json` is the adapter's serving contract: the prompt template, decoding (greedy, or "

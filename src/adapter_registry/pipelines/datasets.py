@@ -31,6 +31,18 @@ class RecipeDataset(AbstractDataset[None, Recipe]):
         return {"filepath": str(self._filepath)}
 
 
+def _given_data(path: Path) -> Any:
+    """The recipe's ``data:`` block; a router without one derives its rows from its experts (``pipelines/route``),
+    and its pipeline reads them from there, never from this dataset."""
+    recipe = load_recipe(path)
+    if recipe.data is None:
+        raise DatasetError(
+            f"{path}: recipe {recipe.name!r} has no data: block (a router derives its rows from its experts' "
+            "registered splits, in its route stage)"
+        )
+    return recipe.data
+
+
 class RecipeSplitsDataset(AbstractDataset[None, dict[str, Any]]):
     """The raw records of every split a recipe names: ``{"train": [...], "validation": [...], "test": [...]}``.
 
@@ -44,8 +56,7 @@ class RecipeSplitsDataset(AbstractDataset[None, dict[str, Any]]):
         from adapter_registry.data.formats import read_records
         from adapter_registry.data.splits import split_paths
 
-        data = load_recipe(self._recipe).data
-        paths = split_paths(data)
+        paths = split_paths(_given_data(self._recipe))
         return {split: read_records(path) for split, path in paths.items() if path}
 
     def _save(self, data: dict[str, Any]) -> None:
@@ -67,8 +78,7 @@ class DataVersionsDataset(AbstractDataset[None, dict[str, dict[str, Any]]]):
         from adapter_registry.data.splits import split_paths
         from adapter_registry.data.versions import dataset_version
 
-        data = load_recipe(self._recipe).data
-        paths = split_paths(data)
+        paths = split_paths(_given_data(self._recipe))
         return {split: asdict(dataset_version(path)) for split, path in paths.items() if path}
 
     def _save(self, data: dict[str, dict[str, Any]]) -> None:
@@ -121,7 +131,12 @@ class AdapterFolderDataset(AbstractDataset[Any, Path]):
         staging = self._path.with_name(self._path.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         save_adapter(
-            trained.model, staging, trained.contract, trained.base.name_or_path, trained.base.revision
+            trained.model,
+            staging,
+            trained.contract,
+            trained.base.name_or_path,
+            trained.base.revision,
+            experts=trained.parents,  # an Arrow mixture records which registered version each expert is
         )  # named by its hub id: portable
         shutil.rmtree(self._path, ignore_errors=True)
         staging.rename(self._path)  # readers never see a half-written adapter

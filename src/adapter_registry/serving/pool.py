@@ -48,6 +48,7 @@ from torch import nn
 
 from adapter_registry.adapter_folder import (
     AdapterFolderError,
+    is_arrow,
     lora_scaling,
     parse_lora_key,
     read_config,
@@ -258,6 +259,12 @@ class AdapterPool:
         """Read and check adapter ``name`` from a peft LoRA folder, without the model lock (serving goes on).
         Raises PoolError naming what does not fit."""
         folder = Path(folder)
+        if is_arrow(folder):
+            raise NotForThisServer(
+                f"{folder}: an Arrow mixture routes every token among its experts (peft create_arrow_model); the pool "
+                "applies one LoRA per request: load it with peft as its model card shows, or serve its experts "
+                "behind a router (routes_to:)"
+            )
         contract = self._contract(folder)
         weights = self._prepare(folder)
         constraint = self._constraint(folder, contract)
