@@ -169,6 +169,7 @@ def test_promote_rollback_and_audit_through_the_cli(registered: AdapterStore, tm
     assert registered.holder(NAME, "production").version == 1
     code, out, _ = cli(registered, "audit", NAME)
     assert code == 0 and "incident" in out
+    assert "this trail is unsigned" in out and not trail["signed"]  # a local store: says what it cannot prove
 
 
 def test_the_cli_has_no_command_that_edits_history() -> None:

@@ -38,7 +38,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")
 RefArg = Annotated[str, typer.Argument(help="NAME/VERSION or NAME@STAGE")]
 PolicyOpt = Annotated[
     Path | None,
-    typer.Option("--policy", help="promotion policy YAML (default conf/base/promotion_policy.yml)"),
+    typer.Option(
+        "--policy",
+        help="promotion policy YAML of a local registry (default conf/base/promotion_policy.yml); a tracking "
+        "server enforces its own",
+    ),
 ]
 
 
@@ -67,6 +71,15 @@ def _store() -> AdapterStore:
 
     uri = _state["tracking_uri"]
     return AdapterStore(uri, must_exist=True) if uri else AdapterStore.from_env(must_exist=True)
+
+
+def _policy(store: AdapterStore, path: Path | None) -> Any:
+    """The promotion policy of this registry (``registry.policy.policy_for``); warnings go to stderr."""
+    from adapter_registry.registry.policy import policy_for
+
+    app = store.server_app()
+    warn = lambda message: typer.echo(f"warning: {message}", err=True)  # noqa: E731
+    return policy_for(store.tracking_uri, None if app is None else app.get("policy"), path, warn=warn)
 
 
 def _error_line(message: str) -> None:
@@ -383,7 +396,6 @@ def promote(
     --canary P the version takes P% of production traffic first (gated and audited like a promotion)."""
     from adapter_registry.registry import promotion
     from adapter_registry.registry.entities import RegistryError
-    from adapter_registry.registry.policy import load_policy
 
     with _errors():
         if canary is None and (shadow or canary_policy is not None):
@@ -398,11 +410,13 @@ def promote(
 
             event = begin_canary(
                 store, ref, canary, shadow=shadow, policy_file=canary_policy, reason=reason, force=force,
-                policy=load_policy(policy),
+                policy=_policy(store, policy),
             )  # fmt: skip
             title = f"{event.model}/{event.version}: canary at {canary}%{' (shadow)' if shadow else ''}"
         else:
-            event = promotion.promote(store, ref, to, reason=reason, force=force, policy=load_policy(policy))
+            event = promotion.promote(
+                store, ref, to, reason=reason, force=force, policy=_policy(store, policy)
+            )
             title = f"promoted {event.model}/{event.version} to {to}"
     if not wait:
         _emit(as_json, event.to_dict(), lambda: _events_table([event], title))
@@ -491,13 +505,12 @@ def rollback(
 ) -> None:
     """Give a stage back to the version that held it before, or at --to-time (gated and audited)."""
     from adapter_registry.registry import promotion
-    from adapter_registry.registry.policy import load_policy
 
     with _errors():
         when = _parse_time(to_time, "--to-time") if to_time else None
         store = _store()
         event = promotion.rollback(
-            store, name, stage, reason=reason, to_time=when, force=force, policy=load_policy(policy)
+            store, name, stage, reason=reason, to_time=when, force=force, policy=_policy(store, policy)
         )
     title = f"{name}@{stage} rolled back to {event.version}"
     if not wait:
@@ -518,10 +531,10 @@ def retire(
 ) -> None:
     """Take a stage away from its holder (archived; `serve` stops serving it): audited, with a reason."""
     from adapter_registry.registry import promotion
-    from adapter_registry.registry.policy import load_policy
 
     with _errors():
-        event = promotion.retire(_store(), name, stage, reason=reason, policy=load_policy(policy))
+        store = _store()
+        event = promotion.retire(store, name, stage, reason=reason, policy=_policy(store, policy))
     _emit(
         as_json, event.to_dict(), lambda: _events_table([event], f"{name}@{stage} retired (v{event.version})")
     )
@@ -531,7 +544,8 @@ def retire(
 def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: JsonOpt = False) -> None:
     """The append-only history of stage changes, and who holds each stage; exits 1 when the history was tampered
     with or a stage (or the canary alias) is held by a version that no audited promotion (canary start) placed
-    there."""
+    there. Says what the trail can prove: signed by a tracking server running the adapter-registry auth app, or
+    unsigned (a local registry)."""
     from adapter_registry.checksums import files_digest
     from adapter_registry.registry.audit import AuditLog
     from adapter_registry.registry.entities import CANARY_ALIAS
@@ -551,9 +565,15 @@ def audit(name: Annotated[str, typer.Argument(help="adapter name")], as_json: Js
     )
     problems = [*trail.problems, *unattested]
     data = {"model": name, "intact": trail.intact, "attested": not unattested, "problems": problems,
+            "signed": trail.signed, "assurance": trail.assurance,
             "stages": {s: c.to_dict() for s, c in checks.items()},
             "events": [e.to_dict() for e in trail.events]}  # fmt: skip
-    _emit(as_json, data, lambda: _events_table(trail.events, f"audit trail of {name}"))
+
+    def render() -> None:
+        _events_table(trail.events, f"audit trail of {name}")
+        typer.echo(f"this trail is {trail.assurance}")
+
+    _emit(as_json, data, render)
     if problems:
         _error_line(f"audit of {name!r} does not check out: {'; '.join(problems)}")
         raise typer.Exit(1)
@@ -1282,8 +1302,9 @@ def recipes(
 
 # ------------------------------------------------------------------------------------------------ team stack
 stack_app = typer.Typer(
-    help="The team registry on this machine: PostgreSQL + mlflow server (basic-auth, proxied artifacts) kept in one "
-    'folder (default .team/). `eval "$(adapter-registry stack up)"` points this shell at it.',
+    help="The team registry on this machine: PostgreSQL + mlflow server (the adapter-registry auth app: "
+    "basic-auth, protected stages, a signed audit trail; proxied artifacts) kept in one folder (default .team/). "
+    '`eval "$(adapter-registry stack up)"` points this shell at it.',
     no_args_is_help=True,
 )
 app.add_typer(stack_app, name="stack")
@@ -1452,7 +1473,6 @@ def canary_watch(
     Exit 0 when promoted, 2 when rolled back, 4 when --timeout passed undecided."""
     import time
 
-    from adapter_registry.registry.policy import load_policy
     from adapter_registry.rollout import watch_canary
 
     def progress(look: Any) -> None:
@@ -1464,8 +1484,9 @@ def canary_watch(
                    f"{look.verdict.decision}: {look.verdict.reason}", err=True)  # fmt: skip
 
     with _errors():
+        store = _store()
         look, events = watch_canary(
-            _store(), name, interval=interval, timeout=timeout, policy=load_policy(policy), on_look=progress
+            store, name, interval=interval, timeout=timeout, policy=_policy(store, policy), on_look=progress
         )
     data = {**look.to_dict(), "events": [e.to_dict() for e in events]}
     _emit(as_json, data, lambda: _events_table(events, f"canary of {name} decided") if events else None)

@@ -1,4 +1,5 @@
-"""The team stack in one folder: PostgreSQL, and an MLflow tracking server on it with proxied artifacts and basic-auth.
+"""The team stack in one folder: PostgreSQL, and an MLflow tracking server on it with proxied artifacts and the
+project's auth app (basic-auth, protected stages, a server-signed audit trail).
 
 ``adapter-registry stack up`` (``make team-up``) and the test suite's PostgreSQL fixture both run :class:`Stack`:
 
@@ -8,12 +9,16 @@
   cluster is owned by and run as the ``postgres`` user (created when missing); as anyone else, as that user.
 - Two databases: ``mlflow`` (tracking and model registry) and ``mlflow_auth`` (the basic-auth users).
 - ``mlflow server --backend-store-uri postgresql://... --artifacts-destination <folder>/artifacts --app-name
-  basic-auth``: clients upload and download artifacts through the server (``mlflow-artifacts:/``), so they need no
-  object-store credentials. ``ADAPTER_REGISTRY_ARTIFACTS_DESTINATION`` (e.g. ``s3://bucket/prefix``) replaces the
-  folder; the server then reads the object store's usual variables (``MLFLOW_S3_ENDPOINT_URL``, ``AWS_*``).
+  adapter-registry``: clients upload and download artifacts through the server (``mlflow-artifacts:/``), so they
+  need no object-store credentials. ``ADAPTER_REGISTRY_ARTIFACTS_DESTINATION`` (e.g. ``s3://bucket/prefix``)
+  replaces the folder; the server then reads the object store's usual variables (``MLFLOW_S3_ENDPOINT_URL``,
+  ``AWS_*``). The app (``registry.auth_app``) is basic-auth plus the stages protected by
+  ``<folder>/promotion_policy.yml`` (copied from the project's ``conf/base/promotion_policy.yml`` on the first
+  ``up``; edit it there, the server re-reads it) and the audit trail signed with ``<folder>/audit.key``; both are
+  named in the ``[adapter_registry]`` section of ``<folder>/basic_auth.ini``.
 - Secrets are generated on the first ``up`` and kept in ``<folder>/secrets.json`` (mode 0600): the PostgreSQL
-  password, the basic-auth admin password, the Flask secret key. Nothing secret is put on a command line (the
-  server gets the database password through ``PGPASSWORD``).
+  password, the basic-auth admin password, the Flask secret key; and ``<folder>/audit.key`` (mode 0600). Nothing
+  secret is put on a command line (the server gets the database password through ``PGPASSWORD``).
 
 ``down`` stops the server (the process group it started) and PostgreSQL (``pg_ctl stop -m fast``); ``status``
 says what runs. State (ports, the server's pid) is kept in ``<folder>/stack.json``.
@@ -35,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapter_registry.registry.entities import AUDIT_EXPERIMENT, LOCK_MODEL
+from adapter_registry.registry import auth_app
+from adapter_registry.registry.entities import LOCK_MODEL
+from adapter_registry.registry.policy import DEFAULT_POLICY_PATH
 
 POSTGRES_USER = "postgres"  # the unprivileged account PostgreSQL runs as when we are root
 DB_USER = "mlflow"  # the cluster's superuser, owner of both databases
@@ -45,6 +52,17 @@ ARTIFACTS_ENV = "ADAPTER_REGISTRY_ARTIFACTS_DESTINATION"
 FOLDER_ENV = "ADAPTER_REGISTRY_TEAM_DIR"
 AUTH_CACHE_S = 60  # basic-auth: seconds a checked password stays valid in a server worker
 DEFAULT_FOLDER = ".team"
+DEFAULT_POLICY = """\
+# The promotion policy this team's tracking server enforces (its adapter-registry auth app re-reads this file when
+# it changes). Written by `adapter-registry stack up`, from the project's conf/base/promotion_policy.yml when there
+# is one. A user not named here cannot move a protected stage's alias by any route: CLI, REST or MLflow's UI.
+enforce: auth_server
+stages:
+  production:
+    allowed_users: [{admin}]  # MLflow usernames allowed to promote to / roll back / retire production
+  staging:
+    allowed_users: null     # null: anyone who may edit the registered model
+"""
 
 
 class StackError(Exception):
@@ -180,7 +198,7 @@ class StackStatus:
 
 
 class Stack:
-    """PostgreSQL + ``mlflow server`` (basic-auth, proxied artifacts) kept in ``folder``."""
+    """PostgreSQL + ``mlflow server`` (the adapter-registry auth app, proxied artifacts) kept in ``folder``."""
 
     def __init__(self, folder: Path | str | None = None) -> None:
         chosen = folder or os.environ.get(FOLDER_ENV) or DEFAULT_FOLDER
@@ -189,6 +207,8 @@ class Stack:
         self.state_file = self.folder / "stack.json"
         self.secrets_file = self.folder / "secrets.json"
         self.auth_config = self.folder / "basic_auth.ini"
+        self.policy_file = self.folder / "promotion_policy.yml"
+        self.audit_key = self.folder / "audit.key"
         self.pg_log = self.folder / "postgres.log"
         self.mlflow_log = self.folder / "mlflow.log"
 
@@ -274,7 +294,10 @@ class Stack:
                     f"port {mlflow_port} is taken; start the stack with --port N (a free port)"
                     + ("" if port else f" or stop what listens on {mlflow_port}")
                 )
-            say(f"starting mlflow server on {host}:{mlflow_port} (basic-auth, artifacts proxied)")
+            self._app_files(creds)
+            say(
+                f"starting mlflow server on {host}:{mlflow_port} (auth app {auth_app.APP_NAME}, artifacts proxied)"
+            )
             pid = self._mlflow_start(pg_port, host, int(mlflow_port), workers, creds)
             state.update(mlflow_port=int(mlflow_port), mlflow_pid=pid, host=host)
             self._write_json(self.state_file, state)
@@ -282,24 +305,33 @@ class Stack:
             self._prepare(state, creds)
         return self.status()
 
+    def _app_files(self, creds: dict[str, str]) -> None:
+        """The auth app's files, made on the first ``up``: the policy and the audit key. Refuses to start a server
+        whose app cannot be found (an install older than the app's entry point)."""
+        from importlib.metadata import entry_points
+
+        if auth_app.APP_NAME not in {e.name for e in entry_points(group="mlflow.app")}:
+            raise StackError(
+                f"MLflow does not know the auth app {auth_app.APP_NAME!r}: the installed adapter-registry predates "
+                'its entry point; reinstall the project (pip install -e ".[dev]", or make setup)'
+            )
+        if not self.policy_file.exists():
+            project = DEFAULT_POLICY_PATH if DEFAULT_POLICY_PATH.is_file() else None
+            text = project.read_text() if project else DEFAULT_POLICY.format(admin=creds["admin_user"])
+            self.policy_file.write_text(text)
+        auth_app.new_key(self.audit_key)
+
     def _prepare(self, state: dict[str, Any], creds: dict[str, str]) -> None:
-        """Create, as the admin, what every writer shares: the audit experiment and the writer-lock model (an
-        admin then grants each writer EDIT on both; see README "Team registry")."""
+        """Create, as the admin, the writer-lock model every writer shares (an admin then grants each writer EDIT
+        on it; see README "Team registry"). The audit experiment is the server's own (its auth app creates it)."""
         import requests
 
         url = f"{self.tracking_uri(state)}/api/2.0/mlflow"
         auth = (creds["admin_user"], creds["admin_password"])
-        shared: list[tuple[str, dict[str, Any]]] = [
-            ("experiments/create", {"name": AUDIT_EXPERIMENT}),
-            (
-                "registered-models/create",
-                {"name": LOCK_MODEL, "tags": [{"key": "ar.kind", "value": "writer-locks"}]},
-            ),
-        ]
-        for endpoint, body in shared:
-            answer = requests.post(f"{url}/{endpoint}", json=body, auth=auth, timeout=30)
-            if answer.status_code != 200 and "RESOURCE_ALREADY_EXISTS" not in answer.text:
-                raise StackError(f"creating {body['name']!r} on the new server failed: {answer.text[:300]}")
+        body: dict[str, Any] = {"name": LOCK_MODEL, "tags": [{"key": "ar.kind", "value": "writer-locks"}]}
+        answer = requests.post(f"{url}/registered-models/create", json=body, auth=auth, timeout=30)
+        if answer.status_code != 200 and "RESOURCE_ALREADY_EXISTS" not in answer.text:
+            raise StackError(f"creating {LOCK_MODEL!r} on the new server failed: {answer.text[:300]}")
 
     def _initdb(self, pg_bin: Path, user: RunAs, password: str) -> None:
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
@@ -376,7 +408,8 @@ class Stack:
                 "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
                 # Checking a password is a PBKDF2 hash (about 1 s of CPU here) on every request unless cached:
                 # a promotion makes a dozen requests. A changed password reaches other workers within the TTL.
-                f"auth_cache_ttl_seconds = {AUTH_CACHE_S}\n"
+                f"auth_cache_ttl_seconds = {AUTH_CACHE_S}\n\n"
+                + auth_app.config_section(self.policy_file, self.audit_key)
             )
         env = {
             **os.environ,
@@ -394,7 +427,7 @@ class Stack:
             sys.executable, "-m", "mlflow", "server",
             "--backend-store-uri", self._pg_uri(pg_port, "mlflow"),
             "--artifacts-destination", self.artifacts_destination(),
-            "--host", host, "--port", str(port), "--workers", str(workers), "--app-name", "basic-auth",
+            "--host", host, "--port", str(port), "--workers", str(workers), "--app-name", auth_app.APP_NAME,
         ]  # fmt: skip
         with self.mlflow_log.open("a") as log:
             process = subprocess.Popen(command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -2,7 +2,8 @@
 
 No mocks: the adapter is a real peft save, the store a real sqlite MLflow database in tmp_path, the server
 fixture runs a real ``mlflow server`` subprocess on 127.0.0.1, and ``team_stack`` runs the team stack itself
-(``adapter-registry stack up``: PostgreSQL via initdb + pg_ctl, ``mlflow server`` on it with basic-auth).
+(``adapter-registry stack up``: PostgreSQL via initdb + pg_ctl, ``mlflow server`` on it with the project's auth app,
+``--app-name adapter-registry``; ``auth_app_visible`` declares its entry point where the install predates it).
 ``backend`` gives the three registries the contract tests run against: a sqlite file, a server on sqlite, a
 server on PostgreSQL. Where PostgreSQL is not installed the last is skipped, saying so; under ``CI=true`` that is
 a failure instead (``.ci/run`` installs it).
@@ -214,9 +215,62 @@ POSTGRES_MISSING = (
 )
 
 
+# ------------------------------------------------------------------------------------------------ the auth app
+def _declare_auth_app(folder: Path) -> Path | None:
+    """Make ``mlflow server --app-name adapter-registry`` find the project's auth app where the installed metadata
+    predates its entry point (an editable install made before it; ``pip install -e .`` refreshes it): a
+    ``*.dist-info`` in ``folder`` declaring it. ``folder`` when one was needed, else None."""
+    from importlib.metadata import entry_points
+
+    from adapter_registry.registry.auth_app import APP_NAME
+
+    if APP_NAME in {e.name for e in entry_points(group="mlflow.app")}:
+        return None
+    info = folder / "adapter_registry_auth_app-0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: adapter-registry-auth-app\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(
+        f"[mlflow.app]\n{APP_NAME} = adapter_registry.registry.auth_app:create_app\n"
+    )
+    return folder
+
+
 @pytest.fixture(scope="session")
-def team_stack() -> Iterator[Stack]:
-    """The team stack (PostgreSQL + mlflow server with basic-auth) started and stopped with README's commands
+def auth_app_visible(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The auth app's entry point visible to this process and to the servers it starts (PYTHONPATH)."""
+    folder = _declare_auth_app(tmp_path_factory.mktemp("entry-points"))
+    if folder is None:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        patch.setenv(
+            "PYTHONPATH", os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+        )
+        yield
+
+
+def auth_app_config(folder: Path, policy: str, admin: str = "admin") -> dict[str, str]:
+    """Files of a server running the auth app in ``folder`` (basic-auth's ini with the app's section, the policy,
+    the audit key) and the environment that points ``mlflow server`` at them."""
+    from adapter_registry.registry.auth_app import config_section, new_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "promotion_policy.yml").write_text(policy)
+    new_key(folder / "audit.key")
+    ini = folder / "basic_auth.ini"
+    ini.write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{folder / 'auth.db'}\n"
+        f"admin_username = {admin}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n\n"
+        + config_section(folder / "promotion_policy.yml", folder / "audit.key")
+    )
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini)}
+
+
+@pytest.fixture(scope="session")
+def team_stack(auth_app_visible: None) -> Iterator[Stack]:
+    """The team stack (PostgreSQL + mlflow server with the project's auth app) started and stopped with README's commands
     (``adapter-registry stack up`` / ``stack down``) in a fresh folder under /tmp (as root, PostgreSQL runs as the
     postgres user, who cannot enter pytest's 0700 tmp dirs)."""
     from typer.testing import CliRunner

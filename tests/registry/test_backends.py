@@ -1,5 +1,5 @@
 """The registry contract on three backends: a sqlite file, ``mlflow server`` on sqlite, ``mlflow server`` on
-PostgreSQL (the team stack, with basic-auth). Register -> pull -> sha256; list/show/filters (the listing's fast
+PostgreSQL (the team stack, with the project's auth app: basic-auth, protected stages, a server-signed audit trail). Register -> pull -> sha256; list/show/filters (the listing's fast
 paths against full reads); promote/rollback/audit and attested stages; many writers at once; bad input and faults.
 """
 
@@ -300,6 +300,8 @@ def test_stack_commands_on_the_running_stack(team_stack) -> None:  # type: ignor
     assert status.exit_code == 0 and data["postgres"] and data["mlflow"]
     assert data["tracking_uri"] == stack_env(team_stack)["MLFLOW_TRACKING_URI"]
     assert oct(Path(folder, "secrets.json").stat().st_mode & 0o777) == "0o600"
+    assert oct(Path(folder, "audit.key").stat().st_mode & 0o777) == "0o600"  # the auth app's signing key
+    assert "[adapter_registry]" in Path(folder, "basic_auth.ini").read_text()
 
 
 @pytest.mark.server
@@ -330,9 +332,9 @@ def test_readme_team_registry_commands(  # type: ignore[no-untyped-def]
     assert "intent_router/1" in run("list")
     run("promote", "intent_router/1", "--to", "staging", "--reason", "passes gates")
     run("audit", "intent_router")
-    assert [e["reason"] for e in json.loads(run("audit", "intent_router", "--json"))["events"]] == [
-        "passes gates"
-    ]
+    trail = json.loads(run("audit", "intent_router", "--json"))
+    assert [e["reason"] for e in trail["events"]] == ["passes gates"]
+    assert trail["signed"]  # the stack runs the project's auth app: the server wrote and signed the event
     assert "verified" in run("pull", "intent_router@staging", "./adapter")
     assert sorted(p.name for p in (tmp_path / "project" / "adapter").iterdir()) == sorted(
         p.name for p in adapter_dir.iterdir()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from adapter_registry.registry import promotion
-from adapter_registry.registry.audit import AuditLog
-from adapter_registry.registry.entities import AuditTag, RegistryError, Tag
-from adapter_registry.registry.policy import Actor, PromotionPolicy, StageRule, load_policy
+from adapter_registry.registry.audit import AuditLog, Head, link, signed_chain
+from adapter_registry.registry.entities import AuditTag, RegistryError, StageChange, Tag
+from adapter_registry.registry.policy import Actor, PromotionPolicy, StageRule, load_policy, policy_for
 from adapter_registry.registry.store import AdapterStore
 
 from .conftest import GOOD_METRICS, lineage_tags
@@ -232,3 +232,60 @@ def test_a_version_without_a_base_fingerprint_is_not_promoted(store: AdapterStor
     ):
         promote(store, f"{NAME}/1", "staging", force=True, reason="try")
     assert AuditLog(store).read(NAME).events[-1].action == "refused"
+
+
+def test_a_signed_chain_names_what_was_forged_edited_or_deleted() -> None:
+    """The server's check of its trail (registry.auth_app runs it with its key and recorded head)."""
+    import dataclasses
+    import datetime as dt
+
+    key, runs, prev_hash, prev_mac = b"k" * 64, [], "", ""
+    for seq in (1, 2, 3):
+        event = StageChange(model="m", version=seq, from_stage="candidate", to_stage="staging", who="alice",
+                            when=dt.datetime(2026, 1, seq, tzinfo=dt.UTC), seq=seq)  # fmt: skip
+        tags = link(event, prev_hash, key, prev_mac)
+        runs.append((tags, False))
+        prev_hash, prev_mac = tags[AuditTag.HASH], tags[AuditTag.MAC]
+    head = Head(3, prev_mac, prev_hash)
+    assert signed_chain("m", runs, key, head).intact
+
+    def problems(rows: list, recorded: Head | None = head) -> list[str]:
+        trail = signed_chain("m", rows, key, recorded)
+        assert trail.signed and trail.assurance.startswith("signed by the tracking server")
+        return list(trail.problems)
+
+    forged = dataclasses.replace(event, seq=4, who="admin", to_stage="production", action="promote")
+    for other_key in (None, b"x" * 64):  # an unsigned link, or one signed with a key that is not the server's
+        (problem,) = problems([*runs, (link(forged, prev_hash, other_key, prev_mac), False)])
+        assert problem.startswith("event 4 (promote of version 3 to production, by 'admin') is not signed")
+    edited = {**runs[1][0], AuditTag.EVENT: runs[1][0][AuditTag.EVENT].replace('"alice"', '"bob"')}
+    assert problems([runs[0], (edited, False), runs[2]])[0].startswith(
+        "event 2 (promote of version 2 to staging, by 'bob')"
+    )
+    assert problems([runs[0], runs[2]]) == ["event 2 of 'm' deleted (the server signed them)"]
+    assert problems(runs[:2]) == [
+        "event 3 of 'm' deleted: the tracking server signed 3 event(s), the trail holds 2"
+    ]  # the last one: only the head the server kept tells
+    assert problems([runs[0], (runs[1][0], True), runs[2]]) == [
+        "event 2 was deleted in MLflow (kept here, marked unverified)"
+    ]
+    assert "has no record of the last event" in problems(runs, None)[0]
+
+
+def test_on_a_server_the_policy_is_the_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17, reproduction 1 on the client's side: a caller's policy file does not apply to a tracking server."""
+    mine = tmp_path / "mine.yml"
+    mine.write_text("enforce: never\n")
+    server = {"enforce": "auth_server", "stages": {"production": {"allowed_users": ["alice"]}}}
+    with pytest.raises(RegistryError, match=r"--policy '.*mine.yml' applies to a local registry only"):
+        policy_for("http://registry:5000", server, mine)
+    monkeypatch.setenv("ADAPTER_REGISTRY_POLICY", str(mine))
+    said: list[str] = []
+    assert policy_for("https://registry", server, warn=said.append).refusal("production", "bob", True)
+    assert said == ["ADAPTER_REGISTRY_POLICY is ignored on a tracking server: the policy is the server's"]
+    monkeypatch.chdir(tmp_path)  # no conf/base/promotion_policy.yml: the strict default
+    assert policy_for("http://registry:5000", None, warn=said.append).refusal("production", "admin", True)
+    assert "checked by this client only" in said[-1]
+    assert (
+        policy_for(f"sqlite:///{tmp_path}/mlflow.db", None).enforce == "never"
+    )  # a local store: the caller's

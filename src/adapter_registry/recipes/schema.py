@@ -162,6 +162,60 @@ class ExpectationsSpec(Closed):
 
 
 # --------------------------------------------------------------------------------------------- training
+class DistributedSpec(Closed):
+    """Training on more than one process of one machine (``training.distributed``); the defaults are one process.
+
+    ``torchrun`` starts ``processes`` copies of the project's own loop; each takes its share of every batch, so the
+    recipe's ``batch_size`` stays the rows per optimiser step whatever the number of processes. Only the first
+    process writes checkpoints; the trained adapter comes back to the train node, which evaluates, merges and
+    registers it once. See README, "Training on more than one process".
+    """
+
+    strategy: Literal["none", "ddp", "fsdp"] = Field(
+        "none",
+        description="none: one process; ddp: every process holds the whole model and gradients are averaged "
+        "(DistributedDataParallel); fsdp: parameters, gradients and optimizer state are sharded across the "
+        "processes (PyTorch FSDP2), for a base that does not fit one device",
+    )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="processes on this machine (the world size): one per GPU, or per CPU cores",
+    )
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no",
+        description="run the forward in this dtype (torch.autocast); weights, gradients and optimizer state stay "
+        "float32. fp16 adds dynamic loss scaling",
+    )
+    gradient_accumulation: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="micro-batches per process per optimiser step: each process holds batch_size / (processes x "
+        "gradient_accumulation) rows at a time (less activation memory, same step)",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="keep only each decoder layer's input and recompute the rest in the backward pass: much less "
+        "activation memory for about a third more compute",
+    )
+
+    @model_validator(mode="after")
+    def _one_process_without_strategy(self) -> DistributedSpec:
+        if self.strategy == "none" and self.processes > 1:
+            raise ValueError(
+                f"processes: {self.processes} needs a strategy to share the work. Fix: strategy: ddp (each process "
+                "holds the whole model) or strategy: fsdp (the model is sharded), or processes: 1"
+            )
+        return self
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches in one optimiser step, over every process."""
+        return self.processes * self.gradient_accumulation
+
+
 class TrainingSpec(Closed):
     """One readable training loop; give epochs or max_steps."""
 
@@ -190,12 +244,39 @@ class TrainingSpec(Closed):
             "train + validation for as many epochs (no data is left out of the final adapter; costs a second run)"
         ),
     )
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec,
+        description="processes, sharding, mixed precision, gradient accumulation and activation checkpointing; "
+        "default: one process, float32, no accumulation",
+    )
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
         if self.epochs is None and self.max_steps is None:
             raise ValueError("give 'epochs' or 'max_steps' (for example `epochs: 1`)")
         return self
+
+    @model_validator(mode="after")
+    def _batch_splits_evenly(self) -> TrainingSpec:
+        d = self.distributed
+        if self.batch_size % d.micro_batches:
+            lower = self.batch_size // d.micro_batches * d.micro_batches
+            sizes = " or ".join(str(n) for n in (lower, lower + d.micro_batches) if n > 0)
+            raise ValueError(
+                f"batch_size: {self.batch_size} does not split into distributed.processes x "
+                f"distributed.gradient_accumulation = {d.processes} x {d.gradient_accumulation} = {d.micro_batches} "
+                f"equal micro-batches. Fix: batch_size: {sizes}, or change processes or gradient_accumulation"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump_distributed_when_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``distributed`` out while it is the default (one process), so that the dump, the recipe hash and the
+        ``ar.training`` tag of a one-process recipe are what they always were."""
+        data: dict[str, Any] = handler(self)
+        if isinstance(data, dict) and self.distributed == DistributedSpec():
+            data.pop("distributed", None)
+        return data
 
 
 # --------------------------------------------------------------------------------------------- evaluation

@@ -152,6 +152,9 @@ class AuditTag:
     EVENT = "ar.audit.event"  # JSON of the whole StageChange
     PREVIOUS_HASH = "ar.audit.prev_hash"  # hash of the previous event of this model ("" for the first)
     HASH = "ar.audit.hash"  # sha256(prev_hash + event JSON): the chain that makes a rewrite visible
+    # Written only by a tracking server that runs the adapter-registry auth app (registry.auth_app):
+    PREVIOUS_MAC = "ar.audit.prev_mac"  # the MAC of the previous event of this model ("" for the first)
+    MAC = "ar.audit.mac"  # HMAC-SHA256(server key, prev_mac + event JSON): who wrote it, with a key no client has
 
 
 class FleetTag:

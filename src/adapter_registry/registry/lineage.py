@@ -157,6 +157,17 @@ def must_beat_base(version: AdapterVersion) -> bool:
     return version.tags.get(Tag.MUST_BEAT_BASE, "true").lower() != "false"
 
 
+def distribution_of(version: AdapterVersion) -> tuple[str, int]:
+    """How ``version`` was trained: (strategy, world size), from its ``ar.training`` tag. The recipe's
+    ``training.distributed`` block is written there only when it is not the default (one process: ``("none", 1)``);
+    its ``processes`` are the world size, training running on one machine."""
+    training = _parsed(version.tags.get(Tag.TRAINING))
+    block = training.get("distributed") if isinstance(training, dict) else None
+    if not isinstance(block, dict):
+        return "none", 1
+    return str(block.get("strategy", "none")), int(block.get("processes", 1))
+
+
 def datasets_of(version: AdapterVersion) -> tuple[DatasetRef, ...]:
     found: dict[str, dict[str, str]] = {}
     for key, value in version.tags.items():

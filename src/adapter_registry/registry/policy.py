@@ -1,11 +1,20 @@
 """Who acts and who may promote: the actor's identity, and a small closed YAML policy
-(conf/base/promotion_policy.yml) checked before a stage moves."""
+(conf/base/promotion_policy.yml) checked before a stage moves.
+
+Where the policy comes from depends on the registry (``policy_for``): a local store reads the file the caller
+names (``--policy``, ``$ADAPTER_REGISTRY_POLICY``, else the project's); a tracking server that runs the project's
+auth app (``registry.auth_app``) enforces the policy of its own configuration, which the client fetches for its
+early, audited refusal, and a caller's file is refused there; a server without the app enforces none (the
+client's check is a courtesy there, and says so).
+"""
 
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,10 +22,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapter_registry.registry.entities import PROMOTION_STAGES, RegistryError
+from adapter_registry.registry.entities import CANARY_ALIAS, PROMOTION_STAGES, RegistryError
 from adapter_registry.registry.errors import unreachable
 
 DEFAULT_POLICY_PATH = Path("conf/base/promotion_policy.yml")
+POLICY_ENV = "ADAPTER_REGISTRY_POLICY"
 
 
 class StageRule(BaseModel):
@@ -35,26 +45,36 @@ class PromotionPolicy(BaseModel):
     )
     stages: dict[Literal["staging", "production"], StageRule] = Field(default_factory=dict)
 
+    def rule(self, stage: str) -> StageRule | None:
+        """The rule of ``stage``; the canary alias takes production traffic, so production's rule is its own."""
+        return self.stages.get("production" if stage == CANARY_ALIAS else stage)  # type: ignore[call-overload]
+
     def refusal(self, stage: str, user: str, authenticated: bool) -> str | None:
         """Why ``user`` may not move a version into ``stage``, or None when allowed."""
         if self.enforce == "never" or (self.enforce == "auth_server" and not authenticated):
             return None
-        rule = self.stages.get(stage)  # type: ignore[call-overload]
+        rule = self.rule(stage)
         if rule is None or rule.allowed_users is None or user in rule.allowed_users:
             return None
         allowed = ", ".join(rule.allowed_users) or "nobody"
+        if stage == CANARY_ALIAS:
+            return f"user {user!r} may not move a canary (it takes production traffic): the promotion policy allows {allowed}"
         return f"user {user!r} may not promote to {stage}: the promotion policy allows {allowed}"
 
+    def protects(self, stage: str) -> bool:
+        """Whether moving an alias into (or out of) ``stage`` is restricted to named users."""
+        rule = self.rule(stage)
+        return self.enforce != "never" and rule is not None and rule.allowed_users is not None
 
-def load_policy(path: Path | None = None) -> PromotionPolicy:
-    """Read the policy (``path``, else $ADAPTER_REGISTRY_POLICY, else conf/base/promotion_policy.yml).
+
+def load_policy(path: Path | None = None, use_env: bool = True) -> PromotionPolicy:
+    """Read the policy (``path``, else $ADAPTER_REGISTRY_POLICY unless ``use_env`` is False, else
+    conf/base/promotion_policy.yml).
 
     A missing default file means the strictest reading for production: nobody may promote on an
     authenticated server until the file names someone.
     """
-    explicit = path or (
-        Path(os.environ["ADAPTER_REGISTRY_POLICY"]) if os.environ.get("ADAPTER_REGISTRY_POLICY") else None
-    )
+    explicit = path or (Path(os.environ[POLICY_ENV]) if use_env and os.environ.get(POLICY_ENV) else None)
     chosen = explicit or DEFAULT_POLICY_PATH
     if not chosen.is_file():
         if explicit:
@@ -67,6 +87,39 @@ def load_policy(path: Path | None = None) -> PromotionPolicy:
         raise RegistryError(
             "INVALID_INPUT", f"promotion policy {str(chosen)!r} is invalid: {' '.join(first[:3])}"
         ) from exc
+
+
+def policy_for(
+    tracking_uri: str,
+    server_policy: Mapping[str, object] | None,
+    path: Path | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> PromotionPolicy:
+    """The policy a promotion on ``tracking_uri`` is checked against (see the module's docstring).
+
+    ``server_policy``: the policy of the server's auth app (``AdapterStore.server_app``), None where there is none.
+    ``path`` (``--policy``) is refused against a server; $ADAPTER_REGISTRY_POLICY is ignored there, with a warning.
+    """
+    say = warn or logging.getLogger(__name__).warning
+    if not tracking_uri.startswith(("http://", "https://")):
+        return load_policy(path)
+    if path is not None:
+        raise RegistryError(
+            "INVALID_INPUT",
+            f"--policy {str(path)!r} applies to a local registry only: on a tracking server the promotion policy "
+            "is the server's (the adapter-registry auth app reads it from the server's configuration). Fix: drop "
+            "--policy",
+        )
+    if os.environ.get(POLICY_ENV):
+        say(f"{POLICY_ENV} is ignored on a tracking server: the policy is the server's")
+    if server_policy is not None:
+        return PromotionPolicy.model_validate(dict(server_policy))
+    say(
+        "the tracking server does not run the adapter-registry auth app (mlflow server --app-name "
+        f"adapter-registry): {DEFAULT_POLICY_PATH} is checked by this client only, and anyone with EDIT on a "
+        "registered model can move its aliases through MLflow"
+    )
+    return load_policy(use_env=False)
 
 
 # ------------------------------------------------------------------------------------------------ identity
@@ -122,4 +175,5 @@ __all__ = [
     "authenticated_user",
     "current_user",
     "load_policy",
+    "policy_for",
 ]

@@ -5,6 +5,9 @@ downloaded and checked against its registered sha256, and a base fingerprint rec
 alias, archives the version it replaces and appends one event to the audit trail, all holding the adapter's
 writer lock (``registry.locking``): concurrent promoters and rollbacks of one adapter take turns, each deciding on
 what the one before it left, so the audit trail stays one chain and its last event says who holds the stage.
+The moves are all or nothing: the step that needs the most rights (removing an alias: MANAGE under basic-auth)
+goes first, and a step refused after earlier ones (HTTP 403, the server's promotion policy, the audit append)
+undoes them, newest first; the error says what was undone and what could not be.
 ``--force`` skips failing gates (never the policy or the files), needs a reason and is audited as forced. A
 promotion refused by the policy, a failing gate or the files is audited too (action ``refused``, with the gate
 results). Rollback replays the audit trail of the
@@ -13,8 +16,8 @@ stage to find the version that held it before.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
+from collections.abc import Callable
 
 from adapter_registry.checksums import files_digest
 from adapter_registry.registry.audit import AuditLog
@@ -27,7 +30,7 @@ from adapter_registry.registry.entities import (
     Tag,
 )
 from adapter_registry.registry.lineage import gates_of, must_beat_base
-from adapter_registry.registry.policy import Actor, PromotionPolicy, load_policy
+from adapter_registry.registry.policy import Actor, PromotionPolicy, policy_for
 from adapter_registry.registry.stages import held_at
 from adapter_registry.registry.store import AdapterStore, parse_ref
 
@@ -154,7 +157,7 @@ def promote(
         raise RegistryError("INVALID_INPUT", "--force needs --reason: say why the gates are overridden")
     name, _, _ = parse_ref(ref)
     actor = actor or Actor.of(store.tracking_uri)
-    policy = policy or load_policy()
+    policy = policy or policy_for(store.tracking_uri, (store.server_app() or {}).get("policy"))
     with store.writer_lock(name):
         return _promote(store, ref, to, reason, force, policy, actor)
 
@@ -190,41 +193,76 @@ def _promote(
 
     # it holds its old stage's alias (not a bare candidate) and leaves it
     left_alias = version.stage in version.aliases and version.stage != to
+    replaced = serving if serving is not None and serving.version != version.version else None
     event = StageChange(
         model=version.name, version=version.version, from_stage=version.stage, to_stage=to, who=actor.user,
         when=dt.datetime.now(dt.UTC), reason=reason, forced=bool(failed) and force, action="promote",
-        gates=tuple(gates), replaced_version=serving.version if serving and serving.version != version.version else None,
+        gates=tuple(gates), replaced_version=replaced.version if replaced else None,
         digest=files_digest(version.checksums),
     )  # fmt: skip
-    try:
-        store.set_stage(version.name, version.version, to, current=version)
-        if left_alias:
-            store.drop_alias(version.name, version.stage)  # it left its old stage
-        if serving is not None and serving.version != version.version:
-            store.set_stage(version.name, serving.version, "archived", current=serving)
+    name, moves = version.name, _Moves(f"promotion of {version.ref} to {to}")
+    with moves:
+        if left_alias:  # first: removing an alias needs the most rights (MANAGE under basic-auth)
+            moves.do(f"alias {version.stage!r} removed from version {version.version}",
+                     lambda: store.drop_alias(name, version.stage),
+                     lambda: store.set_stage(name, version.version, version.stage))  # fmt: skip
+        moves.do(f"{to} given to version {version.version}",
+                 lambda: store.set_stage(name, version.version, to, current=version),
+                 lambda: _give_back(store, version, to, serving))  # fmt: skip
+        if replaced is not None:
+            moves.do(f"version {replaced.version} archived",
+                     lambda: store.set_stage(name, replaced.version, "archived", current=replaced),
+                     lambda: store.set_stage(name, replaced.version, to))  # fmt: skip
         return audit.append(event)  # a stage change the trail does not hold is undone
-    except RegistryError:
-        _restore(store, version, to, serving, left_alias)
-        raise
 
 
-def _restore(
-    store: AdapterStore, version: AdapterVersion, to: str, serving: AdapterVersion | None, left_alias: bool
+def _give_back(
+    store: AdapterStore, version: AdapterVersion, stage: str, holder: AdapterVersion | None
 ) -> None:
-    """Best-effort undo of a half-done move, so a refused step (e.g. HTTP 403) leaves the stages as they were."""
-    name = version.name
-    steps = [
-        (lambda: store.set_stage(name, serving.version, to))
-        if serving is not None
-        else (lambda: store.drop_alias(name, to))
-    ]
-    if left_alias:
-        steps.append(lambda: store.set_stage(name, version.version, version.stage))
+    """Undo giving ``stage`` to ``version``: back to its ``holder`` before (or to nobody), and ``version`` archived
+    again if it was."""
+    if holder is not None and holder.version != version.version:
+        store.set_stage(version.name, holder.version, stage)
+    elif holder is None:
+        store.drop_alias(version.name, stage)
     if version.stage == "archived":
-        steps.append(lambda: store.set_stage(name, version.version, "archived"))
-    for step in steps:
-        with contextlib.suppress(RegistryError):
-            step()
+        store.set_stage(version.name, version.version, "archived")
+
+
+class _Moves:
+    """The steps of one stage change, each with its undo. Inside ``with``, a RegistryError undoes the steps done
+    so far, newest first, and is raised again with what was undone (or could not be) added to its message."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.done: list[tuple[str, Callable[[], None]]] = []
+
+    def do(self, what: str, step: Callable[[], None], undo: Callable[[], None]) -> None:
+        step()
+        self.done.append((what, undo))
+
+    def __enter__(self) -> _Moves:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if not isinstance(exc, RegistryError):
+            return
+        if not self.done:
+            raise RegistryError(exc.code, f"{exc.message} (nothing was moved)") from exc
+        undone, stuck = [], []
+        for what, undo in reversed(self.done):
+            try:
+                undo()
+                undone.append(what)
+            except RegistryError as failed:
+                stuck.append(f"{what} ({failed.message})")
+        report = f"undone: {'; '.join(undone)}" if undone else ""
+        if stuck:
+            report += ("; " if report else "") + (
+                f"NOT undone: {'; '.join(stuck)}: audit and list report the holder UNATTESTED and serve keeps the "
+                "last attested version; an administrator puts the alias back"
+            )
+        raise RegistryError(exc.code, f"{exc.message} ({self.what} {report})") from exc
 
 
 def stage_history(events: tuple[StageChange, ...] | list[StageChange], stage: str) -> list[int]:
@@ -268,7 +306,7 @@ def rollback(
     if force and not reason.strip():
         raise RegistryError("INVALID_INPUT", "--force needs --reason: say why the gates are overridden")
     actor = actor or Actor.of(store.tracking_uri)
-    policy = policy or load_policy()
+    policy = policy or policy_for(store.tracking_uri, (store.server_app() or {}).get("policy"))
     with store.writer_lock(name):
         return _rollback(store, name, stage, reason, to_time, force, policy, actor)
 
@@ -319,14 +357,16 @@ def _rollback(
         gates=tuple(gates), replaced_version=replaced.version if replaced is not None else None,
         digest=files_digest(target.checksums),
     )  # fmt: skip
-    try:
-        store.set_stage(name, target.version, stage, current=target)
+    moves = _Moves(f"rollback of {name}@{stage} to version {target.version}")
+    with moves:
+        moves.do(f"{stage} given to version {target.version}",
+                 lambda: store.set_stage(name, target.version, stage, current=target),
+                 lambda: _give_back(store, target, stage, current))  # fmt: skip
         if replaced is not None:
-            store.set_stage(name, replaced.version, "archived", current=replaced)
+            moves.do(f"version {replaced.version} archived",
+                     lambda: store.set_stage(name, replaced.version, "archived", current=replaced),
+                     lambda: store.set_stage(name, replaced.version, stage))  # fmt: skip
         return audit.append(event)  # a stage change the trail does not hold is undone
-    except RegistryError:
-        _restore(store, target, stage, current, left_alias=False)
-        raise
 
 
 def _previous_holder(
@@ -366,7 +406,7 @@ def retire(
     if not reason.strip():
         raise RegistryError("INVALID_INPUT", "retire needs --reason: say why the stage is emptied")
     actor = actor or Actor.of(store.tracking_uri)
-    policy = policy or load_policy()
+    policy = policy or policy_for(store.tracking_uri, (store.server_app() or {}).get("policy"))
     with store.writer_lock(name):
         return _retire(store, name, stage, reason, policy, actor)
 
@@ -388,13 +428,13 @@ def _retire(
         model=name, version=current.version, from_stage=stage, to_stage="archived", who=actor.user,
         when=dt.datetime.now(dt.UTC), reason=reason, action="retire", digest=files_digest(current.checksums),
     )  # fmt: skip
-    try:
+    moves = _Moves(f"retirement of {name}@{stage}")
+    with moves:
         if holder is not None:
-            store.drop_alias(name, stage)
-        store.set_stage(name, current.version, "archived")
+            moves.do(f"alias {stage!r} removed from version {current.version}",
+                     lambda: store.drop_alias(name, stage),
+                     lambda: store.set_stage(name, current.version, stage))  # fmt: skip
+        moves.do(f"version {current.version} archived",
+                 lambda: store.set_stage(name, current.version, "archived"),
+                 lambda: store.set_stage(name, current.version, stage) if holder is not None else None)  # fmt: skip
         return audit.append(event)
-    except RegistryError:
-        if holder is not None:
-            with contextlib.suppress(RegistryError):
-                store.set_stage(name, current.version, stage)
-        raise

@@ -28,6 +28,9 @@ from adapter_registry.registry.records import (
 )
 
 API = "/api/2.0/mlflow"
+APP_API = (
+    "/api/2.0/adapter-registry"  # the routes of the project's auth app on the server (registry.auth_app)
+)
 
 
 def usable() -> bool:
@@ -102,8 +105,11 @@ class RestClient:
             self.session.cert = os.environ["MLFLOW_TRACKING_CLIENT_CERT_PATH"]
 
     # ---------------------------------------------------------------------------------------- transport
-    def call(self, method: str, endpoint: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One request; the JSON answer, or BackendError with MLflow's error code (or ours for HTTP failures).
+    def call(
+        self, method: str, endpoint: str, body: dict[str, Any] | None = None, api: str = API
+    ) -> dict[str, Any]:
+        """One request to ``<api>/<endpoint>``; the JSON answer, or BackendError with MLflow's error code (or ours
+        for HTTP failures: ``ENDPOINT_NOT_FOUND`` for a 404 that is no MLflow error).
 
         As MLflow's client: ``MLFLOW_HTTP_REQUEST_TIMEOUT`` per try, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` more tries
         of a read (a write is sent once) after a dropped connection or a 502/503/504, sleeping
@@ -112,7 +118,7 @@ class RestClient:
         ``registry.errors.mlflow_errors`` reports as one ``unreachable`` line."""
         import requests
 
-        url = f"{self.tracking_uri}{API}/{endpoint}"
+        url = f"{self.tracking_uri}{api}/{endpoint}"
         retries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or 2) if method == "GET" else 0
         backoff = float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR") or 1)
         for attempt in range(retries + 1):
@@ -151,7 +157,7 @@ class RestClient:
                     str(data["error_code"]), str(data.get("message", "")).strip() or response.reason
                 )
             text = response.text.strip().splitlines()[0][:300] if response.text.strip() else response.reason
-            code = "PERMISSION_DENIED" if response.status_code == 403 else "BACKEND"
+            code = {403: "PERMISSION_DENIED", 404: "ENDPOINT_NOT_FOUND"}.get(response.status_code, "BACKEND")
             raise BackendError(code, f"HTTP {response.status_code} from {response.url.split('?')[0]}: {text}")
         return data
 

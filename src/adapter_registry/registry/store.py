@@ -144,6 +144,7 @@ class AdapterStore:
         self._mlflow: MlflowClient | None = None
         self._fast: Any = None
         self._audit_id: str | None = None
+        self._app: dict[str, Any] | bool | None = False  # the server's auth app (False: not asked yet)
         self._dirty: dict[
             str, dict[int, AdapterVersion | None]
         ] = {}  # summary entries to rewrite, per adapter
@@ -659,7 +660,6 @@ class AdapterStore:
                 )
                 self._changed(name, version, now)
                 return
-            self._ops.set_registered_model_alias(name, stage, str(version))
             tags = (
                 current.tags
                 if current is not None
@@ -670,11 +670,14 @@ class AdapterStore:
                 for k in (Tag.ARCHIVED, Tag.STAGE)
                 if k in tags and (k == Tag.ARCHIVED or tags[k] == "archived")
             ]
-            for key in stale:  # a legacy ar.stage mirror saying archived would keep saying it
+            # the tags first: deleting one needs MANAGE under basic-auth, setting the alias only EDIT, so a refused
+            # step leaves nothing moved (a legacy ar.stage mirror saying archived would keep saying it)
+            for key in stale:
                 self._ops.delete_model_version_tag(name, str(version), key)
             if stale:
                 kept = {k: v for k, v in tags.items() if k not in stale}
                 self._changed(name, version, None if current is None else replace(current, tags=kept))
+            self._ops.set_registered_model_alias(name, stage, str(version))
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point a non-stage alias (``canary``) at ``version``; stages move through ``set_stage``."""
@@ -714,6 +717,58 @@ class AdapterStore:
     def delete_webhook(self, webhook_id: str) -> None:
         with mlflow_errors(f"deleting webhook {webhook_id}"):
             self._client.delete_webhook(webhook_id)
+
+    # -------------------------------------------------------------------------------------- the server's app
+    def server_app(self) -> dict[str, Any] | None:
+        """What the tracking server's adapter-registry auth app (``registry.auth_app``) says of itself: the user it
+        authenticated, its promotion policy, that it signs the audit trail. None where no such app runs (a sqlite
+        file, a server without it). Asked once per store."""
+        if self._app is False:
+            remote = (
+                self.tracking_uri.startswith(("http://", "https://"))
+                and self._registry_uri == self.tracking_uri
+            )
+            self._app = (
+                self._app_request("GET", "server", {}, f"asking {self!r} for its auth app")
+                if remote
+                else None
+            )
+        return self._app if isinstance(self._app, dict) else None
+
+    def app_call(self, method: str, endpoint: str, body: dict[str, Any], doing: str) -> dict[str, Any]:
+        """A call to the server's auth app (``/api/2.0/adapter-registry/<endpoint>``); its JSON answer."""
+        answer = self._app_request(method, endpoint, body, doing)
+        if answer is None:
+            raise RegistryError(
+                "BACKEND",
+                f"{doing}: the tracking server does not run the adapter-registry auth app (any more)",
+            )
+        return answer
+
+    def _app_request(
+        self, method: str, endpoint: str, body: dict[str, Any], doing: str
+    ) -> dict[str, Any] | None:
+        """None when the server answers 404 (no auth app of ours there)."""
+        from adapter_registry.registry.rest import APP_API, RestClient
+
+        with mlflow_errors(doing):
+            if isinstance(self._fast, RestClient):
+                try:
+                    return self._fast.call(method, endpoint, body, api=APP_API)
+                except Exception as exc:
+                    if error_code(exc) == "ENDPOINT_NOT_FOUND":
+                        return None
+                    raise
+            # an MLflow auth plugin this project's client cannot stand in for: MLflow's own transport
+            from mlflow.utils.credentials import get_default_host_creds
+            from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+            path = f"{APP_API}/{endpoint}"
+            kwargs = {"params": body} if method == "GET" else {"json": body}
+            response = http_request(get_default_host_creds(self.tracking_uri), path, method, **kwargs)
+            if response.status_code == 404 and "error_code" not in response.text:
+                return None
+            return dict(verify_rest_response(response, path).json())
 
     # -------------------------------------------------------------------------------------- audit runs
     def append_audit_run(self, run_name: str, tags: Mapping[str, str]) -> str:

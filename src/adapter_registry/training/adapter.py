@@ -25,6 +25,7 @@ from adapter_registry.contract import ServingContract
 from adapter_registry.methods import build_peft_config, optimizer_for, step_callback
 from adapter_registry.methods.quantization import quantization_config
 from adapter_registry.recipes.schema import Recipe, TrainingSpec
+from adapter_registry.training.distributed import check_launch, run_in_workers
 from adapter_registry.training.features import classification_features, sft_features, sorted_batches
 from adapter_registry.training.heads import (
     LinearProbe,
@@ -36,13 +37,23 @@ from adapter_registry.training.heads import (
     pool,
     refit_linear_probe,
 )
-from adapter_registry.training.loop import LoopConfig, Progress, TrainResult, seed_everything, train
+from adapter_registry.training.loop import (
+    LoopConfig,
+    Progress,
+    Stepper,
+    TrainResult,
+    model_loss,
+    seed_everything,
+    train,
+)
 from adapter_registry.training.models import (
     answer_only_loss_fn,
+    load_adapter,
     load_base_model,
     load_tokenizer,
     trainable_parameters,
 )
+from adapter_registry.training.sharding import in_process_stepper
 
 MIN_EXAMPLES = 500
 MIN_PER_CLASS = 10
@@ -176,8 +187,10 @@ def _train_with_method(
     loss_fn: Any = None,
     progress: Progress | None = None,
     phase: str = "train",
+    stepper: Stepper | None = None,
 ) -> TrainResult:
-    """The loop with what the method asks of it: its optimizer (LoRA-FA) and its per-step hook (AdaLoRA)."""
+    """The loop with what the method asks of it: its optimizer (LoRA-FA) and its per-step hook (AdaLoRA);
+    ``stepper``: how each step is made (``training.sharding``; default: this process alone)."""
     config = loop_config(recipe, steps)
     optimizer = optimizer_for(
         recipe.method, peft_model, config.learning_rate, config.weight_decay,
@@ -186,8 +199,19 @@ def _train_with_method(
     return train(
         model, train_feats, val_feats, config, pad_id, head_parameters=head, optimizer=optimizer,
         on_step=step_callback(recipe.method, peft_model), checkpoint_dir=checkpoint_dir, run_key=run_key,
-        loss_fn=loss_fn, progress=progress, phase=phase,
+        loss_fn=loss_fn, progress=progress, phase=phase, stepper=stepper,
     )  # fmt: skip
+
+
+def causal_lm_model(recipe: Recipe, base: ResolvedBase, steps: int) -> Any:
+    """The recipe's untrained PeftModel on its (optionally quantised) base, initialised from the recipe's seed: the
+    same in every process of a distributed run as in one."""
+    quant = quantization_config(recipe.method)
+    model = load_base_model(base.path, recipe.task.type, quant)
+    if quant is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    seed_everything(training_of(recipe).seed)
+    return get_peft_model(model, build_peft_config(recipe.method, recipe.task.type, total_steps=steps))
 
 
 def train_causal_lm(
@@ -204,15 +228,12 @@ def train_causal_lm(
     train_feats = sft_features(train_examples, tokenizer, max_length)
     val_feats = sft_features(val_examples, tokenizer, max_length)
     steps = total_steps(recipe, len(train_feats))
-    quant = quantization_config(recipe.method)
-    model = load_base_model(base.path, recipe.task.type, quant)
-    if quant is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    seed_everything(training_of(recipe).seed)
-    model = get_peft_model(model, build_peft_config(recipe.method, recipe.task.type, total_steps=steps))
+    model = causal_lm_model(recipe, base, steps)
+    loss_fn = answer_only_loss_fn(model)
+    stepper = in_process_stepper(training_of(recipe).distributed, model, loss_fn or model_loss)
     result = _train_with_method(
         recipe, model, model, train_feats, val_feats, steps, tokenizer.pad_token_id, checkpoint_dir, run_key,
-        loss_fn=answer_only_loss_fn(model), progress=progress,
+        loss_fn=loss_fn, progress=progress, stepper=stepper,
     )  # fmt: skip
     trainable, total = trainable_parameters(model)
     answers = answer_labels(recipe, train_examples)
@@ -225,6 +246,34 @@ def train_causal_lm(
         trainable,
         total,
         labels=answers,
+    )
+
+
+def train_causal_lm_distributed(
+    recipe: Recipe,
+    base: ResolvedBase,
+    train_examples: Sequence[Any],
+    val_examples: Sequence[Any],
+    checkpoint_dir: Path | None,
+    run_key: str,
+    progress: Progress | None = None,
+) -> TrainedAdapter:
+    """``train_causal_lm`` in ``training.distributed.processes`` torchrun workers (``training.distributed``): the
+    adapter folder rank 0 wrote, loaded onto the base in this process."""
+    with run_in_workers(recipe, base, train_examples, val_examples, checkpoint_dir, run_key, progress) as (
+        folder,
+        out,
+    ):
+        model = load_adapter(base.path, folder, recipe.task.type, quantization_config(recipe.method))
+    return TrainedAdapter(
+        model,
+        load_tokenizer(base.path),
+        recipe.task.type,
+        base,
+        out["result"],
+        out["trainable_params"],
+        out["total_params"],
+        labels=answer_labels(recipe, train_examples),
     )
 
 
@@ -363,7 +412,13 @@ def train_adapter(
     warnings = size_warnings(len(train_examples), labels) + budget_warnings(recipe, len(train_examples))
     for warning in warnings:
         logger.warning("%s: %s", recipe.name, warning)
-    trainer = train_classifier if classifier else train_causal_lm
+    check_launch(recipe)  # training.distributed that cannot run here, refused before any process starts
+    if classifier:
+        trainer = train_classifier
+    elif training_of(recipe).distributed.strategy != "none":
+        trainer = train_causal_lm_distributed  # torchrun workers; the adapter comes back to this process
+    else:
+        trainer = train_causal_lm
     trained = trainer(recipe, base, train_examples, val_examples, checkpoint_dir, run_key, progress)
     trained.warnings = warnings + trained.warnings
     systems = {getattr(e, "system", None) for e in train_examples}  # chat: the system turn they share, if any

@@ -3,7 +3,9 @@ the best state restored, an overfitting flag, and resumable checkpoints.
 
 It knows nothing of MLflow or Kedro: it returns the loss history, and tells a ``Progress`` (if given) each step's
 loss and each validation loss as they come; the caller decides where they go (``training.progress`` prints them,
-the pipeline also streams them to its MLflow run).
+the pipeline also streams them to its MLflow run). How one optimiser step is made and where the trainable state
+lives is a :class:`Stepper`: this process alone (:class:`OneProcess`, the default) or several
+(``training.sharding.ShardedStepper``).
 """
 
 from __future__ import annotations
@@ -142,6 +144,83 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+class Stepper(Protocol):
+    """How the loop makes one optimiser step, measures a validation loss and reads or restores its state."""
+
+    is_main: bool  # the process that writes checkpoints
+
+    def step(
+        self,
+        model: nn.Module,
+        rows: Sequence[Feature],
+        pad_id: int,
+        loss_fn: LossFn,
+        optimizer: torch.optim.Optimizer,
+        max_grad_norm: float,
+    ) -> tuple[float, int]:
+        """Gradients of the mean loss over ``rows`` (the step's whole batch), clipped, then ``optimizer.step()``;
+        returns the batch's mean loss and its tokens."""
+        ...
+
+    def mean_loss(
+        self, model: nn.Module, features: Sequence[Feature], batch_size: int, pad_id: int, loss_fn: LossFn
+    ) -> float: ...
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]: ...
+
+    def load_trainable_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None: ...
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer's state and the random generators', as a checkpoint keeps them."""
+        ...
+
+    def resume(self, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+        """Restore what ``optimizer_state`` kept."""
+        ...
+
+
+class OneProcess:
+    """The loop's steps in this process alone."""
+
+    is_main = True
+
+    def step(
+        self,
+        model: nn.Module,
+        rows: Sequence[Feature],
+        pad_id: int,
+        loss_fn: LossFn,
+        optimizer: torch.optim.Optimizer,
+        max_grad_norm: float,
+    ) -> tuple[float, int]:
+        batch = collate(rows, pad_id)
+        loss = loss_fn(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], max_grad_norm
+        )
+        optimizer.step()
+        return loss.item(), int(batch["attention_mask"].sum())
+
+    def mean_loss(
+        self, model: nn.Module, features: Sequence[Feature], batch_size: int, pad_id: int, loss_fn: LossFn
+    ) -> float:
+        return mean_loss(model, features, batch_size, pad_id, loss_fn)
+
+    def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return _trainable_state(model)
+
+    def load_trainable_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        model.load_state_dict(state, strict=False)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+
+    def resume(self, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -163,6 +242,7 @@ def train(
     loss_fn: LossFn | None = None,
     progress: Progress | None = None,
     phase: str = "train",
+    stepper: Stepper | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters; the best validation state is restored at the end.
 
@@ -170,9 +250,11 @@ def train(
     (AdaLoRA's rank allocation). With ``checkpoint_dir``, a checkpoint is written every ``checkpoint_every``
     steps and an interrupted run with the same ``run_key`` resumes from it. ``loss_fn(model, batch)`` replaces
     the model's own loss (``models.answer_only_loss_fn``). ``progress`` hears of every step and validation
-    (``phase`` names the run to it: "train", or "refit" for a classifier's second run).
+    (``phase`` names the run to it: "train", or "refit" for a classifier's second run). ``stepper``: how a step
+    is made (default: this process alone; ``training.sharding.ShardedStepper`` shares each batch among processes).
     """
     loss_fn = loss_fn or model_loss
+    stepper = stepper or OneProcess()
     seed_everything(config.seed)
     head_ids = {id(p) for p in head_parameters}
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
@@ -185,16 +267,15 @@ def train(
         optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     result = TrainResult(steps=0)
-    best_state = _trainable_state(model)
+    best_state = stepper.trainable_state(model)
     start = 0
     checkpoint = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
     if checkpoint and checkpoint.is_file():
         saved = torch.load(checkpoint, weights_only=False)
         if saved.get("run_key") == run_key:
-            model.load_state_dict(saved["trainable"], strict=False)
-            optimizer.load_state_dict(saved["optimizer"])
+            stepper.load_trainable_state(model, saved["trainable"])
+            stepper.resume(optimizer, saved)
             scheduler.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["torch_rng"])
             result = saved["result"]
             best_state = saved["best_state"]
             start = result.resumed_from = result.steps
@@ -206,31 +287,26 @@ def train(
         progress.started(config.max_steps, phase, result)
     model.train()
     for step in range(start + 1, config.max_steps + 1):
-        batch = collate([train_features[i] for i in next(stream)], pad_id)
-        loss = loss_fn(model, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizer.param_groups for p in g["params"]], config.max_grad_norm
-        )
-        optimizer.step()
+        rows = [train_features[i] for i in next(stream)]
+        loss, tokens = stepper.step(model, rows, pad_id, loss_fn, optimizer, config.max_grad_norm)
         if on_step is not None:
             on_step(step)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         result.steps = step
-        result.tokens += int(batch["attention_mask"].sum())
-        result.train_loss.append((step, loss.item()))
+        result.tokens += tokens
+        result.train_loss.append((step, loss))
         if progress is not None:
-            progress.stepped(step, result.train_loss[-1][1])
+            progress.stepped(step, loss)
         if val_features and (step % config.eval_every == 0 or step == config.max_steps):
-            val = mean_loss(model, val_features, config.batch_size * 2, pad_id, loss_fn)
+            val = stepper.mean_loss(model, val_features, config.batch_size * 2, pad_id, loss_fn)
             model.train()
             result.val_loss.append((step, val))
             if progress is not None:
                 progress.validated(step, val)
             if val < result.best_val_loss:
                 result.best_val_loss, result.best_step = val, step
-                best_state = _trainable_state(model)
+                best_state = stepper.trainable_state(model)
                 checks_without_gain = 0
             else:
                 checks_without_gain += 1
@@ -240,28 +316,28 @@ def train(
                 break
         if checkpoint and step % config.checkpoint_every == 0 and step < config.max_steps:
             result.wall_s = time.perf_counter() - began
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            _save_checkpoint(
-                checkpoint,
-                {
-                    "run_key": run_key,
-                    "trainable": _trainable_state(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "result": result,
-                    "best_state": best_state,
-                },
-            )
+            state = {"trainable": stepper.trainable_state(model), **stepper.optimizer_state(optimizer)}
+            if stepper.is_main:
+                checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                _save_checkpoint(
+                    checkpoint,
+                    {
+                        "run_key": run_key,
+                        **state,
+                        "scheduler": scheduler.state_dict(),
+                        "result": result,
+                        "best_state": best_state,
+                    },
+                )
     result.wall_s = time.perf_counter() - began
     result.overfitting = is_overfitting(result)
     if progress is not None:
         progress.finished(result)
     if result.val_loss:
-        model.load_state_dict(best_state, strict=False)
+        stepper.load_trainable_state(model, best_state)
     if not result.val_loss:
         result.best_step = result.steps
-    if checkpoint and checkpoint.is_file():
+    if checkpoint and checkpoint.is_file() and stepper.is_main:
         checkpoint.unlink()  # finished: the next run starts fresh
     model.eval()
     return result

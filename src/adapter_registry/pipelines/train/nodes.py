@@ -24,6 +24,9 @@ def train_adapter_node(
     ``ADAPTER_REGISTRY_THREADS=N`` overrides), logged.
     Each step's loss and each validation loss go to stderr (a live bar, or a line every 10 s in a log) and to the
     recipe's MLflow run as they come (``MlflowLossLogger``, when the hooks have one open).
+    With ``training.distributed.strategy: ddp | fsdp`` the training runs in torchrun workers started from here
+    (``training.distributed``; their torch threads are this node's, shared out), rank 0 relaying the progress; a
+    failed worker raises ``DistributedTrainingError`` naming the rank and the checkpoint to resume from.
     """
     from adapter_registry.pipelines.hooks import MlflowLossLogger
 
