@@ -22,7 +22,7 @@ from typing import Any
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
-from adapter_registry.adapter_folder import is_arrow
+from adapter_registry.adapter_folder import is_arrow, weights_digest
 from adapter_registry.bases.resolve import ResolvedBase
 from adapter_registry.contract import contract_of
 from adapter_registry.recipes.compose import SAME_RANK, SIGNED, SVD, ComposeSpec
@@ -31,7 +31,6 @@ from adapter_registry.training.adapter import TrainedAdapter
 from adapter_registry.training.loop import TrainResult, seed_everything
 from adapter_registry.training.models import load_base_model, load_tokenizer
 
-WEIGHTS = "adapter_model.safetensors"
 COMPOSED = "default"  # the composed adapter's name: peft saves "default" at the folder's top level
 
 
@@ -45,7 +44,7 @@ class Parent:
 
     asked: str  # as the recipe wrote it (NAME/VERSION or NAME@STAGE)
     ref: str  # the version it resolved to: NAME/VERSION
-    weight: float
+    weight: float | None  # None: an Arrow expert (routed, not weighted)
     folder: Path
     tags: Mapping[str, str]
 
@@ -196,7 +195,8 @@ def compose_arrow(
     config = ArrowConfig(
         top_k=spec.arrow_top_k, router_temperature=spec.arrow_temperature, rng_seed=spec.seed
     )
-    model = create_arrow_model(load_base_model(base.path, task), [str(p.folder) for p in parents], config)
+    base_model: Any = load_base_model(base.path, task)  # a transformers PreTrainedModel
+    model = create_arrow_model(base_model, [str(p.folder) for p in parents], config)
     model.eval()
     experts = sum(p.numel() for n, p in model.named_parameters() if ".task_" in n)
     total = sum(p.numel() for n, p in model.named_parameters() if ".arrow_router." not in n)
@@ -209,7 +209,13 @@ def compose_arrow(
         experts,
         total,
         parents=[
-            {"version": p.ref, "expert": f"task_{i}", "digest": p.tags.get(f"ar.sha256.{WEIGHTS}", "")}
+            {
+                "version": p.ref,
+                "expert": f"task_{i}",
+                "digest": weights_digest(
+                    {k[len("ar.sha256.") :]: v for k, v in p.tags.items() if k.startswith("ar.sha256.")}
+                ),
+            }
             for i, p in enumerate(parents)
         ],
     )

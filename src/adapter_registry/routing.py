@@ -119,6 +119,18 @@ class RouteFacts:
         return tuple(e.name for e in self.experts)
 
 
+def route_parents(facts: RouteFacts) -> list[dict[str, Any]]:
+    """The routed adapter's parents as lineage records them (``ar.parents``): each expert's version, name and
+    weights digest, and a router's fallback (``role: fallback``) when it is not one of them."""
+    parents = [
+        {"version": e.ref, "expert": e.name, "digest": e.digest, "role": "expert"} for e in facts.experts
+    ]
+    if facts.fallback is not None and facts.fallback.name not in facts.names:
+        f = facts.fallback
+        parents.append({"version": f.ref, "expert": f.name, "digest": f.digest, "role": "fallback"})
+    return parents
+
+
 def route_tags(facts: RouteFacts) -> dict[str, str]:
     """The ``ar.route.*`` tags of ``facts`` (read back by :func:`route_facts`)."""
     tags = {
@@ -131,6 +143,21 @@ def route_tags(facts: RouteFacts) -> dict[str, str]:
             json.dumps(facts.fallback.to_dict(), sort_keys=True) if facts.fallback else ""
         )
     return tags
+
+
+def arrow_tags(parents: Sequence[Mapping[str, Any]], top_k: int, temperature: float) -> dict[str, str]:
+    """An Arrow mixture's ``ar.route.*`` tags from its composed parents (``{"version": "NAME/N", "digest"}`` each,
+    in routing order) and its routing settings."""
+    experts = tuple(
+        PinnedExpert(str(p["version"]).split("/")[0], int(str(p["version"]).split("/")[1]), str(p["version"]),
+                     str(p.get("digest", "")))
+        for p in parents
+    )  # fmt: skip
+    return {
+        **route_tags(RouteFacts(ARROW, experts)),
+        Tag.ROUTE_TOP_K: str(top_k),
+        Tag.ROUTE_TEMPERATURE: f"{temperature:g}",
+    }
 
 
 def route_facts(tags: Mapping[str, str]) -> RouteFacts | None:

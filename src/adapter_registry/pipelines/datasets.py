@@ -31,22 +31,24 @@ class RecipeDataset(AbstractDataset[None, Recipe]):
         return {"filepath": str(self._filepath)}
 
 
-def _given_data(path: Path) -> Any:
-    """The recipe's ``data:`` block; a router without one derives its rows from its experts (``pipelines/route``),
-    and its pipeline reads them from there, never from this dataset."""
+def _derived(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+    """A router without a ``data:`` block: its rows and their versions, derived from its experts' registered splits
+    (``experts.derived_splits``, through the registry ``MLFLOW_TRACKING_URI`` names); None for any other recipe."""
     recipe = load_recipe(path)
-    if recipe.data is None:
-        raise DatasetError(
-            f"{path}: recipe {recipe.name!r} has no data: block (a router derives its rows from its experts' "
-            "registered splits, in its route stage)"
-        )
-    return recipe.data
+    if not recipe.derived_data:
+        return None
+    from adapter_registry.experts import derived_splits
+    from adapter_registry.registry.store import AdapterStore
+
+    assert recipe.routes_to is not None
+    return derived_splits(AdapterStore.from_env(), recipe.routes_to)
 
 
 class RecipeSplitsDataset(AbstractDataset[None, dict[str, Any]]):
     """The raw records of every split a recipe names: ``{"train": [...], "validation": [...], "test": [...]}``.
 
-    A recipe without a validation file gets none here; ``prepare_examples`` carves one from train.
+    A recipe without a validation file gets none here; ``prepare_examples`` carves one from train. A router without
+    a ``data:`` block gets the rows derived from its experts' registered splits (``experts.derived_splits``).
     """
 
     def __init__(self, recipe: str):
@@ -56,7 +58,10 @@ class RecipeSplitsDataset(AbstractDataset[None, dict[str, Any]]):
         from adapter_registry.data.formats import read_records
         from adapter_registry.data.splits import split_paths
 
-        paths = split_paths(_given_data(self._recipe))
+        derived = _derived(self._recipe)
+        if derived is not None:
+            return derived[0]
+        paths = split_paths(load_recipe(self._recipe).data_spec)
         return {split: read_records(path) for split, path in paths.items() if path}
 
     def _save(self, data: dict[str, Any]) -> None:
@@ -78,7 +83,10 @@ class DataVersionsDataset(AbstractDataset[None, dict[str, dict[str, Any]]]):
         from adapter_registry.data.splits import split_paths
         from adapter_registry.data.versions import dataset_version
 
-        paths = split_paths(_given_data(self._recipe))
+        derived = _derived(self._recipe)
+        if derived is not None:
+            return derived[1]
+        paths = split_paths(load_recipe(self._recipe).data_spec)
         return {split: asdict(dataset_version(path)) for split, path in paths.items() if path}
 
     def _save(self, data: dict[str, dict[str, Any]]) -> None:

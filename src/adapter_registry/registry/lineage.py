@@ -60,6 +60,8 @@ class LineageFacts:
     training: dict[str, Any] | None = None  # the recipe's training block (a trained adapter)
     compose: dict[str, Any] | None = None  # the recipe's compose block (a composed adapter)
     parents: list[dict[str, Any]] = field(default_factory=list)  # a composed adapter's: version, weight each
+    # a routed adapter's ar.route.* tags (routing.route_tags: its pinned experts); its parents are those experts
+    route: dict[str, str] | None = None
     merge: dict[str, Any] | None = None  # the merge report (max_abs_diff, diff_vs_base) when it merged
     merged_uri: str = ""  # where the merged weights were written
     base_hub_id: str = ""  # the hub id adapter_config.json names (ResolvedBase.hub_id); "" for a local folder
@@ -115,6 +117,9 @@ def lineage_tags(facts: LineageFacts) -> dict[str, str]:
         tags[Tag.COMPOSE] = _tag_json(facts.compose)
         tags[Tag.COMPOSE_TYPE] = facts.compose["combination_type"]
         tags[Tag.COMPOSE_DENSITY] = "" if density is None else f"{density:g}"
+    if facts.route is not None:
+        tags.update(facts.route)
+        tags[Tag.PARENTS] = _tag_json(facts.parents)
     for split, version in facts.data_versions.items():
         tags[Tag.data_path(split)] = version["path"]
         tags[Tag.data_md5(split)] = version["md5"]
@@ -268,8 +273,9 @@ def _edges(lineage: Lineage) -> tuple[dict[str, str], list[tuple[str, str, str]]
         ("run", "version", "registered"),
     ]
     for i, parent in enumerate(lineage.parents if isinstance(lineage.parents, list) else []):
-        nodes[f"parent{i}"] = f"parent {parent.get('version', '?')}\\nweight {parent.get('weight', '?')}"
-        edges.append((f"parent{i}", "run", "composed"))
+        role = f"weight {parent['weight']}" if "weight" in parent else parent.get("role", "expert")
+        nodes[f"parent{i}"] = f"parent {parent.get('version', '?')}\\n{role}"
+        edges.append((f"parent{i}", "run", "composed" if "weight" in parent else "routes to"))
     for i, e in enumerate(lineage.history):
         nodes[f"event{i}"] = f"{e.action} → {e.to_stage}\\n{e.when:%Y-%m-%d %H:%M} by {e.who}"
         edges.append(("version" if i == 0 else f"event{i - 1}", f"event{i}", "forced" if e.forced else ""))
@@ -450,7 +456,8 @@ def facts_table(lineage: Lineage) -> list[tuple[str, str]]:
             shown = {k: value[k] for k in keys or sorted(value) if value.get(k) not in (None, "", [], {})}
             rows.append((title, ", ".join(f"{k}={_fact(val)}" for k, val in shown.items())))
     for parent in lineage.parents if isinstance(lineage.parents, list) else []:
-        rows.append(("parent", f"{parent.get('version')} × {parent.get('weight')}"))
+        role = f"× {parent['weight']}" if "weight" in parent else f"({parent.get('role', 'expert')})"
+        rows.append(("parent", f"{parent.get('version')} {role}"))
     metrics = v.metrics
     for name in sorted(m for m in metrics if not m.endswith(("_ci_low", "_ci_high"))):
         low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")

@@ -179,7 +179,8 @@ def load_arrow(base_model: nn.Module, folder: Path | str) -> PeftModel:
         router_temperature=float(spec["router_temperature"]),
         rng_seed=spec.get("rng_seed"),
     )
-    model = create_arrow_model(base_model, [str(path) for _, path in arrow_experts(folder)], config)
+    base: Any = base_model  # a transformers PreTrainedModel
+    model = create_arrow_model(base, [str(path) for _, path in arrow_experts(folder)], config)
     model.eval()
     return model
 
