@@ -9,7 +9,6 @@ Real peft, a real sqlite MLflow store in tmp_path, the real FastAPI app (TestCli
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from adapter_registry.bases.resolve import describe_folder
-from adapter_registry.data.versions import dataset_version
 from adapter_registry.experts import derived_splits, resolve_route
 from adapter_registry.pipeline_registry import recipe_pipeline
 from adapter_registry.pipelines.route.nodes import route_node
@@ -26,56 +24,17 @@ from adapter_registry.recipes import RecipeError, parse_recipe
 from adapter_registry.registry.entities import Tag
 from adapter_registry.registry.store import AdapterStore
 from adapter_registry.routing import RoutingError, decide, route_facts
-from adapter_registry.training.adapter import train_adapter
-from adapter_registry.training.models import save_adapter
 from helpers import (
     _drop_overlap,
     build_tiny_llama,
     classifier_recipe,
-    sft_recipe,
-    splits,
     support_rows,
     write_jsonl,
 )
 from serving.conftest import attest
 from test_pipeline import kedro_run, make_project
 
-ACME, WEATHER = "acme_lora", "weather_lora"
-CITIES = ["paris", "rome", "oslo", "lima", "cairo", "tokyo", "quito", "dakar"]
-DAYS = ["monday", "tuesday", "friday", "sunday"]
-
-
-def weather_rows(n: int, seed: int) -> list[dict[str, str]]:
-    """A second task, its requests worded unlike the support ones: ``forecast | <sky>``."""
-    rng = random.Random(seed)
-    templates = ["what is the weather in {c} on {d}", "will it rain in {c} {d}", "forecast for {c} this {d}"]
-    return [
-        {"prompt": rng.choice(templates).format(c=rng.choice(CITIES), d=rng.choice(DAYS)),
-         "completion": f"forecast | {rng.choice(['sunny', 'rainy'])}"}
-        for _ in range(n)
-    ]  # fmt: skip
-
-
-def expert_tags(base: Path, data: Path) -> dict[str, str]:
-    resolved = describe_folder(base)
-    tags = {
-        Tag.BASE_ID: resolved.identity, Tag.BASE_FINGERPRINT: resolved.fingerprint, Tag.TASK: "causal_lm_sft",
-        Tag.METHOD: "lora",
-    }  # fmt: skip
-    for split in ("train", "test"):
-        path = data / f"{split}.jsonl"
-        tags[Tag.data_path(split)] = str(path)
-        tags[Tag.data_md5(split)] = dataset_version(path).md5
-    return tags
-
-
-def register_expert(store: AdapterStore, base: Path, data: Path, folder: Path, name: str, seed: int) -> None:
-    """Train 4 steps on ``data`` and register the adapter with its serving contract and data splits."""
-    raw = sft_recipe(base, data, name=name)
-    raw["training"] = {**raw["training"], "seed": seed, "learning_rate": 2e-2, "max_steps": 4}
-    trained = train_adapter(parse_recipe(raw), describe_folder(base), *splits(raw, ("train", "validation")))
-    save_adapter(trained.model, folder, trained.contract)
-    store.register_adapter(name, folder, expert_tags(base, data), {"exact_match": 0.5})
+from .conftest import ACME, WEATHER, expert_tags, register_expert
 
 
 def router_recipe(bert: Path, name: str = "support_router", **routes: Any) -> dict:
@@ -87,21 +46,6 @@ def router_recipe(bert: Path, name: str = "support_router", **routes: Any) -> di
     recipe["evaluation"]["must_beat_base"] = False
     recipe["merge"] = {"enabled": False}
     return recipe
-
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> dict[str, Any]:
-    """Two registered experts (v1 each) on the tiny Llama, with distinct tasks and their splits in lineage."""
-    root = tmp_path_factory.mktemp("router")
-    db = root / "mlflow.db"
-    store = AdapterStore(f"sqlite:///{db}")
-    for name, rows, seed in ((ACME, support_rows, 1), (WEATHER, weather_rows, 2)):
-        data = root / f"{name}-data"
-        for split, n, s in (("train", 36, seed), ("validation", 9, seed + 10), ("test", 12, seed + 20)):
-            write_jsonl(data / f"{split}.jsonl", rows(n, s))
-        _drop_overlap(data, "prompt")
-        register_expert(store, tiny_llama, data, root / name, name, seed)
-    return {"root": root, "db": db, "store": store}
 
 
 # ------------------------------------------------------------------------------------------------ schema
@@ -262,3 +206,17 @@ def test_serve_routes_a_request_to_the_expert_the_router_picks(routed: dict, tin
         assert prompt.status_code == 400 and "gives 'input'" in prompt.json()["detail"]
         unknown = client.post("/v1/generate", json={"route": "nobody", "input": "hi"})
         assert unknown.status_code == 404 and "routers served: ['support_router']" in unknown.json()["detail"]
+
+
+def test_a_data_block_whose_labels_are_not_the_experts_is_refused(tiny_bert: Path) -> None:
+    from adapter_registry.experts import check_labels
+
+    spec = parse_recipe(router_recipe(tiny_bert)).routes_to
+    assert spec is not None
+    check_labels(spec, {"train": {ACME, WEATHER}, "test": {WEATHER}})
+    with pytest.raises(
+        RoutingError, match=r"train labels \['billing'\] are no expert .* fix the data's labels"
+    ):
+        check_labels(spec, {"train": {ACME, WEATHER, "billing"}})
+    with pytest.raises(RoutingError, match=r"experts \['weather_lora'\] have no training row"):
+        check_labels(spec, {"train": {ACME}})

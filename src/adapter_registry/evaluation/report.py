@@ -193,9 +193,13 @@ print(config["labels"][int(logits.argmax())])
 def _method_line(recipe: Recipe) -> str:
     if recipe.method is not None:
         return f"{recipe.method.type} ({recipe.method.family})"
-    assert recipe.compose is not None
-    parents = ", ".join(f"`{p.version}` x {p.weight:g}" for p in recipe.compose.parents)
-    return f"composition ({recipe.compose.combination_type}) of {parents}"
+    spec = recipe.compose
+    assert spec is not None
+    if spec.arrow:  # routed per token: no weights
+        experts = ", ".join(f"`{p.version}`" for p in spec.parents)
+        return f"Arrow mixture (top_k {spec.arrow_top_k}, router_temperature {spec.arrow_temperature:g}) of {experts}"
+    parents = ", ".join(f"`{p.version}` x {p.weight:g}" for p in spec.parents)
+    return f"composition ({spec.combination_type}) of {parents}"
 
 
 TASK_TYPES = {"causal_lm_sft": "text-generation", "sequence_classification": "text-classification"}
