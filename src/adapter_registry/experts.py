@@ -110,6 +110,30 @@ def check_labels(spec: RouteSpec, labels: dict[str, set[str]]) -> None:
         )
 
 
+def registered_split(
+    version: AdapterVersion, split: str, root: Path | str = "."
+) -> tuple[list[dict[str, Any]], str, str]:
+    """The records of the ``split`` an adapter version was trained or tested on (the file its lineage names,
+    relative to ``root``), its path and md5; RoutingError when it is not here or is not the file it recorded."""
+    from adapter_registry.data.formats import read_records
+    from adapter_registry.data.versions import dataset_version
+
+    path = version.tags.get(Tag.data_path(split), "")
+    recorded = version.tags.get(Tag.data_md5(split), "")
+    if not path:
+        raise RoutingError(f"expert {version.ref} records no {split} split (ar.data.{split}.path)")
+    file = Path(path) if Path(path).is_absolute() else Path(root) / path
+    if not file.is_file():
+        raise RoutingError(f"expert {version.ref}'s {split} split {path} is not here (run `dvc pull`)")
+    md5 = dataset_version(file).md5
+    if recorded and md5 != recorded:
+        raise RoutingError(
+            f"expert {version.ref}'s {split} split {path} has md5 {md5}, not the {recorded} it was trained and "
+            "tested on (`dvc checkout` that version, or give the router a data: block)"
+        )
+    return read_records(file), path, md5
+
+
 def derived_splits(
     store: AdapterStore, spec: RouteSpec, root: Path | str = "."
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
@@ -117,34 +141,19 @@ def derived_splits(
     (each request text labelled with its expert's name; the validation split is carved later from train), and the
     version of each split (``path``: the files joined by ``;``, ``md5``: the sha256 of their md5s). A file whose md5
     is not the one the expert recorded is refused: the expert was trained on other data."""
-    from adapter_registry.data.formats import read_records
-    from adapter_registry.data.versions import dataset_version
-
     versions = resolve_experts(store, spec.experts)
     rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     sources: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
     problems: list[str] = []
     for version in versions:
         for split in rows:
-            path = version.tags.get(Tag.data_path(split), "")
-            recorded = version.tags.get(Tag.data_md5(split), "")
-            if not path:
-                problems.append(f"expert {version.ref} records no {split} split (ar.data.{split}.path)")
+            try:
+                records, path, md5 = registered_split(version, split, root)
+            except RoutingError as exc:
+                problems.append(str(exc))
                 continue
-            file = Path(path) if Path(path).is_absolute() else Path(root) / path
-            if not file.is_file():
-                problems.append(f"expert {version.ref}'s {split} split {path} is not here (run `dvc pull`)")
-                continue
-            md5 = dataset_version(file).md5
-            if recorded and md5 != recorded:
-                problems.append(
-                    f"expert {version.ref}'s {split} split {path} has md5 {md5}, not the {recorded} it was trained "
-                    "and tested on (`dvc checkout` that version, or give the router a data: block)"
-                )
-                continue
-            for record in read_records(file):
-                rows[split].append({"text": route_text(record), "label": version.name})
-            sources[split].append((str(path), md5))
+            rows[split] += [{"text": route_text(record), "label": version.name} for record in records]
+            sources[split].append((path, md5))
     if problems:
         raise RoutingError(
             "cannot derive the router's rows from its experts:\n" + "\n".join(f"- {p}" for p in problems)

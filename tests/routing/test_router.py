@@ -166,6 +166,25 @@ def test_kedro_run_registers_a_router_with_its_experts_as_parents(routed: dict) 
     assert {"accuracy", "macro_f1"} <= set(version.metrics)
     assert version.tags[Tag.data_path("train")].count(";") == 1  # both experts' train files
 
+    # evaluated as served: routed vs each expert alone vs a uniform mix, on each test set and the union
+    report = json.loads((routed["project"] / "data/08_reporting/support_router/routing.json").read_text())
+    sets = {ACME, WEATHER, "union"}
+    assert set(report["systems"]) == {ACME, WEATHER, "uniform_mix", "routed"}
+    assert all(set(v) == sets for v in report["systems"].values())
+    n_union = report["systems"]["routed"]["union"]["n"]
+    assert n_union == sum(report["systems"]["routed"][e]["n"] for e in (ACME, WEATHER)) == len(report["rows"])
+    router = report["router"]
+    assert set(router["confusion"]) == {ACME, WEATHER}
+    assert sum(sum(c.values()) for c in router["confusion"].values()) == n_union
+    correct = sum(router["confusion"][e].get(e, 0) for e in (ACME, WEATHER))
+    assert router["accuracy"] == pytest.approx(correct / n_union)
+    for row in report["rows"]:  # the routed answer is the chosen expert's own answer to that row
+        assert row["routed"] == row[row["routed_to"]]
+    assert set(report["gate"]["sets"]) == sets and isinstance(report["gate"]["passed"], bool)
+    assert version.metrics["routing.router_accuracy"] == pytest.approx(router["accuracy"])
+    assert version.metrics["routing.gate_passed"] in (0.0, 1.0)
+    assert "routing.uniform_mix.union.exact_match" in version.metrics
+
 
 @pytest.mark.slow
 def test_serve_routes_a_request_to_the_expert_the_router_picks(routed: dict, tiny_llama: Path) -> None:

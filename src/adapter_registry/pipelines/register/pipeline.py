@@ -26,6 +26,6 @@ def create_pipeline(merged: bool = False, routed: bool = False) -> Pipeline:
             "recipe", "base", "adapter_folder", "trained", "evaluation", "validation", "data_versions",
             "reporting_root", *(("merge", "merged_folder") if merged else ()),
         ]  # fmt: skip
-        keyed = {**dict(zip(names, inputs, strict=True)), "route": "route"}
+        keyed = {**dict(zip(names, inputs, strict=True)), "route": "route", "evaluation": "routed_evaluation"}
         return Pipeline([Node(func, keyed, "registration", name="register_adapter_node")])
     return Pipeline([Node(func, inputs, "registration", name="register_adapter_node")])
