@@ -37,6 +37,15 @@ from test_pipeline import kedro_run, make_project
 from .conftest import ACME, WEATHER, expert_tags, register_expert
 
 
+def lineage_of(version: Any) -> dict[str, str]:
+    """The lineage tags of a version a test registers again as a new version (not those the store writes)."""
+    return {
+        k: v
+        for k, v in version.tags.items()
+        if k.startswith(("ar.base.", "ar.task", "ar.method", "ar.data."))
+    }
+
+
 def router_recipe(bert: Path, name: str = "support_router", **routes: Any) -> dict:
     recipe = classifier_recipe(bert, Path("unused"), name=name)
     del recipe["data"]  # derived from the experts' registered splits
@@ -226,6 +235,25 @@ def test_serve_routes_a_request_to_the_expert_the_router_picks(routed: dict, tin
         unknown = client.post("/v1/generate", json={"route": "nobody", "input": "hi"})
         assert unknown.status_code == 404 and "routers served: ['support_router']" in unknown.json()["detail"]
 
+        # an expert moved on (a new version, or a rollback): the router says so, and still routes
+        store.pull(f"{WEATHER}/1", routed["project"] / "w2")
+        store.register_adapter(
+            WEATHER, routed["project"] / "w2", lineage_of(store.get_version(WEATHER, 1)), {}
+        )
+        attest(store, WEATHER, 2)
+        client.app.state.service.sync.sync()  # type: ignore[attr-defined]
+        (listed,) = client.get("/v1/adapters").json()["routers"]
+        assert "weather_lora serves version 2, the router pinned 1" in listed["problem"]
+        health = client.get("/health").json()
+        assert health["status"] == "degraded"
+        assert any(p["adapter"] == "support_router" for p in health["problems"])
+        answer = client.post(
+            "/v1/generate", json={"route": "support_router", "input": "will it rain in rome"}
+        )
+        assert answer.status_code == 200
+        if answer.json()["route"]["expert"] == WEATHER:
+            assert answer.json()["route"]["expert_version"] == 2 and not answer.json()["route"]["pinned"]
+
 
 def test_a_data_block_whose_labels_are_not_the_experts_is_refused(tiny_bert: Path) -> None:
     from adapter_registry.experts import check_labels
@@ -239,3 +267,52 @@ def test_a_data_block_whose_labels_are_not_the_experts_is_refused(tiny_bert: Pat
         check_labels(spec, {"train": {ACME, WEATHER, "billing"}})
     with pytest.raises(RoutingError, match=r"experts \['weather_lora'\] have no training row"):
         check_labels(spec, {"train": {ACME}})
+
+
+@pytest.mark.slow
+def test_promoting_a_router_needs_its_experts_in_the_stage_and_compat_checks_each(
+    routed: dict, tiny_llama: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from adapter_registry.cli import app
+    from adapter_registry.registry import promotion
+    from adapter_registry.registry.entities import RegistryError
+    from adapter_registry.registry.policy import Actor, PromotionPolicy
+    from adapter_registry.registry.routed import routing_gates
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(routed["db"], db)
+    store = AdapterStore(f"sqlite:///{db}")
+    router = store.get_version("support_router", 1)
+    gates = {g.gate: g for g in routing_gates(store, router, "staging")}
+    assert not gates[f"expert {ACME} holds staging"].passed
+    assert "promote acme_lora/1 to staging first" in gates[f"expert {ACME} holds staging"].detail
+    policy, actor = PromotionPolicy(enforce="never"), Actor("tester", False)
+    with pytest.raises(
+        RegistryError, match=r"expert acme_lora holds staging: no attested version .* promote"
+    ):
+        promotion.promote(store, "support_router/1", "staging", policy=policy, actor=actor)
+    for name in (ACME, WEATHER):
+        attest(store, name, 1, "staging")
+    gates = {g.gate: g for g in routing_gates(store, router, "staging")}
+    assert gates[f"expert {ACME} holds staging"].passed and gates[f"expert {WEATHER} holds staging"].passed
+    routing_gate = gates["routed no worse than each expert, better on the union"]
+    assert routing_gate.passed == (router.metrics["routing.gate_passed"] == 1.0)
+    store.pull(f"{WEATHER}/1", tmp_path / "w2")
+    store.register_adapter(WEATHER, tmp_path / "w2", lineage_of(store.get_version(WEATHER, 1)), {})
+    attest(store, WEATHER, 2, "staging")
+    moved = {g.gate: g for g in routing_gates(store, router, "staging")}[f"expert {WEATHER} holds staging"]
+    assert (
+        not moved.passed and "staging holds weather_lora/2, the router pinned weather_lora/1" in moved.detail
+    )
+
+    result = CliRunner().invoke(
+        app, ["--tracking-uri", f"sqlite:///{db}", "compat", "support_router/1", "--base", str(tiny_llama),
+              "--json"],
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0, result.output
+    assert report["outcome"] == "compatible"
+    experts_checked = {c["name"].split(":")[0] for c in report["checks"]}
+    assert experts_checked == {f"expert {ACME}/1", f"expert {WEATHER}/1"}
