@@ -181,6 +181,7 @@ def routing_report(
         "rows": [
             {
                 "expert": r.expert,
+                "input": r.input,
                 "routed_to": decisions[i][0],
                 "confidence": round(decisions[i][2], 4),
                 "expected": r.expected,
