@@ -316,3 +316,11 @@ def test_promoting_a_router_needs_its_experts_in_the_stage_and_compat_checks_eac
     assert report["outcome"] == "compatible"
     experts_checked = {c["name"].split(":")[0] for c in report["checks"]}
     assert experts_checked == {f"expert {ACME}/1", f"expert {WEATHER}/1"}
+
+    tree = CliRunner().invoke(app, ["--tracking-uri", f"sqlite:///{db}", "lineage", "support_router/1"])
+    assert tree.exit_code == 0, tree.output
+    assert f"{ACME}/1 expert" in tree.stdout and f"{WEATHER}/1 expert" in tree.stdout
+    graph = CliRunner().invoke(
+        app, ["--tracking-uri", f"sqlite:///{db}", "lineage", "support_router/1", "--format", "mermaid"]
+    )
+    assert f"parent {ACME}/1<br/>expert" in graph.stdout and "-->|routes to| run" in graph.stdout
