@@ -365,6 +365,34 @@ Root Cause (first observed failure):
     assert "No checkpoint was written yet" in message and "  | [rank1]: something" in message
 
 
+def test_the_killed_rank_is_named_even_when_torchrun_observed_a_stopped_one_first(tmp_path: Path) -> None:
+    """The report of a run seen in CI: rank 1 was killed (-9) and rank 0, whose gloo peer vanished, was stopped
+    by torchrun (-15) and is what torchrun calls the root cause; the killed rank is the cause."""
+    report = """Failures:
+[1]:
+  time      : 2026-11-30_15:54:01
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 13457)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 13457
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-30_15:54:01
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 13456)
+  error_file: /tmp/torchelastic/error.json
+  traceback : Traceback (most recent call last):
+  RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error
+============================================================""".splitlines()
+    message = failure_message(report, 2, 1, tmp_path, "k")
+    assert message.startswith(
+        "distributed training failed: process 1 of 2 ended with exit code -9: Signal 9 (SIGKILL) received by PID 13457"
+    ), message
+
+
 def test_the_memory_plan_counts_an_8b_llama_as_torchtune_does() -> None:
     """The paper plan's parameter counts (meta device, peft) and its single-device estimate against torchtune's
     measured peak, once the two things torchtune does not keep are taken out (benchmarks/distributed_plan.py)."""

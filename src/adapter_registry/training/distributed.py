@@ -243,7 +243,7 @@ def failure_message(
 ) -> str:
     """What failed (torchrun's root-cause report: rank, exit code, signal or exception), where to resume from."""
     text = "\n".join(lines)
-    root = text.split("Root Cause", 1)[-1] if "Root Cause" in text else text
+    root = _first_cause(text)
     rank = re.search(r"rank\s*:\s*(\d+)", root)
     exitcode = re.search(r"exitcode\s*:\s*(-?\d+)", root)
     cause = re.search(r"traceback\s*:\s*(.+)", root)
@@ -262,6 +262,21 @@ def failure_message(
         f"distributed training failed: {who} ended with {how}; torchrun stopped the others. {resume}\n"
         f"Last lines of the processes' output:\n{shown}"
     )
+
+
+def _first_cause(text: str) -> str:
+    """The failure that caused the others, from torchrun's report. Its "Root Cause" is the first failure it
+    observed, which may be a rank torchrun itself stopped (SIGTERM) after another was killed, or one whose
+    collective broke because its peer died; a rank ended by another signal (a SIGKILL: the OOM killer, a kill -9)
+    is the cause, then one that raised, then torchrun's choice."""
+    blocks = re.split(r"^\s*\[\d+\]:\s*$", text, flags=re.MULTILINE)[1:]
+    codes = [(block, re.search(r"exitcode\s*:\s*(-?\d+)", block)) for block in blocks]
+    killed = [block for block, code in codes if code and int(code[1]) < 0 and int(code[1]) != -15]
+    if killed:
+        return killed[0]
+    if "Root Cause" in text:
+        return text.split("Root Cause", 1)[-1]
+    return text
 
 
 def _checkpoint_step(checkpoint_dir: Path | None, run_key: str) -> int:
