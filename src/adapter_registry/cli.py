@@ -810,9 +810,8 @@ def compat(
             report = _engine_report(version, Path(tmp) / "adapter", engine, max_lora_rank)
         else:
             assert base is not None
-            report = routed_compat(
-                store, version, Path(tmp) / "adapter", base, Path(tmp)
-            )  # routers: each expert
+            # a router or an Arrow mixture: each of its experts
+            report = routed_compat(store, version, Path(tmp) / "adapter", base, Path(tmp))
 
     summary = _compat_summary(report.checks)
 

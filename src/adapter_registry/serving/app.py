@@ -125,16 +125,14 @@ class GenerateRequest(BaseModel):
     user: str | None = Field(
         default=None, description="the end user (or any key): while a canary runs, one key, one version"
     )
-
     route: str | None = Field(
         default=None, description="a registered request router: it picks the adapter (serving.routing)"
     )
 
     @model_validator(mode="after")
     def _one_target(self) -> GenerateRequest:
-        if (
-            self.route is not None
-        ):  # route with adapter/tenant, or with prompt: a 400 from the route (clearer)
+        # a router picks the adapter; route with adapter/tenant or with prompt is a 400 from the route (clearer)
+        if self.route is not None:
             return self
         if (self.adapter is None) == (self.tenant is None):
             raise ValueError(
