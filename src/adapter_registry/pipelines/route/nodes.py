@@ -61,7 +61,9 @@ def evaluate_routing_node(
             version = store.pull(expert.ref, folders[expert.name])
             if expert.name in facts.names:  # the fallback answers; its test set is not the router's to score
                 records, _, _ = registered_split(version, "test")
-                records = records[: recipe.evaluation.max_test_rows or None]  # as each expert's evaluation caps it
+                records = records[
+                    : recipe.evaluation.max_test_rows or None
+                ]  # as each expert's evaluation caps it
                 rows += [TestRow(expert.name, request_of(r), expected_answer(r)) for r in records]
         probabilities = router_probabilities(trained, [route_text(r.input) for r in rows], recipe.max_length)
         fallback = facts.fallback.name if facts.fallback is not None else None
