@@ -7,6 +7,11 @@ they agree on what a folder must hold and on how a LoRA weight name maps to the 
 A folder is what ``peft``'s ``save_pretrained`` writes (``adapter_config.json`` and ``adapter_model.safetensors``
 or the older ``adapter_model.bin``), plus what this project saves beside it (a model card, a classifier's head,
 a closed answer set).
+
+An *Arrow mixture* (``compose: combination_type: arrow``) is laid out for peft's ``create_arrow_model``: each expert
+a complete LoRA folder under ``experts/<name>/``, ``arrow.json`` naming them in order with the routing settings
+(``top_k``, ``router_temperature``, ``rng_seed``), and at the top the router's ``adapter_config.json`` (peft's
+``LoraConfig`` with its ``arrow_config``; it holds no weights of its own). ``training.models`` saves and loads it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 CONFIG_FILE = "adapter_config.json"
+ARROW_FILE = "arrow.json"  # an Arrow mixture's experts (sub-folders, in order) and routing settings
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PEFT_PREFIX = "base_model.model."  # what peft puts before a module path in a saved weight name
 LORA_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
@@ -37,12 +43,55 @@ class AdapterFolderError(ValueError):
 
 
 def missing_files(folder: Path | str) -> list[str]:
-    """The required files ``folder`` lacks (the config; one of the weight files), [] when it has them."""
+    """The required files ``folder`` lacks (the config; one of the weight files; an Arrow mixture: each expert's),
+    [] when it has them."""
     folder = Path(folder)
     missing = [] if (folder / CONFIG_FILE).is_file() else [CONFIG_FILE]
+    if (folder / ARROW_FILE).is_file():
+        try:
+            experts = arrow_experts(folder)
+        except AdapterFolderError as exc:
+            return [*missing, f"a readable {ARROW_FILE} ({exc})"]
+        for name, sub in experts:
+            missing += [
+                f"{sub.relative_to(folder).as_posix()}/{m} (expert {name})" for m in missing_files(sub)
+            ]
+        return missing
     if weights_file(folder) is None:
         missing.append(" or ".join(WEIGHT_FILES))
     return missing
+
+
+def is_arrow(folder: Path | str) -> bool:
+    """Whether ``folder`` holds an Arrow mixture (``arrow.json`` beside the router's config)."""
+    return (Path(folder) / ARROW_FILE).is_file()
+
+
+def read_arrow(folder: Path | str) -> dict[str, Any]:
+    """The parsed ``arrow.json`` of an Arrow mixture: ``experts`` (adapter name, sub-folder, registered version),
+    ``top_k``, ``router_temperature``, ``rng_seed``, ``peft`` (the version that built it)."""
+    path = Path(folder) / ARROW_FILE
+    try:
+        spec: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterFolderError(f"{path}: {exc}") from exc
+    if not isinstance(spec.get("experts"), list) or not spec["experts"]:
+        raise AdapterFolderError(f"{path}: 'experts' must be a non-empty list of {{adapter, folder}}")
+    return spec
+
+
+def arrow_experts(folder: Path | str) -> list[tuple[str, Path]]:
+    """(adapter name, folder) of each expert of an Arrow mixture, in routing order."""
+    folder = Path(folder)
+    out = []
+    for expert in read_arrow(folder)["experts"]:
+        sub = (folder / str(expert.get("folder", ""))).resolve()
+        if not str(expert.get("folder", "")) or folder.resolve() not in sub.parents:
+            raise AdapterFolderError(
+                f"{folder / ARROW_FILE}: expert folder {expert.get('folder')!r} is not inside it"
+            )
+        out.append((str(expert.get("adapter", "")), folder / str(expert["folder"])))
+    return out
 
 
 def symlinks(folder: Path | str) -> list[str]:

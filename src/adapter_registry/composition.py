@@ -5,6 +5,10 @@ registered tags; :func:`parent_problems` refuses what peft cannot combine (anoth
 method that is not plain LoRA, ranks that the combination type cannot mix), and :func:`compose_adapter` loads
 the base and every parent, combines them into the adapter ``default`` and deletes the parents, so that the
 result saves, evaluates, merges and registers like a trained adapter.
+
+``combination_type: arrow`` keeps the parents as experts instead (peft's ``create_arrow_model``: each token routed
+to the ``top_k`` experts nearest to it); the result is saved in the Arrow layout (``training.models.save_arrow``),
+evaluates and registers like any adapter, and is never merged.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from typing import Any
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+from adapter_registry.adapter_folder import is_arrow, weights_digest
 from adapter_registry.bases.resolve import ResolvedBase
+from adapter_registry.contract import contract_of
 from adapter_registry.recipes.compose import SAME_RANK, SIGNED, SVD, ComposeSpec
 from adapter_registry.registry.entities import Tag
 from adapter_registry.training.adapter import TrainedAdapter
@@ -38,7 +44,7 @@ class Parent:
 
     asked: str  # as the recipe wrote it (NAME/VERSION or NAME@STAGE)
     ref: str  # the version it resolved to: NAME/VERSION
-    weight: float
+    weight: float | None  # None: an Arrow expert (routed, not weighted)
     folder: Path
     tags: Mapping[str, str]
 
@@ -86,6 +92,13 @@ def parent_problems(parents: Sequence[Parent], base: ResolvedBase, task: str, sp
             problems.append(
                 f"{p.ref} trains whole modules ({config['modules_to_save']}), which cannot be combined"
             )
+        if is_arrow(p.folder):
+            problems.append(f"{p.ref} is itself an Arrow mixture: compose its experts, not the mixture")
+        if spec.arrow and (quantized := contract_of(p.folder).base_quantization):
+            problems.append(
+                f"{p.ref} was trained and evaluated on the base quantised ({quantized}); an Arrow mixture runs its "
+                f"experts on this recipe's full-precision base {base.identity!r}: mix adapters of that base"
+            )
     if problems:
         return problems
     kind = spec.combination_type
@@ -97,6 +110,14 @@ def parent_problems(parents: Sequence[Parent], base: ResolvedBase, task: str, sp
             f"combination_type {kind} needs parents of one rank without rank_pattern, got ranks {ranks}; "
             "use cat (ranks add up) or svd / an *_svd variant (re-factorised to svd_rank)"
         )
+    if spec.arrow:
+        targets = {p.ref: _targets(p) for p in parents}
+        if len(set(targets.values())) > 1:
+            problems.append(
+                f"arrow routes among experts that adapt the same modules, got {targets}; train them with one "
+                "target_modules"
+            )
+        return problems
     kinds = {p.ref: "list" if isinstance(p.config.get("target_modules"), list) else "regex" for p in parents}
     if len(set(kinds.values())) > 1:
         problems.append(
@@ -105,15 +126,24 @@ def parent_problems(parents: Sequence[Parent], base: ResolvedBase, task: str, sp
     return problems
 
 
+def _targets(parent: Parent) -> str:
+    """The modules a parent adapts, as a comparable text (a list sorted; a regex as it is)."""
+    targets = parent.config.get("target_modules")
+    return ", ".join(sorted(targets)) if isinstance(targets, list) else str(targets)
+
+
 def compose_adapter(
     parents: Sequence[Parent], base: ResolvedBase, task: str, spec: ComposeSpec
 ) -> TrainedAdapter:
-    """Load ``base`` and every parent, combine them with ``spec`` into one adapter, drop the parents."""
+    """Load ``base`` and every parent, combine them with ``spec`` into one adapter, drop the parents (an Arrow
+    mixture keeps them, as experts)."""
     problems = parent_problems(parents, base, task, spec)
     if problems:
         raise CompositionError("cannot compose these parents:\n" + "\n".join(f"- {p}" for p in problems))
     if task != "causal_lm_sft":
         raise CompositionError(f"composition of {task} adapters is not supported (heads cannot be averaged)")
+    if spec.arrow:
+        return compose_arrow(parents, base, task, spec)
     names = [f"parent_{i}" for i in range(len(parents))]
     model = PeftModel.from_pretrained(
         load_base_model(base.path, task), str(parents[0].folder), adapter_name=names[0]
@@ -151,4 +181,41 @@ def compose_adapter(
         adapter_params,
         total,
         parents=[{"version": p.ref, "weight": p.weight} for p in parents],
+    )
+
+
+def compose_arrow(
+    parents: Sequence[Parent], base: ResolvedBase, task: str, spec: ComposeSpec
+) -> TrainedAdapter:
+    """peft's Arrow over the parents (checked by :func:`parent_problems`): ``create_arrow_model`` loads each as an
+    expert ``task_<i>`` and adds the router; every token is routed to its ``top_k`` nearest experts. The prototypes
+    are computed with ``spec.seed``, so the saved mixture (``arrow.json`` records the seed) routes as evaluated."""
+    from peft import ArrowConfig, create_arrow_model
+
+    config = ArrowConfig(
+        top_k=spec.arrow_top_k, router_temperature=spec.arrow_temperature, rng_seed=spec.seed
+    )
+    base_model: Any = load_base_model(base.path, task)  # a transformers PreTrainedModel
+    model = create_arrow_model(base_model, [str(p.folder) for p in parents], config)
+    model.eval()
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".task_" in n)
+    total = sum(p.numel() for n, p in model.named_parameters() if ".arrow_router." not in n)
+    return TrainedAdapter(
+        model,
+        load_tokenizer(base.path),
+        task,
+        base,
+        TrainResult(steps=0),
+        experts,
+        total,
+        parents=[
+            {
+                "version": p.ref,
+                "expert": f"task_{i}",
+                "digest": weights_digest(
+                    {k[len("ar.sha256.") :]: v for k, v in p.tags.items() if k.startswith("ar.sha256.")}
+                ),
+            }
+            for i, p in enumerate(parents)
+        ],
     )

@@ -75,6 +75,16 @@ class AdapterModel:
         return [a.strip() for a in answers]
 
     def _classify(self, texts: list[str]) -> list[str]:
+        labels = self.labels
+        return [labels[max(range(len(p)), key=p.__getitem__)] for p in self.probabilities(texts)]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """A classifier's labels, in the order of its probabilities (the head's)."""
+        return self.contract.labels or tuple(getattr(self.model, "labels", ()))
+
+    def probabilities(self, texts: list[str]) -> list[list[float]]:
+        """A classifier's probability of each label (``labels`` order) for each text: what a router decides by."""
         import torch
 
         from adapter_registry.training.features import classification_features, collate
@@ -83,8 +93,7 @@ class AdapterModel:
         batch = collate(features, self.tokenizer.pad_token_id)
         with torch.no_grad():
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = self.contract.labels or tuple(getattr(self.model, "labels", ()))  # the head's, in head order
-        return [labels[int(i)] for i in logits.argmax(-1)]
+        return [[float(x) for x in row] for row in torch.softmax(logits.float(), dim=-1)]
 
     def unwrap_python_model(self) -> AdapterModel:
         return self

@@ -31,8 +31,8 @@ def compat(
     --engine vllm that vLLM can serve it (exit 0, or 4 with every reason and its fix)."""
     import tempfile
 
-    from adapter_registry.registry.compat import check_compat
     from adapter_registry.registry.entities import RegistryError
+    from adapter_registry.registry.routed import routed_compat
 
     with _errors(), tempfile.TemporaryDirectory() as tmp:
         if (base is None) == (engine is None):
@@ -43,7 +43,8 @@ def compat(
             report = _engine_report(version, Path(tmp) / "adapter", engine, max_lora_rank)
         else:
             assert base is not None
-            report = check_compat(version, Path(tmp) / "adapter", base)
+            # a router or an Arrow mixture: each of its experts
+            report = routed_compat(store, version, Path(tmp) / "adapter", base, Path(tmp))
 
     summary = _compat_summary(report.checks)
 

@@ -147,7 +147,8 @@ def _lineage_tree(graph: Any) -> Any:
     if graph.parents:  # a composed adapter: the registered versions it was built from
         parents = tree.add("parents")
         for parent in graph.parents:
-            parents.add(escape(f"{parent.get('version')} weight={parent.get('weight')}"))
+            role = f"weight={parent['weight']}" if "weight" in parent else parent.get("role", "expert")
+            parents.add(escape(f"{parent.get('version')} {role}"))
     shown = {k: val for k, val in sorted(v.metrics.items()) if not k.endswith(("_ci_low", "_ci_high"))}
     tree.add("metrics: " + ", ".join(f"{k}={val:.4g}" for k, val in shown.items()))
     history = tree.add("history")

@@ -83,7 +83,8 @@ def recipes(
     as_json: JsonOpt = False,
 ) -> None:
     """The recipes of pipelines/ (name, base, task, method, data): a CI matrix runs one
-    `kedro run --namespaces NAME` per recipe (see docs/ci.md). A composed recipe lists the adapters it needs."""
+    `kedro run --namespaces NAME` per recipe (see docs/ci.md). A composed or routed recipe lists the adapters it
+    needs."""
     from adapter_registry.recipes.load import RecipeError, load_recipes
 
     try:
@@ -93,14 +94,17 @@ def recipes(
         raise typer.Exit(1) from None
     rows: list[dict[str, Any]] = []
     for name, recipe in sorted(found.items()):
-        data = {"train": recipe.data.train, "validation": recipe.data.validation, "test": recipe.data.test}
+        data = {
+            "train": recipe.data_spec.train,
+            "validation": recipe.data_spec.validation,
+            "test": recipe.data_spec.test,
+        }
         rows.append({
             "name": name, "base": recipe.base.identity, "task": recipe.task.type,
             "method": recipe.method.type if recipe.method is not None else "composition",
             "registered_as": recipe.registration.model_name or name,
             "data": {split: path for split, path in data.items() if path},
-            "needs": sorted({p.version.replace("@", "/").split("/")[0] for p in recipe.compose.parents})
-            if recipe.compose is not None else [],
+            "needs": sorted({ref.replace("@", "/").split("/")[0] for ref in recipe.expert_refs}),
             "command": f"kedro run --namespaces {name}",
         })  # fmt: skip
 

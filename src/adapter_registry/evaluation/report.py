@@ -193,9 +193,13 @@ print(config["labels"][int(logits.argmax())])
 def _method_line(recipe: Recipe) -> str:
     if recipe.method is not None:
         return f"{recipe.method.type} ({recipe.method.family})"
-    assert recipe.compose is not None
-    parents = ", ".join(f"`{p.version}` x {p.weight:g}" for p in recipe.compose.parents)
-    return f"composition ({recipe.compose.combination_type}) of {parents}"
+    spec = recipe.compose
+    assert spec is not None
+    if spec.arrow:  # routed per token: no weights
+        experts = ", ".join(f"`{p.version}`" for p in spec.parents)
+        return f"Arrow mixture (top_k {spec.arrow_top_k}, router_temperature {spec.arrow_temperature:g}) of {experts}"
+    parents = ", ".join(f"`{p.version}` x {p.weight:g}" for p in spec.parents)
+    return f"composition ({spec.combination_type}) of {parents}"
 
 
 TASK_TYPES = {"causal_lm_sft": "text-generation", "sequence_classification": "text-classification"}
@@ -270,7 +274,7 @@ def model_card(
                 f"{vote['temperature']:g}) carry {vote['weight']:.0%} of each prediction (chosen on validation)\n"
             )
     else:
-        chat = recipe.data.format == "chat"
+        chat = recipe.data_spec.format == "chat"
         snippet = LOAD_CAUSAL.replace("PROMPT_LINE", PROMPT_CHAT_LINE if chat else PROMPT_TEMPLATE_LINE)
         snippet += (
             "\n\n`serving.json` is the adapter's serving contract: the prompt template, decoding (greedy, or "

@@ -31,10 +31,24 @@ class RecipeDataset(AbstractDataset[None, Recipe]):
         return {"filepath": str(self._filepath)}
 
 
+def _derived(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+    """A router without a ``data:`` block: its rows and their versions, derived from its experts' registered splits
+    (``experts.derived_splits``, through the registry ``MLFLOW_TRACKING_URI`` names); None for any other recipe."""
+    recipe = load_recipe(path)
+    if not recipe.derived_data:
+        return None
+    from adapter_registry.experts import derived_splits
+    from adapter_registry.registry.store import AdapterStore
+
+    assert recipe.routes_to is not None
+    return derived_splits(AdapterStore.from_env(), recipe.routes_to)
+
+
 class RecipeSplitsDataset(AbstractDataset[None, dict[str, Any]]):
     """The raw records of every split a recipe names: ``{"train": [...], "validation": [...], "test": [...]}``.
 
-    A recipe without a validation file gets none here; ``prepare_examples`` carves one from train.
+    A recipe without a validation file gets none here; ``prepare_examples`` carves one from train. A router without
+    a ``data:`` block gets the rows derived from its experts' registered splits (``experts.derived_splits``).
     """
 
     def __init__(self, recipe: str):
@@ -44,8 +58,10 @@ class RecipeSplitsDataset(AbstractDataset[None, dict[str, Any]]):
         from adapter_registry.data.formats import read_records
         from adapter_registry.data.splits import split_paths
 
-        data = load_recipe(self._recipe).data
-        paths = split_paths(data)
+        derived = _derived(self._recipe)
+        if derived is not None:
+            return derived[0]
+        paths = split_paths(load_recipe(self._recipe).data_spec)
         return {split: read_records(path) for split, path in paths.items() if path}
 
     def _save(self, data: dict[str, Any]) -> None:
@@ -67,8 +83,10 @@ class DataVersionsDataset(AbstractDataset[None, dict[str, dict[str, Any]]]):
         from adapter_registry.data.splits import split_paths
         from adapter_registry.data.versions import dataset_version
 
-        data = load_recipe(self._recipe).data
-        paths = split_paths(data)
+        derived = _derived(self._recipe)
+        if derived is not None:
+            return derived[1]
+        paths = split_paths(load_recipe(self._recipe).data_spec)
         return {split: asdict(dataset_version(path)) for split, path in paths.items() if path}
 
     def _save(self, data: dict[str, dict[str, Any]]) -> None:
@@ -121,7 +139,12 @@ class AdapterFolderDataset(AbstractDataset[Any, Path]):
         staging = self._path.with_name(self._path.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         save_adapter(
-            trained.model, staging, trained.contract, trained.base.name_or_path, trained.base.revision
+            trained.model,
+            staging,
+            trained.contract,
+            trained.base.name_or_path,
+            trained.base.revision,
+            experts=trained.parents,  # an Arrow mixture records which registered version each expert is
         )  # named by its hub id: portable
         shutil.rmtree(self._path, ignore_errors=True)
         staging.rename(self._path)  # readers never see a half-written adapter

@@ -7,6 +7,11 @@ methods ``ties``, ``dare_linear``, ``dare_ties``, ``magnitude_prune`` (which pru
 first) with their ``*_svd`` variants. A composed recipe has ``compose:`` instead of ``method:`` + ``training:``;
 the rest (base, task, data, evaluation, merge, registration) means what it means for a trained adapter.
 
+``arrow`` is not a weighted sum: peft's Arrow (``create_arrow_model``) keeps every parent as an *expert* and routes
+each token to the ``top_k`` experts whose principal direction (the top right singular vector of each LoRA update)
+is closest to the token, mixed by a softmax at ``router_temperature``; nothing is trained. Its parents take no
+weight, must share one rank and one set of target modules, and the result cannot be merged.
+
 Ground floor: imports nothing of ours above ``recipes``.
 """
 
@@ -20,18 +25,19 @@ from adapter_registry.closed import Closed
 
 COMBINATIONS = (
     "linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
-    "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd",
+    "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd", "arrow",
 )  # fmt: skip
+ARROW = "arrow"  # peft's Arrow: the parents kept as experts, each token routed among them (no weights)
 NEEDS_DENSITY = frozenset(c for c in COMBINATIONS if c.startswith(("ties", "dare", "magnitude")))
 SIGNED = frozenset({"ties", "ties_svd", "dare_ties", "dare_ties_svd"})  # take majority_sign_method
 SVD = frozenset(c for c in COMBINATIONS if c.endswith("svd"))  # take svd_rank / svd_clamp
-# parents of one rank (peft combines their A and B factors directly)
-SAME_RANK = frozenset({"linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"})
+# parents of one rank (peft combines their A and B factors directly; Arrow stacks them)
+SAME_RANK = frozenset({"linear", "ties", "dare_linear", "dare_ties", "magnitude_prune", ARROW})
 REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[1-9][0-9]*|@(candidate|staging|production))$"
 
 Combination = Literal[
     "linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
-    "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd",
+    "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd", "arrow",
 ]  # fmt: skip
 
 
@@ -43,8 +49,11 @@ class ParentSpec(Closed):
         description="a registered adapter: NAME/VERSION, or NAME@STAGE (resolved when the recipe runs; the "
         "registered lineage records the version number it resolved to)",
     )
-    weight: float = Field(
-        description="its weight in the combination; negative subtracts the parent's effect (task arithmetic)"
+    weight: float | None = Field(
+        None,
+        exclude_if=lambda v: v is None,  # a recipe's dump (and hash) holds only what it gives
+        description="its weight in the combination; negative subtracts the parent's effect (task arithmetic); "
+        "required for every combination_type but arrow, which takes none (it routes each token instead)",
     )
 
 
@@ -57,7 +66,19 @@ class ComposeSpec(Closed):
     )
     combination_type: Combination = Field(
         description="linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune, or an *_svd variant "
-        "of the last four (see docs/methods.md, Composition)"
+        "of the last four (see docs/methods.md, Composition); arrow: a routed mixture of the parents (peft Arrow)"
+    )
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        exclude_if=lambda v: v is None,
+        description="arrow: experts mixed for each token (default 2, at most the number of parents)",
+    )
+    router_temperature: float | None = Field(
+        None,
+        gt=0,
+        exclude_if=lambda v: v is None,
+        description="arrow: softmax temperature over the top_k experts' similarities (default 1)",
     )
     density: float | None = Field(
         None,
@@ -80,6 +101,17 @@ class ComposeSpec(Closed):
     @model_validator(mode="after")
     def _consistent(self) -> ComposeSpec:
         kind = self.combination_type
+        if kind == ARROW:
+            return self._arrow()
+        for key in ("top_k", "router_temperature"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"'{key}' applies to combination_type arrow only, not {kind}")
+        unweighted = [p.version for p in self.parents if p.weight is None]
+        if unweighted:
+            raise ValueError(
+                f"parents {unweighted} have no 'weight': combination_type {kind} sums weighted updates; give "
+                "each parent a weight (e.g. weight: 0.5)"
+            )
         if not any(p.weight for p in self.parents):
             raise ValueError("every parent has weight 0: the composed adapter would change nothing")
         refs = [p.version for p in self.parents]
@@ -113,6 +145,43 @@ class ComposeSpec(Closed):
                 )
         return self
 
+    def _arrow(self) -> ComposeSpec:
+        weighted = [p.version for p in self.parents if p.weight is not None]
+        if weighted:
+            raise ValueError(
+                f"parents {weighted} have a 'weight': arrow routes each token among its experts by similarity and "
+                "takes no weights; remove them"
+            )
+        if len(self.parents) < 2:
+            raise ValueError("combination_type arrow routes among at least two parents (got one)")
+        names = [p.version.split("@", 1)[0].split("/", 1)[0] for p in self.parents]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"parents {twice} are listed twice: an arrow expert is one version of one adapter"
+            )
+        for key in ("density", "majority_sign_method", "svd_rank", "svd_clamp"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"'{key}' does not apply to combination_type arrow")
+        if self.top_k is not None and self.top_k > len(self.parents):
+            raise ValueError(
+                f"top_k {self.top_k} is more than the {len(self.parents)} parents: give at most {len(self.parents)}"
+            )
+        return self
+
+    @property
+    def arrow(self) -> bool:
+        return self.combination_type == ARROW
+
+    @property
+    def arrow_top_k(self) -> int:
+        """arrow: the experts mixed per token (default 2, at most the number of parents)."""
+        return self.top_k if self.top_k is not None else min(2, len(self.parents))
+
+    @property
+    def arrow_temperature(self) -> float:
+        return self.router_temperature if self.router_temperature is not None else 1.0
+
     @property
     def weights(self) -> list[float]:
-        return [p.weight for p in self.parents]
+        return [p.weight if p.weight is not None else 1.0 for p in self.parents]

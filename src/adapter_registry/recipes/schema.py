@@ -2,7 +2,7 @@
 
 Every model here forbids unknown keys, and every field says what it does (the ``description``), so that
 ``recipes.load`` can turn a mistake into an error that names the key and the fix. This module is on the
-ground floor: it imports nothing of ours but ``closed``, ``recipes.compose``, ``methods`` (the ``method:``
+ground floor: it imports nothing of ours but ``closed``, ``recipes.compose``, ``recipes.route``, ``methods`` (the ``method:``
 block, assembled there from every method's model; no peft) and the shared words (``vocabulary``: metric names,
 split names, the default answer separator).
 """
@@ -29,6 +29,7 @@ from adapter_registry.closed import Closed
 from adapter_registry.contract import ServingContract, quantization_name
 from adapter_registry.methods import MethodSpec
 from adapter_registry.recipes.compose import ComposeSpec
+from adapter_registry.recipes.route import RouteSpec
 from adapter_registry.vocabulary import ANSWER_SEPARATOR, METRICS, SPLITS, Metric, Split
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
@@ -375,6 +376,7 @@ class RegistrationSpec(Closed):
 
 # --------------------------------------------------------------------------------------------- recipe
 KINDS = ("method", "training", "compose")
+DERIVED = "(derived from the experts' registered splits)"  # a router's data without a data: block
 
 
 class Recipe(Closed):
@@ -390,7 +392,11 @@ class Recipe(Closed):
     description: str = Field("", description="what this adapter is for")
     base: BaseModelSpec
     task: TaskSpec
-    data: DataSpec
+    data: DataSpec | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="the dataset; a router (routes_to:) without one derives it from its experts' registered splits",
+    )
     expectations: ExpectationsSpec = Field(default_factory=ExpectationsSpec)
     method: MethodSpec | None = Field(
         None, description="the PEFT method to train (with 'training'); absent in a composed recipe"
@@ -402,6 +408,12 @@ class Recipe(Closed):
         None,
         description="build the adapter from registered LoRA adapters instead of training one "
         "(replaces 'method' and 'training')",
+    )
+    routes_to: RouteSpec | None = Field(
+        None,
+        exclude_if=lambda v: v is None,  # a recipe without it dumps (and hashes) as it always did
+        description="make this classifier a request router among registered adapters: its labels are their names "
+        "(see recipes/route.py)",
     )
     evaluation: EvaluationSpec
     merge: MergeSpec = Field(default_factory=MergeSpec)
@@ -432,6 +444,8 @@ class Recipe(Closed):
                     for k in ("method", "training")
                     if k not in given
                 ]
+            if data.get("data") is None and data.get("routes_to") is None:  # only a router derives its data
+                extra.append(InitErrorDetails(type="missing", loc=("data",), input=data))
         try:
             recipe = handler(data)
         except ValidationError as exc:
@@ -455,7 +469,13 @@ class Recipe(Closed):
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         task = self.task.type
-        fmt = self.data.format
+        if self.routes_to is not None and (task != "sequence_classification" or self.compose is not None):
+            raise ValueError(
+                "routes_to makes a trained sequence_classification recipe a request router (its labels are the "
+                f"experts' names); this recipe is a {'composed' if self.compose is not None else task} one: use "
+                "task.type: sequence_classification with method + training, or remove routes_to"
+            )
+        fmt = self.data_spec.format
         if task == "sequence_classification" and fmt != "classification":
             raise ValueError(f"task sequence_classification needs data.format: classification (got {fmt!r})")
         if task == "causal_lm_sft" and fmt == "classification":
@@ -477,6 +497,11 @@ class Recipe(Closed):
                     f"compose applies to causal_lm_sft only: a {task} adapter carries a trained head beside "
                     "its LoRA weights, and heads trained on different label sets cannot be averaged"
                 )
+            if self.compose.arrow and self.merge.enabled:
+                raise ValueError(
+                    "combination_type arrow routes each token among its experts: no single set of weights is the "
+                    "mixture (peft refuses to merge it); set merge.enabled: false"
+                )
             return self
         assert self.method is not None
         if self.merge.enabled and not self.method.mergeable:
@@ -492,6 +517,35 @@ class Recipe(Closed):
     def model_name(self) -> str:
         return self.registration.model_name or self.name
 
+    @property
+    def data_spec(self) -> DataSpec:
+        """The recipe's ``data:`` block; a router without one has its data derived from its experts' splits
+        (classification rows: each expert's request texts labelled with its name; validation carved from train)."""
+        if self.data is not None:
+            return self.data
+        return DataSpec(format="classification", train=DERIVED, test=DERIVED)
+
+    @property
+    def derived_data(self) -> bool:
+        """A router whose rows are derived from its experts' registered splits (no ``data:`` block)."""
+        return self.data is None and self.routes_to is not None
+
+    @property
+    def routed(self) -> str | None:
+        """``router`` (routes_to:), ``arrow`` (compose: combination_type: arrow), or None."""
+        if self.routes_to is not None:
+            return "router"
+        return "arrow" if self.compose is not None and self.compose.arrow else None
+
+    @property
+    def expert_refs(self) -> list[str]:
+        """A routed recipe's experts as written (a router's fallback last, unless it is one of them)."""
+        if self.routes_to is not None:
+            fallback = self.routes_to.fallback
+            extra = [fallback] if fallback and fallback not in self.routes_to.experts else []
+            return [*self.routes_to.experts, *extra]
+        return [p.version for p in self.compose.parents] if self.compose is not None else []
+
     def serving_contract(
         self, answers: Sequence[str] = (), labels: Sequence[str] = (), system_message: str = ""
     ) -> ServingContract:
@@ -504,8 +558,8 @@ class Recipe(Closed):
         quantised = self.method is not None and getattr(self.method, "bits", None) is not None
         if isinstance(task, CausalLmSftTask):
             return ServingContract(
-                task=task.type, format=self.data.format,
-                prompt_template=task.prompt_template if self.data.format in ("completion", "alpaca") else "{prompt}",
+                task=task.type, format=self.data_spec.format,
+                prompt_template=task.prompt_template if self.data_spec.format in ("completion", "alpaca") else "{prompt}",
                 answer_separator=task.answer_field_separator, decoding=self.evaluation.decoding,
                 answers=tuple(answers) if self.evaluation.decoding == "constrained" else (),
                 max_new_tokens=self.evaluation.max_new_tokens, max_prompt_tokens=self.max_length,
@@ -515,7 +569,7 @@ class Recipe(Closed):
                     getattr(self.method, "double_quant", False),
                 ) if quantised else "",
             )  # fmt: skip
-        return ServingContract(task=task.type, format=self.data.format, labels=tuple(labels))
+        return ServingContract(task=task.type, format=self.data_spec.format, labels=tuple(labels))
 
     @property
     def max_length(self) -> int:

@@ -61,6 +61,12 @@ class Tag:
     COMPOSE = "ar.compose"  # composed adapters: JSON of the recipe's compose block (parents as written)
     COMPOSE_TYPE = "ar.compose.combination_type"  # linear, cat, svd, ties, dare_ties, ...
     COMPOSE_DENSITY = "ar.compose.density"  # share kept by ties/dare/magnitude_prune ("" when not used)
+    ROUTE_KIND = "ar.route.kind"  # routed adapters: router (picks an expert per request) | arrow
+    ROUTE_EXPERTS = "ar.route.experts"  # JSON list of the pinned experts: name, version, asked, digest
+    ROUTE_THRESHOLD = "ar.route.threshold"  # a router's confidence threshold (below it: its fallback answers)
+    ROUTE_FALLBACK = "ar.route.fallback"  # JSON pinned expert of a router's fallback ("" when it has none)
+    ROUTE_TOP_K = "ar.route.top_k"  # an Arrow mixture's experts mixed per token
+    ROUTE_TEMPERATURE = "ar.route.router_temperature"  # an Arrow mixture's softmax temperature
     RUN_ID = "ar.run_id"
     REGISTRATION_ID = "ar.registration.id"  # the caller's name for the registration; on its run too
 

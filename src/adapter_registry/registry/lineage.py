@@ -59,6 +59,8 @@ class LineageFacts:
     training: dict[str, Any] | None = None  # the recipe's training block (a trained adapter)
     compose: dict[str, Any] | None = None  # the recipe's compose block (a composed adapter)
     parents: list[dict[str, Any]] = field(default_factory=list)  # a composed adapter's: version, weight each
+    # a routed adapter's ar.route.* tags (routing.route_tags: its pinned experts); its parents are those experts
+    route: dict[str, str] | None = None
     merge: dict[str, Any] | None = None  # the merge report (max_abs_diff, diff_vs_base) when it merged
     merged_uri: str = ""  # where the merged weights were written
     base_hub_id: str = ""  # the hub id adapter_config.json names (ResolvedBase.hub_id); "" for a local folder
@@ -114,6 +116,9 @@ def lineage_tags(facts: LineageFacts) -> dict[str, str]:
         tags[Tag.COMPOSE] = _tag_json(facts.compose)
         tags[Tag.COMPOSE_TYPE] = facts.compose["combination_type"]
         tags[Tag.COMPOSE_DENSITY] = "" if density is None else f"{density:g}"
+    if facts.route is not None:
+        tags.update(facts.route)
+        tags[Tag.PARENTS] = _tag_json(facts.parents)
     for split, version in facts.data_versions.items():
         tags[Tag.data_path(split)] = version["path"]
         tags[Tag.data_md5(split)] = version["md5"]

@@ -42,8 +42,9 @@ def _edges(lineage: Lineage) -> tuple[dict[str, str], list[tuple[str, str, str]]
         ("run", "version", "registered"),
     ]
     for i, parent in enumerate(lineage.parents if isinstance(lineage.parents, list) else []):
-        nodes[f"parent{i}"] = f"parent {parent.get('version', '?')}\\nweight {parent.get('weight', '?')}"
-        edges.append((f"parent{i}", "run", "composed"))
+        role = f"weight {parent['weight']}" if "weight" in parent else parent.get("role", "expert")
+        nodes[f"parent{i}"] = f"parent {parent.get('version', '?')}\\n{role}"
+        edges.append((f"parent{i}", "run", "composed" if "weight" in parent else "routes to"))
     for i, e in enumerate(lineage.history):
         nodes[f"event{i}"] = f"{e.action} → {e.to_stage}\\n{e.when:%Y-%m-%d %H:%M} by {e.who}"
         edges.append(("version" if i == 0 else f"event{i - 1}", f"event{i}", "forced" if e.forced else ""))
@@ -224,7 +225,8 @@ def facts_table(lineage: Lineage) -> list[tuple[str, str]]:
             shown = {k: value[k] for k in keys or sorted(value) if value.get(k) not in (None, "", [], {})}
             rows.append((title, ", ".join(f"{k}={_fact(val)}" for k, val in shown.items())))
     for parent in lineage.parents if isinstance(lineage.parents, list) else []:
-        rows.append(("parent", f"{parent.get('version')} × {parent.get('weight')}"))
+        role = f"× {parent['weight']}" if "weight" in parent else f"({parent.get('role', 'expert')})"
+        rows.append(("parent", f"{parent.get('version')} {role}"))
     metrics = v.metrics
     for name in sorted(m for m in metrics if not m.endswith(("_ci_low", "_ci_high"))):
         low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")

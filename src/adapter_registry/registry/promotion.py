@@ -10,7 +10,8 @@ goes first, and a step refused after earlier ones (HTTP 403, the server's promot
 undoes them, newest first; the error says what was undone and what could not be.
 ``--force`` skips failing gates (never the policy or the files), needs a reason and is audited as forced. A
 promotion refused by the policy, a failing gate or the files is audited too (action ``refused``, with the gate
-results). Rollback replays the audit trail of the
+results). A request router's gates also ask that each of its pinned experts holds the stage at the pinned version
+(``registry.routed``). Rollback replays the audit trail of the
 stage to find the version that held it before.
 """
 
@@ -31,6 +32,7 @@ from adapter_registry.registry.entities import (
 )
 from adapter_registry.registry.lineage import gates_of, must_beat_base
 from adapter_registry.registry.policy import Actor, PromotionPolicy, policy_for
+from adapter_registry.registry.routed import routing_gates
 from adapter_registry.registry.stages import held_at
 from adapter_registry.registry.store import AdapterStore, parse_ref
 
@@ -176,7 +178,7 @@ def _promote(
     staged = (
         version.stage == "staging" and checks["staging"].ok and checks["staging"].holder == version.version
     )
-    gates = evaluate_gates(version, to, serving, staged=staged)
+    gates = evaluate_gates(version, to, serving, staged=staged) + routing_gates(store, version, to)
     failed = [g for g in gates if not g.passed]
     if failed and not force:
         listing = "; ".join(f"{g.gate}: {g.detail}" for g in failed)

@@ -1,6 +1,6 @@
 """HTTP serving of every registered adapter of one stage on one base model (FastAPI): the routes.
 
-    POST /v1/generate         {"adapter": NAME | "tenant": T, "input": "<the user's text>" | {fields},
+    POST /v1/generate         {"adapter": NAME | "tenant": T | "route": ROUTER, "input": "<the user's text>" | {fields},
                                "max_new_tokens": int (default: the adapter's contract's)}
                               or, instead of "input", "prompt": an already-templated prompt sent as it is
     GET  /v1/adapters         what is served (name, version, digest, contract, resident) and what was refused, why
@@ -71,6 +71,7 @@ from adapter_registry.serving.openai_api import add_openai_routes
 from adapter_registry.serving.pool import AdapterPool, Input
 from adapter_registry.serving.request_log import RequestLog
 from adapter_registry.serving.residency import Residency, check_capacity
+from adapter_registry.serving.routing import routed_request
 from adapter_registry.serving.service import Call, Refusal, Service, provenance_headers
 from adapter_registry.serving.sync import AdapterCache, AdapterSource, RegistrySource, RegistrySync
 from adapter_registry.serving.tenants import check_tenants, load_tenants
@@ -124,11 +125,19 @@ class GenerateRequest(BaseModel):
     user: str | None = Field(
         default=None, description="the end user (or any key): while a canary runs, one key, one version"
     )
+    route: str | None = Field(
+        default=None, description="a registered request router: it picks the adapter (serving.routing)"
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> GenerateRequest:
+        # a router picks the adapter; route with adapter/tenant or with prompt is a 400 from the route (clearer)
+        if self.route is not None:
+            return self
         if (self.adapter is None) == (self.tenant is None):
-            raise ValueError("name exactly one of 'adapter' or 'tenant'")
+            raise ValueError(
+                "name exactly one of 'adapter' or 'tenant' (or 'route': a router picks the adapter)"
+            )
         if (self.input is None) == (self.prompt is None):
             raise ValueError(
                 "give exactly one of 'input' (the user's text; the adapter's template is applied) or 'prompt' "
@@ -268,6 +277,8 @@ def create_app(
 
     @app.post("/v1/generate")
     async def generate(body: GenerateRequest, request: Request) -> Response:
+        if body.route is not None:
+            return await routed_request(service, body, request)
         name, tenant = body.adapter, body.tenant
         if tenant is not None:
             name = service.tenants.get(tenant)
@@ -319,7 +330,18 @@ def create_app(
             {"name": n, "version": v, "reason": r} for n, (v, r) in sorted(service.sync.refused.items())
         ]
         failed = [{"name": n, "version": v, "error": e} for n, (v, e) in sorted(service.sync.failed.items())]
-        return {"base": service.base, "adapters": served, "refused": refused, "failed": failed}
+        refused += [
+            {"name": n, "version": v, "reason": r}
+            for n, (v, r) in sorted(service.sync.routers.refused.items())
+        ]
+        routers = service.sync.routers.describe(service.sync)
+        return {
+            "base": service.base,
+            "adapters": served,
+            "routers": routers,
+            "refused": refused,
+            "failed": failed,
+        }
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest) -> Response:

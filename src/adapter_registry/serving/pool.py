@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from adapter_registry.adapter_folder import is_arrow
 from adapter_registry.contract import DEFAULT_MAX_NEW_TOKENS, ContractError, ServingContract
 from adapter_registry.decoding import AnswerConstraint, allowed_tokens_per_row
 from adapter_registry.serving.entities import (
@@ -153,6 +154,12 @@ class AdapterPool:
         """Read and check adapter ``name`` from a peft LoRA folder, without the model lock (serving goes on).
         Raises PoolError naming what does not fit."""
         folder = Path(folder)
+        if is_arrow(folder):
+            raise NotForThisServer(
+                f"{folder}: an Arrow mixture routes every token among its experts (peft create_arrow_model); the pool "
+                "applies one LoRA per request: load it with peft as its model card shows, or serve its experts "
+                "behind a router (routes_to:)"
+            )
         contract = served_contract(folder, self.quantization)
         weights = lora_weights(folder, self.model)
         with self._tokenizer_lock:

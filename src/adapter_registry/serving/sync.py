@@ -6,7 +6,8 @@ holders checked against the audit trail (only attested versions serve), files pu
 checked. :class:`RegistrySync` pulls new and moved versions into the local :class:`AdapterCache` (a folder per
 registered content, so a cold load never calls the registry) and offers them to the ``Residency`` (which loads
 them now or on their first request, within its resident limit), withdraws adapters that left the stage, and keeps
-the previous version serving when a new one is refused or fails to load.
+the previous version serving when a new one is refused or fails to load. Request routers (``ar.route.kind:
+router``) are handed to ``serving.routers.Routers`` instead of the pool.
 
 A running canary (``registry.canary``, production only) is handed out beside its adapter's production holder when
 the audit trail attests it; the sync serves its candidate under the internal name ``NAME:canary``
@@ -33,6 +34,7 @@ from adapter_registry.registry.entities import AdapterVersion
 from adapter_registry.serving.canary import CANARY_SUFFIX, CanaryRoute, canary_slot
 from adapter_registry.serving.pool import AdapterPool, NotForThisServer, PoolError
 from adapter_registry.serving.residency import Residency
+from adapter_registry.serving.routers import Routers, is_router
 
 if TYPE_CHECKING:
     from adapter_registry.registry.store import AdapterStore
@@ -236,6 +238,7 @@ class RegistrySync:
     canaries: dict[str, CanaryRoute] = field(
         default_factory=dict
     )  # adapter -> its canary served now (replaced whole)
+    routers: Routers = field(default_factory=Routers)  # the stage's request routers this replica serves
     _unservable: dict[tuple[str, int], tuple[str, bool]] = field(default_factory=dict)  # -> (why, foreign)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -279,8 +282,10 @@ class RegistrySync:
                 loaded = self.residency.servable(name)
                 self.failed[name] = (int(loaded.metadata.get("version", 0)) if loaded else 0, error)
             kept = names | set(holders.errors) | {canary_slot(n) for n in holders.errors}
+            routers = [v for v in holders.serve if is_router(v)]  # served beside the pool (serving.routing)
             for version in holders.serve:
-                self._apply(version, held_back=version.name in holders.held_back)
+                if not is_router(version):
+                    self._apply(version, held_back=version.name in holders.held_back)
             routes = {
                 n: r for n, r in self.canaries.items() if n in holders.errors
             }  # unread: kept as they were
@@ -324,6 +329,7 @@ class RegistrySync:
             for table in (self.refused, self.failed):
                 for gone in set(table) - kept - set(holders.held_back):
                     del table[gone]
+            self.routers.update(routers, self)
             self.last_sync = dt.datetime.now(dt.UTC)
             self.last_error = None
 
@@ -350,6 +356,7 @@ class RegistrySync:
         found.update(self.failed)
         for name, failure in self.residency.failures.items():
             found.setdefault(name, failure)
+        found.update(self.routers.problems(self))
         return dict(sorted(found.items()))
 
     def close(self) -> None:

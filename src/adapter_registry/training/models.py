@@ -7,6 +7,10 @@ vote was chosen: the pooled features and labels of every labelled row), and its 
 it what evaluation asked, with transformers + peft alone (see the model card written by ``evaluation.report``).
 Its ``adapter_config.json`` names the base by its hub id (``base_model_name_or_path``; ``revision`` for a hub base),
 not by this machine's cache folder, so the folder is portable (peft's ``AutoPeftModel``, vLLM, LoRAX).
+
+An Arrow mixture (peft's ``create_arrow_model``) is saved as its experts' folders under ``experts/`` with
+``arrow.json`` (their order and the routing settings) and the router's config at the top (``adapter_folder``), and
+loaded back with ``create_arrow_model`` itself: plain peft, no code of ours.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from adapter_registry.adapter_folder import ARROW_FILE, arrow_experts, is_arrow, read_arrow
 from adapter_registry.contract import ServingContract
 from adapter_registry.training.heads import HEAD_CONFIG, PooledClassifier, Pooling
 
@@ -71,24 +76,37 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+ARROW_ROUTER = "arrow_router"  # the adapter name create_arrow_model gives the router (peft.tuners.lora.arrow)
+EXPERTS_FOLDER = "experts"
+
+
+def is_arrow_model(model: Any) -> bool:
+    """A peft model built by ``create_arrow_model`` (its router adapter routes each token among the experts)."""
+    return isinstance(model, PeftModel) and ARROW_ROUTER in model.peft_config
+
+
 def save_adapter(
     model: Any,
     folder: Path | str,
     contract: ServingContract | None = None,
     base_name_or_path: str = "",
     base_revision: str = "",
+    experts: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write the adapter (and head) into ``folder``, with its serving ``contract`` (``serving.json``: how its
     evaluation rendered and decoded requests, so that serving does the same); returns the folder.
 
     ``base_name_or_path`` (``ResolvedBase.name_or_path``: the hub id) replaces the local folder peft would record as
-    the base, with ``base_revision`` for a hub base.
+    the base, with ``base_revision`` for a hub base. An Arrow mixture is saved in its own layout (``save_arrow``);
+    ``experts`` then says what each of its experts is (recorded in ``arrow.json``, in routing order).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PooledClassifier):
         model.encoder.save_pretrained(str(folder))
         model.save_head(folder)
+    elif is_arrow_model(model):
+        save_arrow(model, folder, experts or [], base_name_or_path, base_revision)
     else:
         model.save_pretrained(str(folder))
     if base_name_or_path:
@@ -108,10 +126,71 @@ def name_base(folder: Path, name_or_path: str, revision: str = "") -> None:
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True))  # as peft writes it
 
 
+def save_arrow(
+    model: PeftModel,
+    folder: Path,
+    experts: list[dict[str, Any]],
+    base_name_or_path: str = "",
+    base_revision: str = "",
+) -> None:
+    """An Arrow mixture as ``create_arrow_model`` takes it back: each expert's LoRA folder under ``experts/`` (peft's
+    own save), the router's ``LoraConfig`` (with its ``arrow_config``) as the top ``adapter_config.json``, and
+    ``arrow.json``: the experts in routing order (``experts[i]`` says which registered version each is) and the
+    routing settings."""
+    import peft
+
+    router: Any = model.peft_config[ARROW_ROUTER]
+    arrow = router.arrow_config
+    names = list(arrow.task_adapter_names)
+    if experts and len(experts) != len(names):
+        raise ValueError(
+            f"{len(experts)} expert descriptions for the {len(names)} experts of the Arrow model"
+        )
+    model.save_pretrained(str(folder / EXPERTS_FOLDER), selected_adapters=names)
+    (folder / EXPERTS_FOLDER / "README.md").unlink(
+        missing_ok=True
+    )  # peft's empty card: the folder has its own
+    router.save_pretrained(str(folder))
+    if base_name_or_path:
+        for name in names:
+            name_base(folder / EXPERTS_FOLDER / name, base_name_or_path, base_revision)
+    spec = {
+        "experts": [
+            {"adapter": name, "folder": f"{EXPERTS_FOLDER}/{name}",
+             **{k: v for k, v in (experts[i] if experts else {}).items() if k != "expert"}}
+            for i, name in enumerate(names)
+        ],
+        "top_k": arrow.top_k, "router_temperature": arrow.router_temperature, "rng_seed": arrow.rng_seed,
+        "use_gks": bool(arrow.use_gks), "peft": peft.__version__,
+        "load": "peft.create_arrow_model(base_model, [each expert's folder, in this order], "
+        "peft.ArrowConfig(top_k=top_k, router_temperature=router_temperature, rng_seed=rng_seed))",
+    }  # fmt: skip
+    (folder / ARROW_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+
+
+def load_arrow(base_model: nn.Module, folder: Path | str) -> PeftModel:
+    """An Arrow mixture saved by ``save_arrow``, rebuilt by peft's ``create_arrow_model`` (the router's prototypes
+    are computed from the experts' weights with the recorded seed: the same routing as when it was evaluated)."""
+    from peft import ArrowConfig, create_arrow_model
+
+    spec = read_arrow(folder)
+    config = ArrowConfig(
+        top_k=int(spec["top_k"]),
+        router_temperature=float(spec["router_temperature"]),
+        rng_seed=spec.get("rng_seed"),
+    )
+    base: Any = base_model  # a transformers PreTrainedModel
+    model = create_arrow_model(base, [str(path) for _, path in arrow_experts(folder)], config)
+    model.eval()
+    return model
+
+
 def load_adapter(base_path: Path | str, folder: Path | str, task: str, quantization: Any = None) -> nn.Module:
-    """Rebuild an adapted model from its base and a saved adapter folder."""
+    """Rebuild an adapted model from its base and a saved adapter folder (an Arrow mixture too)."""
     folder = Path(folder)
     base = load_base_model(base_path, task, quantization)
+    if is_arrow(folder):
+        return load_arrow(base, folder)
     peft_model = PeftModel.from_pretrained(base, str(folder))
     peft_model.eval()
     if task != "sequence_classification":

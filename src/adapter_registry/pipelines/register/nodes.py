@@ -36,6 +36,7 @@ def lineage_facts(
     data_versions: dict[str, dict[str, Any]],
     merge: dict[str, Any] | None,
     merged_uri: str = "",
+    route: dict[str, Any] | None = None,
 ) -> LineageFacts:
     """What one adapter version was built from, gathered from the node's inputs as plain values."""
     commit, dirty = git_state()
@@ -66,12 +67,22 @@ def lineage_facts(
         user_tags=recipe.registration.tags,
         training=recipe.training.model_dump(mode="json") if recipe.training is not None else None,
         compose=recipe.compose.model_dump(mode="json") if recipe.compose is not None else None,
-        parents=trained.parents,
+        parents=route["parents"] if route is not None else trained.parents,
+        route=route["tags"] if route is not None else _arrow_tags(recipe, trained),
         merge=merge,
         merged_uri=merged_uri,
         base_hub_id=base.hub_id,
         base_path=str(base.path),
     )
+
+
+def _arrow_tags(recipe: Recipe, trained: TrainedAdapter) -> dict[str, str] | None:
+    """An Arrow mixture's routing tags: its experts pinned (version, weights digest), top_k, router_temperature."""
+    from adapter_registry.routing import arrow_tags
+
+    if recipe.compose is None or not recipe.compose.arrow:
+        return None
+    return arrow_tags(trained.parents, recipe.compose.arrow_top_k, recipe.compose.arrow_temperature)
 
 
 def register_adapter_node(
@@ -85,9 +96,11 @@ def register_adapter_node(
     reporting_root: str,
     merge: dict[str, Any] | None = None,
     merged_folder: Path | None = None,
+    route: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the model card (also the version's description) and the ``MLmodel`` file (``adapter_registry.pyfunc``),
-    then register the adapter with its lineage; returns what was registered."""
+    then register the adapter with its lineage (a router's ``route``: its pinned experts, from the route stage);
+    returns what was registered."""
     from adapter_registry.registry.store import AdapterStore
 
     datasets = sorted({Path(v["path"]).parent.name for v in data_versions.values() if v.get("path")})
@@ -112,6 +125,7 @@ def register_adapter_node(
             data_versions,
             merge,
             str(merged_folder.resolve()) if merged_folder else "",
+            route,
         )
     )
     registration_id = _registration_id(recipe)
@@ -165,6 +179,7 @@ def register_merged_adapter_node(
     reporting_root: str,
     merge: dict[str, Any],
     merged_folder: Path,
+    route: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``register_adapter_node`` for a recipe that merged: records the parity figures and the merged weights."""
     return register_adapter_node(
@@ -178,4 +193,5 @@ def register_merged_adapter_node(
         reporting_root,
         merge,
         merged_folder,
+        route,
     )

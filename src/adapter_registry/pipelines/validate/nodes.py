@@ -31,7 +31,7 @@ def validate_data(
 
     report = validate_splits(
         raw_splits,
-        data=recipe.data,
+        data=recipe.data_spec,
         expectations=recipe.expectations,
         task_type=recipe.task.type,
         tokenizer=load_tokenizer(base.path),
@@ -63,7 +63,7 @@ def prepare_examples(
             f"(full report: {recipe.name}/validation.json under the reporting root, data/08_reporting unless "
             f"conf/base/globals.yml moves it)\n{validation['summary']}"
         )
-    data = recipe.data
+    data = recipe.data_spec
     paths = split_paths(data)
     examples: dict[str, list[Any]] = {}
     for split, records in raw_splits.items():

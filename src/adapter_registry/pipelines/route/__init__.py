@@ -1,0 +1,1 @@
+"""The route stage of a router recipe (``routes_to:``): its experts resolved, checked and pinned before training."""
