@@ -21,6 +21,7 @@ from adapter_registry.registry.audit import AuditLog, link
 from adapter_registry.registry.entities import (
     AUDIT_EXPERIMENT,
     LOCK_MODEL,
+    AdapterVersion,
     AuditTag,
     RegistryError,
     StageChange,
@@ -422,3 +423,54 @@ def test_a_canary_is_protected_like_production_and_signed_by_the_server(
     assert [(e.who, e.action) for e in trail.events][-3:] == [
         ("alice", "canary_start"), ("bob", "refused"), ("alice", "canary_stop"),
     ]  # fmt: skip
+
+
+def test_the_servers_listing_route_answers_what_mlflows_search_answers_each_user(
+    auth_server: GuardedServer, adapter_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``list`` on a server with the auth app reads the summaries through its listing route
+    (``registry.server_listing``): the same versions, stages and tags as through MLflow's search of registered
+    models, only the models the user may read, page by page."""
+    from adapter_registry.registry.search import VersionFilter, search_summaries
+
+    hidden = registered(auth_server, adapter_dir, monkeypatch, {"bob": "DENY"}, versions=2)
+    shown = registered(auth_server, adapter_dir, monkeypatch, {"bob": "READ"})
+
+    def seen(v: AdapterVersion) -> tuple[object, ...]:
+        return (
+            v.ref,
+            v.stage,
+            v.aliases,
+            v.metrics,
+            v.base_id,
+            v.base_fingerprint,
+            v.method,
+            v.task,
+            v.created,
+        )
+
+    for user in ("admin", "bob"):
+        as_user(monkeypatch, user)
+        store = AdapterStore(auth_server.url)
+        client = store._fast
+        via_route = search_summaries(client, VersionFilter())
+        assert client._no_summaries is False  # the route answered
+        client._no_summaries = True  # as against a server without the route: MLflow's search
+        via_search = search_summaries(client, VersionFilter())
+        assert sorted(map(seen, via_route)) == sorted(map(seen, via_search))
+        names = {v.name for v in via_route}
+        assert shown in names and (hidden in names) == (user == "admin")
+        pages, token = [], None
+        while True:
+            answer = client.call("GET", "summaries", {"max_results": 1, **({"page_token": token} if token else {})},
+                                 api="/api/2.0/adapter-registry")  # fmt: skip
+            assert len(answer["models"]) <= 1
+            pages += [m["name"] for m in answer["models"]]
+            token = answer.get("next_page_token")
+            if not token:
+                break
+        assert set(pages) >= names and len(pages) == len(set(pages))
+    as_user(monkeypatch, "bob")
+    refused = requests.get(f"{auth_server.url}/api/2.0/adapter-registry/summaries", params={"name": hidden},
+                           auth=("bob", USERS["bob"]), timeout=30)  # fmt: skip
+    assert refused.status_code == 403 and "READ" in refused.json()["message"]

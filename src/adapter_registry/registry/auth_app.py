@@ -1,7 +1,7 @@
 """The tracking server's side of the registry: an MLflow auth app, ``mlflow server --app-name adapter-registry``.
 
 MLflow's basic-auth app (users, READ/EDIT/MANAGE per experiment and registered model) plus two things a client
-cannot be trusted with, both taken from the server's own configuration, never from a request:
+cannot be trusted with, both taken from the server's own configuration, never from a request, and a fast listing:
 
 1. **Protected stages.** A request that would move a stage alias the promotion policy restricts (its
    ``allowed_users`` is a list) is refused with HTTP 403 unless the authenticated user is on that list: setting
@@ -18,6 +18,9 @@ cannot be trusted with, both taken from the server's own configuration, never fr
    chain's head beside the key. ``GET .../audit/trails`` answers the trails with every MAC and head checked,
    so the key never leaves the server. No request may write the audit experiment (create, tag, delete, restore
    or rename its runs or the experiment), admins included.
+3. **A listing in one request** (``registry.server_listing``): ``GET /api/2.0/adapter-registry/summaries``
+   answers every adapter's version summary, aliases and newest version from a few SQL queries, where MLflow's
+   ``search_registered_models`` builds every model's newest version with all its tags.
 
 Configuration: a section of basic-auth's ini (the file ``MLFLOW_AUTH_CONFIG_PATH`` names), on the server host::
 
@@ -534,8 +537,11 @@ class Guard:
         from mlflow.server import auth
         from mlflow.server.handlers import _add_static_prefix
 
+        from adapter_registry.registry import server_listing
+
         routes = [("server", self.server_info, "GET"), ("audit/append", self.append_route, "POST"),
-                  ("audit/trails", self.trails_route, "GET")]  # fmt: skip
+                  ("audit/trails", self.trails_route, "GET"),
+                  (server_listing.ROUTE, server_listing.summaries_view, "GET")]  # fmt: skip
         for endpoint, view, method in routes:
             rule = _add_static_prefix(f"/api/2.0/{APP_NAME}/{endpoint}")
             app.add_url_rule(rule, endpoint=f"adapter_registry_{endpoint.replace('/', '_')}", view_func=view,

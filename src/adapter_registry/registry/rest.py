@@ -91,6 +91,7 @@ class RestClient:
         self.tracking_uri = tracking_uri.rstrip("/")
         self.timeout = timeout or float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 120)
         self.session = requests.Session()
+        self._no_summaries = False  # the server answered that it has no listing route
         self.user, password = credentials()
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
         if self.user:
@@ -191,6 +192,34 @@ class RestClient:
 
     def delete_registered_model_alias(self, name: str, alias: str) -> None:
         self.call("DELETE", "registered-models/alias", {"name": name, "alias": alias})
+
+    def summaries(self, name: str | None = None) -> list[ModelRecord] | None:
+        """Every registered model's version summary tags, aliases and newest version (in ``latest_versions``)
+        through the auth app's listing route (``registry.server_listing``): one request a 1,000 models. None
+        where the server does not answer that route (no adapter-registry app there): use MLflow's search."""
+        if self._no_summaries:
+            return None
+        out: list[ModelRecord] = []
+        token = None
+        while True:
+            body = {"max_results": 1000, **({"name": name} if name else {}),
+                    **({"page_token": token} if token else {})}  # fmt: skip
+            try:
+                data = self.call("GET", "summaries", body, api=APP_API)
+            except BackendError as exc:
+                if exc.error_code in ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED"):
+                    self._no_summaries = True
+                    return None
+                raise
+            for m in data.get("models", []):
+                top = m.get("top")
+                newest = [] if top is None else [VersionRecord(m["name"], str(top), {}, [])]
+                out.append(ModelRecord(name=m["name"], tags=dict(m.get("tags") or {}),
+                                       aliases={k: str(v) for k, v in (m.get("aliases") or {}).items()},
+                                       latest_versions=newest))  # fmt: skip
+            token = data.get("next_page_token")
+            if not token:
+                return out
 
     # ---------------------------------------------------------------------------------------- versions
     def get_model_version(self, name: str, version: str) -> VersionRecord:

@@ -4,8 +4,8 @@ A :class:`VersionFilter` is a version name and tag values that must all match. `
 builds them from its options and runs each through :func:`search_mlflow` (any tracking store: one
 ``search_model_versions`` filter string, paginated), on a sqlite store :func:`search_sqlite` (plain SQL queries
 over MLflow's own registry tables with ``sqlite3``, never writing), or, for a listing on a server,
-:func:`search_summaries` (one paged ``search_registered_models``: every adapter's version summary and aliases,
-``registry.summary``). All return the same ``AdapterVersion`` entities (tests/registry/test_store.py,
+:func:`search_summaries` (every adapter's version summary and aliases, ``registry.summary``: one request to the
+auth app's listing route, ``registry.server_listing``, else one paged ``search_registered_models``). All return the same ``AdapterVersion`` entities (tests/registry/test_store.py,
 tests/registry/test_backends.py).
 """
 
@@ -87,10 +87,15 @@ def summary_answers(where: VersionFilter) -> bool:
 
 
 def search_summaries(client: Any, where: VersionFilter, fallback: Any = None) -> list[AdapterVersion]:
-    """The versions matching ``where`` (``summary_answers``) from the adapters' summaries: one paged search of
-    registered models (or one look-up by name). An adapter whose summary is missing or behind its newest version is
+    """The versions matching ``where`` (``summary_answers``) from the adapters' summaries: the server's listing
+    route where it has one (``registry.server_listing``), else one paged search of registered models (or one
+    look-up by name). An adapter whose summary is missing or behind its newest version is
     read in full instead: ``fallback(where)`` (the store's search), else MLflow's search through ``client``."""
-    if where.name:
+    listing = getattr(client, "summaries", None)  # the server's listing route (registry.server_listing)
+    found = listing(where.name) if listing is not None else None
+    if found is not None:
+        models = found
+    elif where.name:
         from adapter_registry.registry.errors import error_code
 
         try:
@@ -117,8 +122,9 @@ def search_summaries(client: Any, where: VersionFilter, fallback: Any = None) ->
         if decoded is None or (newest is not None and decoded[0] != newest):
             one = VersionFilter(model.name, where.tags)
             versions = fallback(one) if fallback is not None else search_mlflow(client, one)
-        else:
-            versions = summary.versions_of(model.name, decoded[1], model.aliases or {})
+        else:  # the entries that match first: a version is built only when listed
+            entries = [e for e in decoded[1] if all(e["tags"].get(k) == val for k, val in wanted.items())]
+            versions = summary.versions_of(model.name, entries, model.aliases or {})
         out.extend(v for v in versions if all(v.tags.get(k) == val for k, val in wanted.items()))
     return out
 
