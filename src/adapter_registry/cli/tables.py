@@ -70,9 +70,7 @@ def _plain_table(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str,
 
     def row(values: list[str] | tuple[str, ...], bar: str) -> str:
         return (
-            bar
-            + bar.join(f" {v}{' ' * (w - cell_len(v))} " for v, w in zip(values, widths, strict=True))
-            + bar
+            bar + bar.join(f" {v}{' ' * (w - width(v))} " for v, w in zip(values, widths, strict=True)) + bar
         )
 
     excess = max(total - width(title), 0)

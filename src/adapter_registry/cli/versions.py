@@ -63,7 +63,7 @@ def list_(
         checks = _stage_checks(store, versions)
     _emit(
         as_json,
-        [_with_attestation(v, checks) for v in versions],
+        [_with_attestation(v, checks) for v in versions] if as_json else None,
         lambda: _versions_table(versions, f"{len(versions)} versions", checks),
     )
 

@@ -273,15 +273,17 @@ class AdapterVersion:
         created_ms: int | None,
         description: str = "",
         aliases: Any = (),
+        metrics: dict[str, str] | None = None,
     ) -> AdapterVersion:
         """The one constructor from what a registry row holds: its stage from its aliases (``stage_of``), its
-        metrics from its tags."""
+        metrics from its tags (``metrics``: the ``ar.metric.*`` tags without their prefix, where the caller has
+        them apart: a listing builds 10,000 versions)."""
         return cls(
             name=name,
             version=int(version),
             stage=stage_of(aliases, tags),
             tags=tags,
-            metrics=cls.metrics_from_tags(tags),
+            metrics=cls.metrics_from_tags(tags) if metrics is None else _floats(metrics),
             run_id=run_id or tags.get(Tag.RUN_ID, ""),
             source=source,
             created=_dt.datetime.fromtimestamp((created_ms or 0) / 1000, tz=_dt.UTC),
@@ -301,15 +303,24 @@ class AdapterVersion:
 
     @staticmethod
     def metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
-        prefix = Tag.metric("")
-        out: dict[str, float] = {}
-        for key, value in tags.items():
-            if key.startswith(prefix):
-                try:
-                    out[key[len(prefix) :]] = float(value)
-                except ValueError:
-                    continue
-        return out
+        return _floats(
+            {key[_METRIC_CUT:]: value for key, value in tags.items() if key.startswith(_METRIC_PREFIX)}
+        )
+
+
+_METRIC_PREFIX = Tag.metric("")
+_METRIC_CUT = len(_METRIC_PREFIX)
+
+
+def _floats(values: dict[str, str]) -> dict[str, float]:
+    """The values that are numbers, as floats (a metric tag that is not one is left out)."""
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
 
 
 @dataclass(frozen=True)

@@ -112,15 +112,18 @@ def versions_of(
     for alias, version in aliases.items():
         held.setdefault(int(version), []).append(alias)
     out = []
+    prefix = Tag.metric("")
     for e in entries:
         tags = dict(e["tags"])
         if e["archived"]:
             tags[Tag.ARCHIVED] = "true"
         if e["run_id"]:
             tags[Tag.RUN_ID] = e["run_id"]
-        tags.update({Tag.metric(k): v for k, v in e["metrics"].items()})
+        metrics = e["metrics"]
+        tags.update({prefix + k: v for k, v in metrics.items()})
         out.append(AdapterVersion.build(
             name=name, version=int(e["version"]), tags=tags, run_id=e["run_id"], source=e["source"],
             created_ms=e["created"], description=e["description"], aliases=held.get(int(e["version"]), ()),
+            metrics=metrics,
         ))  # fmt: skip
     return out
