@@ -8,11 +8,12 @@ import json
 import re
 from dataclasses import replace
 
-from adapter_registry.recipes.schema import Gate
+from adapter_registry.recipes.schema import Gate as RecipeGate
 from adapter_registry.registry.entities import AdapterVersion, DatasetRef, Lineage, Tag
 from adapter_registry.registry.lineage import (
     COMPOSED,
     MAX_TAG,
+    Gate,
     LineageFacts,
     datasets_of,
     gates_of,
@@ -140,6 +141,28 @@ def test_gates_read_from_a_hand_written_tag() -> None:
     assert [text for text, _ in read] == ["bleu >= 3", "loss < 1"] and read[1][1] == Gate.parse("loss < 1")
     assert isinstance(read[0][1], ValueError) and "unknown metric 'bleu'" in str(read[0][1])
     assert must_beat_base(version({})) and gates_of(version({})) == []
+
+
+def test_a_recorded_gate_reads_as_the_recipe_schema_reads_it() -> None:
+    texts = ["accuracy >= 0.8", " loss<1 ", "exact_match == 1", "macro_f1 > -0.5", "loss <= 1e-3", "accuracy >= 8e1",
+             "bleu >= 3", "accuracy => 0.8", "accuracy >= ", "Accuracy >= 0.8", "loss < 1.5.2"]  # fmt: skip
+    for text in texts:
+        try:
+            recipe: RecipeGate | str = RecipeGate.parse(text)
+        except ValueError as exc:
+            recipe = str(exc)
+        try:
+            recorded: Gate | str = Gate.parse(text)
+        except ValueError as exc:
+            recorded = str(exc)
+        if isinstance(recipe, str) or isinstance(recorded, str):
+            assert recorded == recipe, text
+            continue
+        assert (recorded.metric, recorded.op, recorded.threshold, str(recorded)) == (
+            recipe.metric, recipe.op, recipe.threshold, str(recipe)
+        ), text  # fmt: skip
+        for value in (-1.0, 0.0, 0.001, 0.5, 0.8, 1.0, 80.0):
+            assert recorded.passes(value) == recipe.passes(value), (text, value)
 
 
 def _lineage() -> Lineage:
