@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from adapter_registry.checksums import files_digest
-from adapter_registry.registry.entities import PROMOTION_STAGES, AuditTag, StageChange
+from adapter_registry.registry.entities import PROMOTION_STAGES, AdapterVersion, AuditTag, StageChange
 from adapter_registry.registry.stages import StageCheck, check_stages
 from adapter_registry.registry.store import AdapterStore
 
@@ -275,10 +275,17 @@ class AuditLog:
         )
         return {name: AuditTrail.from_dict(data) for name, data in answer.get("trails", {}).items()}
 
-    def stage_checks(self, model: str, trail: AuditTrail | None = None) -> dict[str, StageCheck]:
-        """Each promotion stage of ``model``: its alias holder checked against the trail (``registry.stages``)."""
+    def stage_checks(
+        self,
+        model: str,
+        trail: AuditTrail | None = None,
+        holders: Mapping[str, AdapterVersion | None] | None = None,
+    ) -> dict[str, StageCheck]:
+        """Each promotion stage of ``model``: its alias holder checked against the trail (``registry.stages``).
+        ``holders``: each promotion stage's holder where the caller has just read them."""
         trail = trail or self.read(model)
-        holders = {s: self.store.holder(model, s) for s in PROMOTION_STAGES}
+        if holders is None:
+            holders = {s: self.store.holder(model, s) for s in PROMOTION_STAGES}
         return check_stages(
             model, {s: v.version if v else None for s, v in holders.items()}, trail.events,
             digests={s: files_digest(v.checksums) for s, v in holders.items() if v is not None},

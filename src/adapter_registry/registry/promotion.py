@@ -37,6 +37,15 @@ from adapter_registry.registry.stages import held_at
 from adapter_registry.registry.store import AdapterStore, parse_ref
 
 
+def actor_of(store: AdapterStore) -> Actor:
+    """Who acts: the user a server running the auth app authenticated (its ``server`` answer, read once with its
+    policy, says so), else ``Actor.of`` (MLflow's ``users/current``, or the OS user on a local registry)."""
+    app = store.server_app()
+    if app is not None and app.get("user"):
+        return Actor(str(app["user"]), True)
+    return Actor.of(store.tracking_uri)
+
+
 def evaluate_gates(
     version: AdapterVersion,
     to: str,
@@ -158,7 +167,7 @@ def promote(
     if force and not reason.strip():
         raise RegistryError("INVALID_INPUT", "--force needs --reason: say why the gates are overridden")
     name, _, _ = parse_ref(ref)
-    actor = actor or Actor.of(store.tracking_uri)
+    actor = actor or actor_of(store)
     policy = policy or policy_for(store.tracking_uri, (store.server_app() or {}).get("policy"))
     with store.writer_lock(name):
         return _promote(store, ref, to, reason, force, policy, actor)
@@ -169,12 +178,13 @@ def _promote(
 ) -> StageChange:
     version = store.resolve(ref)
     audit = AuditLog(store)
-    checks = audit.stage_checks(version.name)
+    holders = {s: store.holder(version.name, s, known_model=True) for s in PROMOTION_STAGES}
+    checks = audit.stage_checks(version.name, holders=holders)
     if version.stage == to and checks[to].ok:
         raise RegistryError("INVALID_STATE", f"{version.ref} already holds stage {to!r}")
     # (a holder whose alias was moved outside adapter-registry may be promoted where it stands: gated, audited)
     _check_policy(audit, policy, actor, version, to, reason, "promotion")
-    serving = store.holder(version.name, to, known_model=True)
+    serving = holders[to]
     staged = (
         version.stage == "staging" and checks["staging"].ok and checks["staging"].holder == version.version
     )
@@ -307,7 +317,7 @@ def rollback(
         )
     if force and not reason.strip():
         raise RegistryError("INVALID_INPUT", "--force needs --reason: say why the gates are overridden")
-    actor = actor or Actor.of(store.tracking_uri)
+    actor = actor or actor_of(store)
     policy = policy or policy_for(store.tracking_uri, (store.server_app() or {}).get("policy"))
     with store.writer_lock(name):
         return _rollback(store, name, stage, reason, to_time, force, policy, actor)
@@ -407,7 +417,7 @@ def retire(
         )
     if not reason.strip():
         raise RegistryError("INVALID_INPUT", "retire needs --reason: say why the stage is emptied")
-    actor = actor or Actor.of(store.tracking_uri)
+    actor = actor or actor_of(store)
     policy = policy or policy_for(store.tracking_uri, (store.server_app() or {}).get("policy"))
     with store.writer_lock(name):
         return _retire(store, name, stage, reason, policy, actor)
