@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from adapter_registry.checksums import files_digest
-from adapter_registry.registry.audit import AuditLog
+from adapter_registry.registry.audit import AuditLog, AuditTrail
 from adapter_registry.registry.entities import (
     PROMOTION_STAGES,
     AdapterVersion,
@@ -128,14 +129,12 @@ def _check_files(
     to: str,
     reason: str,
     action: str,
+    checked: Future[str | None] | None = None,
 ) -> None:
     """Refuse (audited; ``--force`` does not override it) a version whose files are not what was registered, or
-    that records no base fingerprint: what a stage holds is what the server loads."""
-    problem: str | None
-    if not version.base_fingerprint:
-        problem = f"no base fingerprint recorded ({Tag.BASE_FINGERPRINT}): nothing says which base it was trained on"
-    else:
-        problem = store.files_problem(version)
+    that records no base fingerprint: what a stage holds is what the server loads. ``checked``: ``_files_problem``
+    of the version, started earlier."""
+    problem = checked.result() if checked is not None else _files_problem(store, version)
     if problem is None:
         return
     audit.append(
@@ -147,6 +146,13 @@ def _check_files(
     )  # fmt: skip
     code = "INVALID_STATE" if not version.base_fingerprint else "CORRUPTED"
     raise RegistryError(code, f"{action} of {version.ref} to {to} refused: {problem}")
+
+
+def _files_problem(store: AdapterStore, version: AdapterVersion) -> str | None:
+    """What is wrong with the version's files (each downloaded, its sha256 checked) or its base fingerprint."""
+    if not version.base_fingerprint:
+        return f"no base fingerprint recorded ({Tag.BASE_FINGERPRINT}): nothing says which base it was trained on"
+    return store.files_problem(version)
 
 
 def promote(
@@ -176,10 +182,29 @@ def promote(
 def _promote(
     store: AdapterStore, ref: str, to: str, reason: str, force: bool, policy: PromotionPolicy, actor: Actor
 ) -> StageChange:
-    version = store.resolve(ref)
+    name = parse_ref(ref)[0]
     audit = AuditLog(store)
-    holders = {s: store.holder(version.name, s, known_model=True) for s in PROMOTION_STAGES}
-    checks = audit.stage_checks(version.name, holders=holders)
+    # The reads do not depend on one another: sent at once, a promotion waits for one round trip, not seven (the
+    # files are downloaded and checked meanwhile too; a refusal before their check ignores the result).
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="promote-read") as reads:
+        resolved = reads.submit(store.resolve, ref)
+        held = {s: reads.submit(store.holder, name, s, True) for s in PROMOTION_STAGES}
+        trail = reads.submit(audit.read, name)
+        model = store.read_model(name, reads)  # for the summary rewritten when the lock is left
+        version = resolved.result()
+        files = reads.submit(_files_problem, store, version)
+        holders = {s: f.result() for s, f in held.items()}
+        model.result()
+        return _decide_and_move(store, audit, version, holders, trail.result(), files, to, reason, force, policy,
+                                actor)  # fmt: skip
+
+
+def _decide_and_move(
+    store: AdapterStore, audit: AuditLog, version: AdapterVersion, holders: dict[str, AdapterVersion | None],
+    trail: AuditTrail, files: Future[str | None], to: str, reason: str, force: bool, policy: PromotionPolicy,
+    actor: Actor,
+) -> StageChange:  # fmt: skip
+    checks = audit.stage_checks(version.name, trail=trail, holders=holders)
     if version.stage == to and checks[to].ok:
         raise RegistryError("INVALID_STATE", f"{version.ref} already holds stage {to!r}")
     # (a holder whose alias was moved outside adapter-registry may be promoted where it stands: gated, audited)
@@ -201,7 +226,7 @@ def _promote(
             )
         )  # fmt: skip
         raise RegistryError("GATE_FAILED", f"promotion of {version.ref} to {to} refused: {listing}")
-    _check_files(store, audit, actor, version, to, reason, "promotion")
+    _check_files(store, audit, actor, version, to, reason, "promotion", files)
 
     # it holds its old stage's alias (not a bare candidate) and leaves it
     left_alias = version.stage in version.aliases and version.stage != to

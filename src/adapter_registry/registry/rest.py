@@ -327,6 +327,7 @@ class RestClient:
         root = parsed.path.strip("/")
         base = f"{self.tracking_uri}/api/2.0/mlflow-artifacts/artifacts"
         target = Path(dst) / PurePosixPath(root).name
+        files: list[PurePosixPath] = []
         pending = [root]
         while pending:
             folder = pending.pop()
@@ -339,15 +340,27 @@ class RestClient:
                     )
                 if entry.get("is_dir"):
                     pending.append(str(relative))
-                    continue
-                local = target / relative.relative_to(root)
-                local.parent.mkdir(parents=True, exist_ok=True)
-                with (
-                    self._artifact_get(f"{base}/{relative}", None, stream=True) as response,
-                    local.open("wb") as out,
-                ):
-                    for chunk in response.iter_content(chunk_size=1 << 20):
-                        out.write(chunk)
+                else:
+                    files.append(relative)
+
+        def fetch(relative: PurePosixPath) -> None:
+            local = target / relative.relative_to(root)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with (
+                self._artifact_get(f"{base}/{relative}", None, stream=True) as response,
+                local.open("wb") as out,
+            ):
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    out.write(chunk)
+
+        if len(files) > 1:  # a few at once: an adapter is a handful of files, each a round trip
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="artifact-get") as pool:
+                list(pool.map(fetch, files))
+        else:
+            for relative in files:
+                fetch(relative)
         target.mkdir(parents=True, exist_ok=True)  # an empty folder is what MLflow's client leaves too
         return target
 
