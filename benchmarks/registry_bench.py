@@ -8,8 +8,11 @@ Loading: one real adapter is registered through ``AdapterStore.register_adapter`
 checksums; over HTTP on the server); the other 9,999 versions are bulk-inserted into MLflow's own registry tables
 (same ORM tables, realistic tags: lineage, data md5s, base fingerprints, metrics, stages and aliases, and each
 adapter's version summary as the store writes it, ``registry.summary``) because creating them one by one through
-MLflow takes far longer than the time budget on 2 cores. Only the *loading* takes that shortcut: every timed
-operation is the CLI (a fresh process: ``time adapter-registry ...``), or ``AdapterStore`` in-process.
+MLflow takes far longer than the time budget on 2 cores; then each stage holder gets the audited promotion that
+placed it, through ``AuditLog`` (signed by the server where it runs the auth app), as ``list`` checks every
+holder against its trail. Only the *loading* takes a shortcut: every timed operation is the CLI (a fresh
+process: ``time adapter-registry ...``), or ``AdapterStore`` in-process. ``--work DIR`` keeps the loaded
+registries for the next run.
 """
 
 from __future__ import annotations
@@ -210,6 +213,12 @@ def load(backend: str, work: Path, models: int, versions: int) -> tuple[Any, dic
                       f"{state['postgres_port']}/mlflow")  # fmt: skip
     env["MLFLOW_TRACKING_URI"] = uri
     if reuse:
+        state = json.loads(marker.read_text())
+        if not state.get("audited"):  # loaded before the bench seeded audit events
+            print(
+                f"[{backend}] audit events written, refused: {seed_audit(AdapterStore(uri), models, versions)}"
+            )
+            marker.write_text(json.dumps({**state, "audited": True}))
         return AdapterStore(uri), env, stack, None
     store = AdapterStore(uri)
     template = store.register_adapter("tenant_000", tiny_adapter(work / "adapter"),
@@ -218,9 +227,42 @@ def load(backend: str, work: Path, models: int, versions: int) -> tuple[Any, dic
                                       {"exact_match": 0.9, "beats_base": 1.0})  # fmt: skip
     start = time.perf_counter()
     bulk_load(sa.create_engine(engine_uri), models, versions, template)
+    print(f"[{backend}] audit events written, refused: {seed_audit(AdapterStore(uri), models, versions)}")
     seconds = time.perf_counter() - start
-    marker.write_text(json.dumps({"sizes": [models, versions], "promoted": 0}))
+    marker.write_text(json.dumps({"sizes": [models, versions], "promoted": 0, "audited": True}))
     return AdapterStore(uri), env, stack, seconds
+
+
+def seed_audit(store: Any, models: int, versions: int) -> tuple[int, int]:
+    """Give every bulk-loaded stage holder the audited promotion that placed it (a team's registry has one per
+    holder, and ``list`` checks every holder against its trail): production, then staging, per adapter; signed by
+    the server where it runs the auth app. (events written, refused: an alias a benchmark promotion moved)."""
+    import datetime as dt
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adapter_registry.checksums import files_digest
+    from adapter_registry.registry.audit import AuditLog
+    from adapter_registry.registry.entities import RegistryError, StageChange
+
+    digest = files_digest(store.get_version("tenant_001", 1).checksums)
+    log = AuditLog(store)
+
+    def one(m: int) -> tuple[int, int]:
+        done = refused = 0
+        for stage, version in (("production", versions - 2), ("staging", versions - 1)):
+            event = StageChange(model=f"tenant_{m:03d}", version=version, from_stage="staging" if stage ==
+                                "production" else "candidate", to_stage=stage, who="bench",
+                                when=dt.datetime.now(dt.UTC), reason="bench load", action="promote", digest=digest)  # fmt: skip
+            try:
+                log.append(event)
+                done += 1
+            except RegistryError:
+                refused += 1
+        return done, refused
+
+    with ThreadPoolExecutor(max_workers=4 if log.signed else 1) as pool:
+        counts = list(pool.map(one, range(models)))
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 def declare_auth_app(folder: Path) -> None:
