@@ -289,9 +289,14 @@ class Guard:
     def runs(self, model: str | None) -> Runs:
         from mlflow.entities import ViewType
 
+        from adapter_registry.registry.server_listing import audit_runs
+
         experiment = self.audit_experiment(create=False)
         if experiment is None:
             return []
+        read = audit_runs(_tracking(), experiment, model)  # plain SQL where the store is a SQL database
+        if read is not None:
+            return read
         where = f"tags.`{AuditTag.MODEL}` = '{quote(model)}'" if model is not None else ""
         out: Runs = []
         token = None

@@ -137,3 +137,34 @@ def page(
         ):
             out[model]["top"] = int(top)
     return list(out.values()), token
+
+
+def audit_runs(store: Any, experiment_id: str, model: str | None) -> list[tuple[dict[str, str], bool]] | None:
+    """Every run of the audit experiment (deleted ones too; of ``model`` only when given) as (tags, deleted), in
+    MLflow's search order (newest first): two plain SQL queries where ``search_runs`` builds each run with its
+    params and metrics (0.5 s for 1,000 events on the benchmark's PostgreSQL, against ~0.05 s). None where the
+    tracking store is not a SQL database (the caller searches)."""
+    import sqlalchemy as sa
+    from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from adapter_registry.registry.entities import AuditTag
+
+    if not isinstance(store, SqlAlchemyStore):
+        return None
+    query: Any = sa.select(SqlRun.run_uuid, SqlRun.lifecycle_stage).where(
+        SqlRun.experiment_id == int(experiment_id)
+    )
+    if model is not None:
+        of_model: Any = sa.select(SqlTag.run_uuid).where(SqlTag.key == AuditTag.MODEL, SqlTag.value == model)
+        query = query.where(SqlRun.run_uuid.in_(of_model))
+    with store.ManagedSessionMaker() as session:
+        runs = list(session.execute(query.order_by(SqlRun.start_time.desc(), SqlRun.run_uuid)))
+        tags: dict[str, dict[str, str]] = {run_uuid: {} for run_uuid, _ in runs}
+        chosen = query.with_only_columns(SqlRun.run_uuid)
+        for run_uuid, key, value in session.execute(
+            sa.select(SqlTag.run_uuid, SqlTag.key, SqlTag.value).where(SqlTag.run_uuid.in_(chosen))
+        ):
+            if run_uuid in tags:
+                tags[run_uuid][key] = value
+    return [(tags[run_uuid], stage == "deleted") for run_uuid, stage in runs]
