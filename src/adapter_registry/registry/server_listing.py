@@ -1,4 +1,5 @@
-"""The server's side of a listing: every adapter's version summary, aliases and newest version in one request.
+"""The server's bulk reads in plain SQL: every adapter's version summary, aliases and newest version in one
+request (the listing route), and the audit runs behind the auth app's trails route (``audit_runs``).
 
 A listing over HTTP through MLflow's own API is one paged ``search_registered_models``: MLflow builds every
 registered model with all its tags and, per stage, its newest version with all of *that* version's tags (about
