@@ -242,20 +242,31 @@ def versions_from_dataset(store: AdapterStore, dataset: str) -> list[AdapterVers
     path, _, md5 = dataset.partition("@")
     if not path:
         raise RegistryError("INVALID_INPUT", f"dataset {dataset!r} is not PATH or PATH@MD5")
-    found: dict[tuple[str, int], AdapterVersion] = {}
-    for split in SPLITS:
-        filters = {Tag.data_path(split): path, **({Tag.data_md5(split): md5} if md5 else {})}
-        for version in store.list_versions(tag_equals=filters, summary=True):
-            found[(version.name, version.version)] = version
-    return sorted(found.values(), key=lambda v: (v.name, -v.version))
+    return _any_of(
+        store, [{Tag.data_path(s): path, **({Tag.data_md5(s): md5} if md5 else {})} for s in SPLITS]
+    )
 
 
 def versions_from_md5(store: AdapterStore, md5: str) -> list[AdapterVersion]:
     """Every version whose data (any split) has DVC md5 ``md5``, whatever its path."""
-    found: dict[tuple[str, int], AdapterVersion] = {}
-    for split in SPLITS:
-        for version in store.list_versions(tag_equals={Tag.data_md5(split): md5}, summary=True):
-            found[(version.name, version.version)] = version
+    return _any_of(store, [{Tag.data_md5(split): md5} for split in SPLITS])
+
+
+def _any_of(store: AdapterStore, searches: list[dict[str, str]]) -> list[AdapterVersion]:
+    """The versions matching any of ``searches`` (tag equalities), by name then newest first; on a server the
+    searches are sent at once (one round trip's wait, not one a split)."""
+
+    def search(tags: dict[str, str]) -> list[AdapterVersion]:
+        return store.list_versions(tag_equals=tags, summary=True)
+
+    if store.tracking_uri.startswith(("http://", "https://")):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(searches), thread_name_prefix="lineage-search") as pool:
+            results = list(pool.map(search, searches))
+    else:
+        results = [search(tags) for tags in searches]
+    found = {(v.name, v.version): v for versions in results for v in versions}
     return sorted(found.values(), key=lambda v: (v.name, -v.version))
 
 
