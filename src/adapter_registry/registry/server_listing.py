@@ -40,8 +40,6 @@ def summaries_view() -> Response:
     from mlflow.server.handlers import _get_model_registry_store
     from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
-    from adapter_registry.registry.auth_app import _error
-
     store = _get_model_registry_store()
     if not isinstance(store, SqlAlchemyStore):
         return _error(501, "NOT_IMPLEMENTED", "the registry store of this server is not a SQL database")
@@ -69,9 +67,16 @@ def _readable() -> Any:
     rule = getattr(auth, "_role_based_read_predicate", None)
     if rule is not None:
         return rule(username, "registered_model")
-    from adapter_registry.registry.auth_app import _can  # an older MLflow: one permission look-up a model
+    return lambda model: bool(auth._get_registered_model_permission(model).can_read)  # an older MLflow
 
-    return lambda model: _can("read", model)
+
+def _error(status: int, code: str, message: str) -> Response:
+    """An error answered as MLflow answers them (``registry.auth_app`` installs this module's route)."""
+    from flask import jsonify
+
+    response = jsonify({"error_code": code, "message": message})
+    response.status_code = status
+    return response
 
 
 def page(
