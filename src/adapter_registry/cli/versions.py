@@ -13,13 +13,18 @@ from adapter_registry.cli.common import JsonOpt, RefArg, _console, _emit, _error
 from adapter_registry.cli.tables import _versions_table
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from adapter_registry.registry.entities import AdapterVersion
     from adapter_registry.registry.stages import StageCheck
     from adapter_registry.registry.store import AdapterStore
 
 
-def _stage_checks(store: AdapterStore, versions: list[AdapterVersion]) -> dict[tuple[str, str], StageCheck]:
-    """(name, stage) -> the check of every staging/production holder among ``versions`` (one audit search)."""
+def _stage_checks(
+    store: AdapterStore, versions: list[AdapterVersion], every: Future[Any] | None = None
+) -> dict[tuple[str, str], StageCheck]:
+    """(name, stage) -> the check of every staging/production holder among ``versions`` (one audit search;
+    ``every``: that search, started before)."""
     from adapter_registry.registry.audit import AuditLog
     from adapter_registry.registry.entities import PROMOTION_STAGES
     from adapter_registry.registry.stages import check_stages
@@ -31,7 +36,10 @@ def _stage_checks(store: AdapterStore, versions: list[AdapterVersion]) -> dict[t
     if not holders:
         return {}
     log = AuditLog(store)  # a few adapters: their own trails; many: every trail in one search
-    trails = {n: log.read(n) for n in holders} if len(holders) <= 5 else log.read_all()
+    if every is not None:
+        trails = every.result()
+    else:
+        trails = {n: log.read(n) for n in holders} if len(holders) <= 5 else log.read_all()
     out = {}
     for name, held in holders.items():
         events = trails[name].events if name in trails else ()
@@ -57,10 +65,16 @@ def list_(
     A staging or production holder that no audited promotion placed (its alias moved outside adapter-registry) is
     marked UNATTESTED.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adapter_registry.registry.audit import AuditLog
+
     with _errors():
         store = _store()
-        versions = store.list_versions(stage=stage, base_model=base_model, method=method, summary=True)
-        checks = _stage_checks(store, versions)
+        with ThreadPoolExecutor(1) as pool:  # on a server, every trail is read while the versions are
+            every = pool.submit(AuditLog(store).read_all) if store.tracking_uri.startswith("http") else None
+            versions = store.list_versions(stage=stage, base_model=base_model, method=method, summary=True)
+            checks = _stage_checks(store, versions, every)
     _emit(
         as_json,
         [_with_attestation(v, checks) for v in versions] if as_json else None,
