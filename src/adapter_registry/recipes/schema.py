@@ -9,9 +9,7 @@ split names, the default answer separator).
 
 from __future__ import annotations
 
-import operator
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,7 +28,7 @@ from adapter_registry.contract import ServingContract, quantization_name
 from adapter_registry.methods import MethodSpec
 from adapter_registry.recipes.compose import ComposeSpec
 from adapter_registry.recipes.route import RouteSpec
-from adapter_registry.vocabulary import ANSWER_SEPARATOR, METRICS, SPLITS, Metric, Split
+from adapter_registry.vocabulary import ANSWER_SEPARATOR, GATE_OPS, SPLITS, Metric, Split, parse_gate
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 OFFLINE_BASES = ("smollm2-135m-instruct", "all-minilm-l6-v2")
@@ -280,16 +278,6 @@ class TrainingSpec(Closed):
 
 
 # --------------------------------------------------------------------------------------------- evaluation
-_GATE = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(>=|<=|>|<|==)\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)\s*$")
-_OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge,
-    "<=": operator.le,
-    ">": operator.gt,
-    "<": operator.lt,
-    "==": operator.eq,
-}
-
-
 TASK_METRICS: dict[str, tuple[Metric, ...]] = {  # the metrics that apply to each task (type-checked names)
     "sequence_classification": ("accuracy", "macro_f1", "loss"),
     "causal_lm_sft": ("exact_match", "loss"),
@@ -304,20 +292,15 @@ class Gate(Closed):
     threshold: float
 
     def passes(self, value: float) -> bool:
-        return _OPS[self.op](value, self.threshold)
+        return GATE_OPS[self.op](value, self.threshold)
 
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.threshold:g}"
 
     @classmethod
     def parse(cls, text: str) -> Gate:
-        match = _GATE.match(text)
-        if not match:
-            raise ValueError(f"gate {text!r} is not 'METRIC OP NUMBER', for example 'accuracy >= 0.8'")
-        metric, op, threshold = match.groups()
-        if metric not in METRICS:
-            raise ValueError(f"gate {text!r} names unknown metric {metric!r}; known: {', '.join(METRICS)}")
-        return cls(metric=metric, op=op, threshold=float(threshold))
+        metric, op, threshold = parse_gate(text)
+        return cls(metric=metric, op=op, threshold=threshold)
 
 
 class EvaluationSpec(Closed):

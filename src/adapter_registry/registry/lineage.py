@@ -17,7 +17,7 @@ from typing import Any
 from adapter_registry.registry.audit import AuditLog
 from adapter_registry.registry.entities import AdapterVersion, DatasetRef, Lineage, RegistryError, Tag
 from adapter_registry.registry.store import AdapterStore
-from adapter_registry.vocabulary import METRICS, SPLITS
+from adapter_registry.vocabulary import GATE_OPS, SPLITS, parse_gate
 
 _DATA_TAG = re.compile(r"^ar\.data\.(?P<split>[\w\-]+)\.(?P<field>path|md5|commit)$")
 MAX_TAG = 4900  # MLflow keeps model-version tag values up to 5000 characters
@@ -138,35 +138,26 @@ def _parsed(value: str | None) -> Any:
         return value
 
 
-_GATE = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(>=|<=|>|<|==)\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)\s*$")
-_OPS = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__, "<": float.__lt__, "==": float.__eq__}
-
-
 @dataclass(frozen=True)
 class Gate:
-    """A promotion gate recorded on a version (``accuracy >= 0.8``): the recipe's ``recipes.schema.Gate``, read
-    with the same grammar without importing the recipe schema (pydantic models: 0.3 s of a ``show`` or
-    ``promote``); tests/registry/test_lineage.py checks that both read every gate alike."""
+    """A promotion gate recorded on a version (``accuracy >= 0.8``): the recipe's ``recipes.schema.Gate`` without
+    the recipe schema (pydantic models: 0.3 s of a ``show`` or ``promote``); both read it with
+    ``vocabulary.parse_gate``, and tests/registry/test_lineage.py checks that they agree."""
 
     metric: str
     op: str
     threshold: float
 
     def passes(self, value: float) -> bool:
-        return bool(_OPS[self.op](float(value), self.threshold))
+        return bool(GATE_OPS[self.op](float(value), self.threshold))
 
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.threshold:g}"
 
     @classmethod
     def parse(cls, text: str) -> Gate:
-        match = _GATE.match(text)
-        if not match:
-            raise ValueError(f"gate {text!r} is not 'METRIC OP NUMBER', for example 'accuracy >= 0.8'")
-        metric, op, threshold = match.groups()
-        if metric not in METRICS:
-            raise ValueError(f"gate {text!r} names unknown metric {metric!r}; known: {', '.join(METRICS)}")
-        return cls(metric=metric, op=op, threshold=float(threshold))
+        metric, op, threshold = parse_gate(text)
+        return cls(metric=metric, op=op, threshold=threshold)
 
 
 def gates_of(version: AdapterVersion) -> list[tuple[str, Gate | ValueError]]:
