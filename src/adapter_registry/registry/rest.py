@@ -62,6 +62,16 @@ def _version(data: dict[str, Any]) -> VersionRecord:
     )  # fmt: skip
 
 
+def _search_body(filter_string: str | None, max_results: int, page_token: str | None) -> dict[str, Any]:
+    """The body of one page of MLflow's registered-model or model-version search."""
+    body: dict[str, Any] = {"max_results": max_results}
+    if filter_string:
+        body["filter"] = filter_string
+    if page_token:
+        body["page_token"] = page_token
+    return body
+
+
 def _model(data: dict[str, Any]) -> ModelRecord:
     return ModelRecord(
         name=data["name"], tags={t["key"]: t.get("value", "") for t in data.get("tags", [])},
@@ -169,11 +179,7 @@ class RestClient:
     def search_registered_models(
         self, filter_string: str | None = None, max_results: int = 1000, page_token: str | None = None
     ) -> Page:
-        body: dict[str, Any] = {"max_results": max_results}
-        if filter_string:
-            body["filter"] = filter_string
-        if page_token:
-            body["page_token"] = page_token
+        body = _search_body(filter_string, max_results, page_token)
         data = self.call("GET", "registered-models/search", body)
         return Page([_model(m) for m in data.get("registered_models", [])], data.get("next_page_token"))
 
@@ -235,11 +241,7 @@ class RestClient:
     def search_model_versions(
         self, filter_string: str | None = None, max_results: int = 10_000, page_token: str | None = None
     ) -> Page:
-        body: dict[str, Any] = {"max_results": max_results}
-        if filter_string:
-            body["filter"] = filter_string
-        if page_token:
-            body["page_token"] = page_token
+        body = _search_body(filter_string, max_results, page_token)
         data = self.call("GET", "model-versions/search", body)
         return Page([_version(v) for v in data.get("model_versions", [])], data.get("next_page_token"))
 
